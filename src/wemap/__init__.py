@@ -1,0 +1,43 @@
+"""wemap: work mappers for weighted-ensemble molecular dynamics.
+
+Run every walker's segment on a pool of worker processes (one per GPU) and move walker
+arrays through shared memory instead of pickles. See `Mapper`, `WorkerMapper`,
+`SharedMemWorkerMapper`.
+"""
+
+from __future__ import annotations
+
+from .errors import RingCorruptError, ShmSpaceError, TaskException, WemapError, WorkerException
+from .codec import Codec
+from .mapper import Mapper
+from .walker import Walker
+from .worker import Task, Worker, current_worker
+from .worker_mapper import WorkerMapper
+
+__all__ = [
+    "Mapper",
+    "WorkerMapper",
+    "SharedMemWorkerMapper",
+    "Codec",
+    "Walker",
+    "Worker",
+    "Task",
+    "current_worker",
+    "TaskException",
+    "WorkerException",
+    "WemapError",
+    "RingCorruptError",
+    "ShmSpaceError",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # SharedMemWorkerMapper needs the compiled ring; import it on first use so that a broken
+    # build still leaves the pure-Python mappers usable and says what to do.
+    if name == "SharedMemWorkerMapper":
+        from .shm_mapper import SharedMemWorkerMapper
+
+        return SharedMemWorkerMapper
+    raise AttributeError(f"module 'wemap' has no attribute {name!r}")

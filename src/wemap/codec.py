@@ -1,0 +1,299 @@
+"""Walker ↔ named numpy arrays + small picklable metadata, and the slot-region format.
+
+A *codec* turns one argument of a segment call (usually a walker) into named arrays plus
+small metadata and back. Arrays are written once into a slot region of the shared-memory
+segment and read back as zero-copy views; only the metadata (weights, scalars, names,
+shapes) is pickled. Built in, chosen by type:
+
+=====================  ===========================================================
+``walker``             `wemap.Walker`: every ndarray in ``state`` is an array field
+``wepy_walker``        wepy's ``Walker`` whose state is a ``WalkerState``
+``array``              a bare ``numpy.ndarray``
+``pickle5``            anything else: pickle protocol 5, buffers out of band, so a
+                       contiguous array inside an odd object still travels as raw bytes
+=====================  ===========================================================
+
+Region format (input and output regions alike, all offsets from the region start)::
+
+    0      u64 descriptor offset, u64 descriptor length   (first 64-byte line)
+    64     array 0 (64-byte aligned) | array 1 | ...
+    D      descriptor: pickle of {"args": [...], "kwargs": {...}} where each entry is
+           (codec name, codec metadata, [(field, dtype, shape, region, offset), ...])
+
+``region`` is 0 for the input region, 1 for the output region: a result array that is
+still a view of the slot's input (a no-op segment) is referenced there, not copied.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .walker import Walker
+
+__all__ = [
+    "Codec",
+    "WalkerCodec",
+    "WepyWalkerCodec",
+    "ArrayCodec",
+    "Pickle5Codec",
+    "CodecRegistry",
+    "EncodedCall",
+    "encode_call",
+    "decode_call",
+    "ALIGN",
+]
+
+ALIGN = 64
+_HEAD = struct.Struct("<QQ")
+DATA_START = ALIGN
+
+IN_REGION, OUT_REGION = 0, 1
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def check_array(where: str, field: str, arr: np.ndarray) -> None:
+    """Reject arrays shared memory cannot carry as raw bytes, naming the field."""
+    if arr.dtype.hasobject:
+        raise ValueError(
+            f"{where}: field {field!r} has dtype {arr.dtype} (Python objects), which cannot travel "
+            f"through shared memory; use a numeric dtype or keep it out of the walker state"
+        )
+
+
+class Codec:
+    """Protocol: ``encode(obj) -> (arrays, meta)`` and ``decode(arrays, meta) -> obj``.
+
+    ``arrays`` maps field names to ndarrays; ``meta`` must be small and picklable.
+    """
+
+    name = "codec"
+
+    def accepts(self, obj: Any) -> bool:
+        raise NotImplementedError
+
+    def encode(self, obj: Any) -> tuple[dict[str, np.ndarray], Any]:
+        raise NotImplementedError
+
+    def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> Any:
+        raise NotImplementedError
+
+
+def _split_state(state: dict) -> tuple[dict[str, np.ndarray], dict]:
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    rest = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+    return arrays, rest
+
+
+class WalkerCodec(Codec):
+    """`wemap.Walker`: arrays of ``state`` become fields; scalars and the weight go in meta."""
+
+    name = "walker"
+
+    def accepts(self, obj: Any) -> bool:
+        return type(obj) is Walker
+
+    def encode(self, obj: Walker) -> tuple[dict[str, np.ndarray], Any]:
+        arrays, rest = _split_state(obj.state)
+        return arrays, (obj.weight, rest, list(obj.state))
+
+    def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> Walker:
+        weight, rest, order = meta
+        merged = {**rest, **arrays}
+        return Walker({k: merged[k] for k in order}, weight)
+
+
+class WepyWalkerCodec(Codec):
+    """wepy's ``Walker`` with a plain ``WalkerState`` (what ``.dict()`` would give, without its deep copy)."""
+
+    name = "wepy_walker"
+
+    def __init__(self) -> None:
+        try:
+            from wepy.walker import Walker as WepyWalker
+            from wepy.walker import WalkerState
+        except ImportError:  # wepy is optional
+            self._types = None
+        else:
+            self._types = (WepyWalker, WalkerState)
+
+    def accepts(self, obj: Any) -> bool:
+        if self._types is None:
+            return False
+        walker_t, state_t = self._types
+        return type(obj) is walker_t and type(obj.state) is state_t and isinstance(getattr(obj.state, "_data", None), dict)
+
+    def encode(self, obj: Any) -> tuple[dict[str, np.ndarray], Any]:
+        data = obj.state._data
+        arrays, rest = _split_state(data)
+        return arrays, (obj.weight, rest, list(data))
+
+    def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> Any:
+        walker_t, state_t = self._types
+        weight, rest, order = meta
+        merged = {**rest, **arrays}
+        return walker_t(state_t(**{k: merged[k] for k in order}), weight)
+
+
+class ArrayCodec(Codec):
+    name = "array"
+
+    def accepts(self, obj: Any) -> bool:
+        return type(obj) is np.ndarray
+
+    def encode(self, obj: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
+        return {"array": obj}, None
+
+    def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> np.ndarray:
+        return arrays["array"]
+
+
+class Pickle5Codec(Codec):
+    """Fallback for anything else: in-band pickle for small things, contiguous buffers out of band."""
+
+    name = "pickle5"
+
+    def accepts(self, obj: Any) -> bool:
+        return True
+
+    def encode(self, obj: Any) -> tuple[dict[str, np.ndarray], Any]:
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        arrays = {f"buffer{i}": np.frombuffer(b.raw(), dtype=np.uint8) for i, b in enumerate(buffers)}
+        return arrays, data
+
+    def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> Any:
+        return pickle.loads(meta, buffers=[arrays[f"buffer{i}"] for i in range(len(arrays))])
+
+
+class CodecRegistry:
+    """Picks a codec per object: user codecs first, then the built-ins, pickle5 last."""
+
+    def __init__(self, extra: list[Codec] | tuple[Codec, ...] = ()) -> None:
+        self.codecs: list[Codec] = [*extra, WalkerCodec(), WepyWalkerCodec(), ArrayCodec(), Pickle5Codec()]
+        self.by_name = {c.name: c for c in self.codecs}
+
+    def for_object(self, obj: Any) -> Codec:
+        for c in self.codecs:
+            if c.accepts(obj):
+                return c
+        raise AssertionError("pickle5 accepts everything")
+
+
+@dataclass
+class EncodedCall:
+    """One call's arguments, encoded but not yet written: its size is known before any write."""
+
+    entries_args: list
+    entries_kwargs: dict
+    arrays: list[np.ndarray]  # in layout order, matched with the offsets in the entries
+    offsets: list[int]
+    descriptor: bytes
+    nbytes: int
+    largest_field: tuple[str, int]  # (name, bytes) of the biggest array, for error messages
+
+
+def _encode_value(reg: CodecRegistry, where: str, value: Any, cursor: int, arrays: list, offsets: list,
+                  local_ref: Callable[[np.ndarray], tuple[int, int] | None] | None):
+    codec = reg.for_object(value)
+    named, meta = codec.encode(value)
+    fields = []
+    for field, arr in named.items():
+        check_array(where, field, arr)
+        ref = local_ref(arr) if local_ref is not None else None
+        if ref is not None:
+            region, offset = ref
+        else:
+            region, offset = OUT_REGION, cursor  # region is fixed up by the caller for inputs
+            arrays.append(arr)
+            offsets.append(cursor)
+            cursor = align(cursor + arr.nbytes)
+        fields.append((field, arr.dtype.str, arr.shape, region, offset))
+    return (codec.name, meta, fields), cursor
+
+
+def encode_call(
+    reg: CodecRegistry,
+    args: tuple,
+    kwargs: dict,
+    *,
+    where: str,
+    region: int,
+    local_ref: Callable[[np.ndarray], tuple[int, int] | None] | None = None,
+) -> EncodedCall:
+    """Lay out ``args``/``kwargs`` for a region without writing anything yet.
+
+    Raises ``ValueError`` naming ``where`` and the field for anything the codecs can't carry.
+    """
+    arrays: list[np.ndarray] = []
+    offsets: list[int] = []
+    cursor = DATA_START
+    e_args = []
+    for i, a in enumerate(args):
+        entry, cursor = _encode_value(reg, f"{where}, argument {i}", a, cursor, arrays, offsets, local_ref)
+        e_args.append(entry)
+    e_kwargs = {}
+    for k, v in kwargs.items():
+        entry, cursor = _encode_value(reg, f"{where}, argument {k!r}", v, cursor, arrays, offsets, local_ref)
+        e_kwargs[k] = entry
+    if region == IN_REGION:
+        for entry in (*e_args, *e_kwargs.values()):
+            entry[2][:] = [(f, d, s, IN_REGION, o) for f, d, s, _, o in entry[2]]
+    descriptor = pickle.dumps({"args": e_args, "kwargs": e_kwargs}, protocol=5)
+    largest = ("", 0)
+    for entry in (*e_args, *e_kwargs.values()):
+        for f, d, s, _, _ in entry[2]:
+            nb = int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
+            if nb > largest[1]:
+                largest = (f, nb)
+    return EncodedCall(e_args, e_kwargs, arrays, offsets, descriptor, cursor + len(descriptor), largest)
+
+
+def write_call(enc: EncodedCall, region: np.ndarray) -> None:
+    """Copy the arrays and descriptor into ``region`` (a uint8 view): the one copy a walker gets."""
+    for arr, off in zip(enc.arrays, enc.offsets):
+        dst = region[off : off + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+        np.copyto(dst, arr, casting="no")
+    d_off = enc.nbytes - len(enc.descriptor)
+    region[d_off : enc.nbytes] = np.frombuffer(enc.descriptor, dtype=np.uint8)
+    region[:16] = np.frombuffer(_HEAD.pack(d_off, len(enc.descriptor)), dtype=np.uint8)
+
+
+def read_descriptor(region: np.ndarray) -> dict:
+    d_off, d_len = _HEAD.unpack(region[:16].tobytes())
+    if d_off + d_len > region.nbytes or d_off < DATA_START:
+        raise ValueError(f"slot descriptor out of range (offset {d_off}, length {d_len}, region {region.nbytes} bytes)")
+    return pickle.loads(region[d_off : d_off + d_len])
+
+
+def decode_call(
+    reg: CodecRegistry, desc: dict, regions: tuple[np.ndarray, np.ndarray], *, copy: bool, readonly: bool
+) -> tuple[list, dict]:
+    """Rebuild the arguments from a descriptor: zero-copy views, or one copy with ``copy=True``."""
+
+    def value(entry):
+        name, meta, fields = entry
+        arrays = {}
+        for field, dtype, shape, region, offset in fields:
+            dt = np.dtype(dtype)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            buf = regions[region]
+            if offset < DATA_START or offset + nbytes > buf.nbytes:
+                raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
+            view = buf[offset : offset + nbytes].view(dt).reshape(shape)
+            if copy:
+                view = view.copy()
+            elif readonly:
+                view.flags.writeable = False
+            arrays[field] = view
+        return reg.by_name[name].decode(arrays, meta)
+
+    return [value(e) for e in desc["args"]], {k: value(e) for k, e in desc["kwargs"].items()}

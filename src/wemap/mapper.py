@@ -1,0 +1,217 @@
+"""`Mapper`, the reference for-loop mapper, and the `map()` argument handling every mapper shares.
+
+The interface (from wepy's work-mapper specification): ``init(segment_func=..., num_workers=...)``
+once, then ``map(*iterables, **iterables)`` per cycle, then ``cleanup()``; results come back
+in input order and ``worker_segment_times`` holds ``{worker_idx: [seconds, ...]}`` for the
+last cycle only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .worker import Task, Worker, run_timed
+
+__all__ = ["Mapper", "MapperBase", "TaskSpec"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One walker's call: its position in the input, arguments, and where it is (for errors)."""
+
+    task_idx: int
+    args: tuple
+    kwargs: dict
+    walker_idx: int
+    cycle_idx: int
+
+
+def _materialise(name: str, value: Any) -> list:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"map() argument {name} must be an iterable with one element per walker, "
+            f"got {type(value).__name__}"
+        )
+    return list(value)
+
+
+def prepare_tasks(args: tuple, kwargs: dict, default_cycle: int) -> list[TaskSpec]:
+    """Expand per-walker iterables (lists or generators) into one `TaskSpec` per walker.
+
+    Raises ``ValueError`` naming the arguments when their lengths differ, before any work starts.
+    """
+    if not args and not kwargs:
+        raise TypeError("map() needs at least one iterable argument (one element per walker)")
+    pos = [_materialise(f"#{i} (positional)", a) for i, a in enumerate(args)]
+    kw = {k: _materialise(repr(k), v) for k, v in kwargs.items()}
+    lengths = {f"#{i}": len(col) for i, col in enumerate(pos)}
+    lengths.update({repr(k): len(col) for k, col in kw.items()})
+    if len(set(lengths.values())) > 1:
+        listing = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+        raise ValueError(f"map() arguments have different lengths (one element per walker expected): {listing}")
+    n = next(iter(lengths.values()))
+    specs = []
+    for i in range(n):
+        call_kwargs = {k: col[i] for k, col in kw.items()}
+        specs.append(
+            TaskSpec(
+                task_idx=i,
+                args=tuple(col[i] for col in pos),
+                kwargs=call_kwargs,
+                walker_idx=_as_int(call_kwargs.get("walker_idx"), i),
+                cycle_idx=_as_int(call_kwargs.get("cycle_idx"), default_cycle),
+            )
+        )
+    return specs
+
+
+def _as_int(value: Any, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+class MapperBase:
+    """The state machine and bookkeeping every wemap mapper shares.
+
+    ``init`` → ``map``* → ``cleanup`` (idempotent; ``init`` may follow it again). Subclasses
+    implement `_start`, `_run` and `_stop`.
+    """
+
+    def __init__(
+        self,
+        segment_func: Callable[..., Any] | None = None,
+        num_workers: int | None = None,
+        worker_type: type[Worker] = Worker,
+        worker_attributes: Mapping[str, Any] | None = None,
+        worker_init: Callable[[Worker], Any] | None = None,
+    ) -> None:
+        if not (isinstance(worker_type, type) and issubclass(worker_type, Worker)):
+            raise TypeError(f"worker_type must be a subclass of wemap.Worker, got {worker_type!r}")
+        self.segment_func = segment_func
+        self._num_workers = num_workers
+        self.worker_type = worker_type
+        self.worker_attributes: dict[str, Any] = dict(worker_attributes or {})
+        self.worker_init = worker_init
+        self._worker_segment_times: dict[int, list[float]] = {}
+        self._state = "new"
+        self._cycle_counter = 0
+
+    # -- interface ---------------------------------------------------------------------------
+    @property
+    def num_workers(self) -> int | None:
+        return self._num_workers
+
+    @property
+    def worker_segment_times(self) -> dict[int, list[float]]:
+        """``{worker_idx: [seconds per segment]}`` for the last `map` call; idle workers map to ``[]``."""
+        return self._worker_segment_times
+
+    def init(self, segment_func: Callable[..., Any] | None = None, num_workers: int | None = None, **kwargs: Any) -> None:
+        """Start the mapper (processes, segments); called once before the first cycle."""
+        if self._state == "running":
+            raise RuntimeError(f"{type(self).__name__}.init() called twice; call cleanup() before init() again")
+        if segment_func is not None:
+            self.segment_func = segment_func
+        if self.segment_func is None:
+            raise ValueError(f"{type(self).__name__}.init() needs segment_func (here or in the constructor)")
+        if not callable(self.segment_func):
+            raise TypeError(f"segment_func must be callable, got {type(self.segment_func).__name__}")
+        if num_workers is not None:
+            self._num_workers = num_workers
+        if self._num_workers is None:
+            self._num_workers = self._default_num_workers()
+        if not isinstance(self._num_workers, int) or self._num_workers < 1:
+            raise ValueError(f"num_workers must be a positive integer, got {self._num_workers!r}")
+        self._worker_segment_times = {i: [] for i in range(self._worker_count())}
+        self._start()
+        self._state = "running"
+        logger.debug("%s started with %d worker(s)", type(self).__name__, self._worker_count())
+
+    def map(self, *args: Iterable[Any], **kwargs: Iterable[Any]) -> list[Any]:
+        """Apply ``segment_func`` to each walker's arguments; results in input order."""
+        if self._state == "new":
+            raise RuntimeError(f"{type(self).__name__}.map() called before init(); call init(segment_func=...) first")
+        if self._state == "closed":
+            raise RuntimeError(f"{type(self).__name__}.map() called after cleanup(); call init() again to restart it")
+        specs = prepare_tasks(args, kwargs, self._cycle_counter)
+        self._cycle_counter += 1
+        self._worker_segment_times = {i: [] for i in range(self._worker_count())}
+        if not specs:
+            return []
+        return self._run(specs)
+
+    def cleanup(self, **kwargs: Any) -> None:
+        """End every process and free every segment; safe to call twice and after errors."""
+        if self._state == "running":
+            self._state = "closed"
+            self._stop()
+        elif self._state == "new":
+            self._state = "closed"
+
+    def __enter__(self):
+        if self._state != "running":
+            self.init()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()
+
+    # -- for subclasses ----------------------------------------------------------------------
+    def _default_num_workers(self) -> int:
+        return os.cpu_count() or 1
+
+    def _worker_count(self) -> int:
+        return int(self._num_workers or 1)
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _run(self, specs: list[TaskSpec]) -> list[Any]:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class Mapper(MapperBase):
+    """Reference mapper: a plain for-loop in the calling process.
+
+    Same interface, timing dict (``{0: [...]}``) and `TaskException` as the process mappers;
+    use it for debugging, small systems and as the ground truth in tests.
+    """
+
+    def _default_num_workers(self) -> int:
+        return 1
+
+    def _worker_count(self) -> int:
+        return 1
+
+    def _start(self) -> None:
+        self._worker = self.worker_type(0, 1, self.worker_attributes, self.worker_init)
+        self._worker.init()
+
+    def _run(self, specs: list[TaskSpec]) -> list[Any]:
+        results = []
+        times = self._worker_segment_times[0]
+        for spec in specs:
+            ok, result, seconds, _, _ = run_timed(self._worker, Task(self.segment_func, *spec.args, **spec.kwargs))
+            if not ok:
+                raise result.to_exception(
+                    walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=0, pid=os.getpid()
+                )
+            times.append(seconds)
+            results.append(result)
+        return results
+
+    def _stop(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cleanup()

@@ -1,0 +1,282 @@
+"""Worker processes for the process mappers: start, handshake, death detection, bounded stop.
+
+::
+
+    manager                                    worker i (forkserver or spawn child)
+    ───────                                    ────────────────────────────────────
+    WorkerPool.start ── Process(args) ───────▶ _worker_main: faulthandler, ignore SIGINT,
+                     ◀── ("ready", pid) ────── Worker.init() (once: e.g. an OpenMM Context)
+    mapper's dispatch ── tasks ──────────────▶ loop(worker, conn, ...)   (pipe or ring)
+    wait(conns + sentinels)  ◀── results ────
+    lifeline (write end, never written) ─────▶ watcher thread: EOF ⇒ manager gone ⇒ os._exit
+    WorkerPool.stop: ask ─ join(timeout) ─ terminate ─ join ─ kill ─ join   (always bounded)
+
+Nothing polls: the manager blocks in ``multiprocessing.connection.wait`` on pipes and process
+sentinels (a killed worker wakes it at once), workers block in ``recv`` or a futex.
+Workers are never forked from the manager by default: a manager that has touched CUDA or
+holds threads breaks forked children (openmm#1886), so everything a worker needs is pickled.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+from .errors import WorkerException
+from .worker import TaskFailure, Worker
+
+__all__ = ["WorkerPool", "WorkerProcess", "describe_exitcode", "default_start_method", "check_picklable"]
+
+logger = logging.getLogger(__name__)
+
+#: exit status of a worker that noticed its manager is gone
+EXIT_ORPHANED = 75
+#: exit status of a worker whose ``Worker.init`` raised
+EXIT_INIT_FAILED = 76
+
+
+def default_start_method() -> str:
+    """``forkserver`` where the platform has it, else ``spawn``; never ``fork`` by default."""
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def describe_exitcode(exitcode: int | None) -> str:
+    """Say how a process ended the way a user reads it: ``SIGKILL (signal 9)``, ``exit code 3``."""
+    if exitcode is None:
+        return "no exit code (still running)"
+    if exitcode < 0:
+        try:
+            return f"{signal.Signals(-exitcode).name} (signal {-exitcode})"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def check_picklable(what: str, obj: Any, start_method: str) -> None:
+    """Fail early, naming ``what``, when ``obj`` cannot travel to a worker process."""
+    try:
+        ForkingPickler.dumps(obj)
+    except Exception as exc:
+        raise TypeError(
+            f"{what} ({obj!r}) cannot be pickled, and the {start_method!r} start method sends it to "
+            f"every worker process: define it at module level (not a lambda, closure or local class), "
+            f"or use wemap.Mapper to run in this process. ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+@dataclass
+class WorkerProcess:
+    """The manager's handle on one worker process."""
+
+    idx: int
+    process: Any
+    conn: Connection
+    lifeline: Connection
+    pid: int = 0
+    ready: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sentinel(self) -> int:
+        return self.process.sentinel
+
+    def exitcode(self, grace: float = 0.5) -> int | None:
+        """The exit code, waiting briefly for the process to be reaped after its sentinel fired."""
+        self.process.join(grace)
+        return self.process.exitcode
+
+    def describe(self) -> str:
+        return f"worker {self.idx} (pid {self.pid})"
+
+
+def _watch_lifeline(lifeline: Connection) -> None:
+    """Exit the worker as soon as the manager's end of the lifeline closes (manager died)."""
+    try:
+        lifeline.poll(None)
+    except (OSError, EOFError):
+        pass
+    os._exit(EXIT_ORPHANED)
+
+
+def _worker_main(
+    worker_type: type[Worker],
+    idx: int,
+    num_workers: int,
+    attributes: dict,
+    worker_init: Callable | None,
+    conn: Connection,
+    lifeline: Connection,
+    loop: Callable[..., None],
+    loop_args: tuple,
+) -> None:
+    faulthandler.enable()
+    # Ctrl-C reaches the whole process group; the manager owns the shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="wemap-lifeline", daemon=True).start()
+    worker = worker_type(idx, num_workers, attributes, worker_init)
+    try:
+        worker.init()
+    except Exception as exc:
+        conn.send(("init_failed", TaskFailure.capture(exc)))
+        os._exit(EXIT_INIT_FAILED)
+    conn.send(("ready", os.getpid()))
+    try:
+        loop(worker, conn, *loop_args)
+    finally:
+        worker.cleanup()
+
+
+class WorkerPool:
+    """Start ``num_workers`` processes running ``loop(worker, conn, *loop_args)`` and stop them."""
+
+    def __init__(
+        self,
+        num_workers: int,
+        loop: Callable[..., None],
+        loop_args: tuple = (),
+        *,
+        worker_type: type[Worker] = Worker,
+        worker_attributes: dict | None = None,
+        worker_init: Callable | None = None,
+        start_method: str | None = None,
+        start_timeout: float = 120.0,
+        name: str = "wemap-worker",
+    ) -> None:
+        self.start_method = start_method or default_start_method()
+        self.ctx = mp.get_context(self.start_method)
+        self.num_workers = num_workers
+        self.loop = loop
+        self.loop_args = loop_args
+        self.worker_type = worker_type
+        self.worker_attributes = dict(worker_attributes or {})
+        self.worker_init = worker_init
+        self.start_timeout = start_timeout
+        self.name = name
+        self.workers: list[WorkerProcess] = []
+
+    def check_picklable(self, **objects: Any) -> None:
+        if self.start_method == "fork":
+            return
+        for what, obj in objects.items():
+            if obj is not None:
+                check_picklable(what, obj, self.start_method)
+
+    def spawn(self, idx: int) -> WorkerProcess:
+        """Start worker ``idx`` (also used to replace a dead one); does not wait for it."""
+        conn, child_conn = self.ctx.Pipe(duplex=True)
+        lifeline_r, lifeline_w = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(
+            target=_worker_main,
+            args=(
+                self.worker_type,
+                idx,
+                self.num_workers,
+                self.worker_attributes,
+                self.worker_init,
+                child_conn,
+                lifeline_r,
+                self.loop,
+                self.loop_args,
+            ),
+            name=f"{self.name}-{idx}",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        lifeline_r.close()
+        wp = WorkerProcess(idx=idx, process=proc, conn=conn, lifeline=lifeline_w, pid=proc.pid)
+        logger.info("started worker %d (pid %d, %s)", idx, proc.pid, self.start_method)
+        return wp
+
+    def start(self) -> None:
+        """Start every worker and wait until each has run its ``Worker.init`` (bounded)."""
+        try:
+            self.workers = [self.spawn(i) for i in range(self.num_workers)]
+            self.wait_ready(self.workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, workers: Sequence[WorkerProcess]) -> None:
+        """Block until every worker in ``workers`` says ready; raise `WorkerException` otherwise."""
+        deadline = time.monotonic() + self.start_timeout
+        waiting = {w.conn: w for w in workers if not w.ready}
+        by_sentinel = {w.sentinel: w for w in workers}
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                names = ", ".join(w.describe() for w in waiting.values())
+                raise WorkerException(
+                    f"{names} did not finish starting within {self.start_timeout:.0f} s "
+                    f"(start_timeout); a slow Worker.init or import may need a larger value"
+                )
+            for r in wait(list(waiting) + [w.sentinel for w in waiting.values()], timeout=remaining):
+                w = waiting.get(r) or by_sentinel[r]
+                if w.conn not in waiting:
+                    continue
+                try:
+                    kind, payload = w.conn.recv()
+                except (EOFError, OSError):
+                    code = w.exitcode()
+                    raise WorkerException(
+                        f"{w.describe()} died while starting: {describe_exitcode(code)}",
+                        worker_idx=w.idx,
+                        pid=w.pid,
+                        exitcode=code,
+                    ) from None
+                if kind == "init_failed":
+                    raise WorkerException(
+                        f"{w.describe()} failed in Worker.init: {payload.exc_type}: {payload.exc_message}\n\n"
+                        f"Traceback in the worker:\n{payload.traceback}",
+                        worker_idx=w.idx,
+                        pid=w.pid,
+                    )
+                w.ready = True
+                del waiting[w.conn]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask, join with a timeout, terminate, kill: every step bounded; safe to call twice."""
+        workers, self.workers = self.workers, []
+        for w in workers:
+            try:
+                w.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + timeout
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+        for step in ("terminate", "kill"):
+            alive = [w for w in workers if w.process.is_alive()]
+            for w in alive:
+                logger.warning("%s did not stop in time; sending %s", w.describe(), step)
+                getattr(w.process, step)()
+            for w in alive:
+                w.process.join(1.0)
+        for w in workers:
+            for c in (w.conn, w.lifeline):
+                c.close()
+            if w.process.is_alive():
+                logger.error("%s is still alive after SIGKILL", w.describe())
+            else:
+                w.process.close()
+        if workers:
+            logger.debug("stopped %d worker(s)", len(workers))
+
+    def replace(self, w: WorkerProcess) -> WorkerProcess:
+        """Reap a dead worker and start a new one with the same index (same device)."""
+        w.process.join(0.5)
+        for c in (w.conn, w.lifeline):
+            c.close()
+        new = self.spawn(w.idx)
+        self.workers[w.idx] = new
+        return new

@@ -1,0 +1,413 @@
+"""`SharedMemWorkerMapper`: walker arrays travel through a shared-memory slot ring, not pickles.
+
+::
+
+    manager (map)                          segment (/dev/shm/wemap_<pid>_<token>, 0600)          worker i
+    ─────────────                          ─────────────────────────────────────────            ────────
+    encode walker → copy arrays ──────▶  slot k: [header | input region | output region]
+    push_ready(k) ──────────────────────▶ ready ring ─────────────────────────────────────▶  pop_ready → k
+                                                                                             views of input (read-only)
+                                                                                             segment_func(walker, ...)
+                                                                                             result → output region
+    pop_done → k ◀───────────────────────  done ring  ◀─────────────────────────────────────  push_done(k)
+    rebuild walker (one copy, or views)
+
+Slots are sized from the largest walker of the first cycle (or ``slot_size``, a hard limit)
+and regrown between cycles; more walkers than slots stream through them. Workers block in a
+futex on the ready ring; the manager blocks on the done ring in slices that also check
+worker liveness. A worker never writes a slot's input region, so a walker can always be
+re-run. Each worker also keeps its control pipe: ``("attach", name)`` when the segment is
+(re)made, ``None`` to stop.
+
+Failure paths: a segment that raises comes back as a pickled failure in the output region →
+`TaskException`; a worker that dies → `WorkerException` naming worker, pid, walker, cycle and
+exit code or signal. Any exception out of ``map`` stops every worker and unlinks the segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections import deque
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+
+from .codec import (
+    IN_REGION,
+    OUT_REGION,
+    Codec,
+    CodecRegistry,
+    decode_call,
+    encode_call,
+    read_descriptor,
+    write_call,
+)
+from .errors import WorkerException
+from .mapper import MapperBase, TaskSpec
+from .pool import WorkerPool, WorkerProcess, default_start_method, describe_exitcode
+from .segment import Segment, remove_stale_segments
+from .worker import Task, TaskFailure, Worker, run_timed
+
+__all__ = ["SharedMemWorkerMapper"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW = 0, 1, 2
+#: headroom over the largest input when slots are sized automatically (results may be larger)
+AUTO_HEADROOM = 1.25
+AUTO_EXTRA = 64 * 1024
+
+
+def _base_address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _region_ref(regions: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray], tuple[int, int] | None]:
+    """Find arrays that already live in this slot (no-op or in-place segments) so they are not copied."""
+    bounds = [(_base_address(r), r.nbytes) for r in regions]
+
+    def ref(arr: np.ndarray) -> tuple[int, int] | None:
+        if not arr.flags.c_contiguous:
+            return None
+        addr = _base_address(arr)
+        for region, (base, size) in enumerate(bounds):
+            if base <= addr and addr + arr.nbytes <= base + size and (addr - base) % 64 == 0:
+                return region, addr - base
+        return None
+
+    return ref
+
+
+def _write_failure(out: np.ndarray, failure: TaskFailure) -> int:
+    data = pickle.dumps(failure)
+    if len(data) + 8 > out.nbytes:  # keep the message, trim the traceback to fit the region
+        keep = max(0, out.nbytes - 8 - len(pickle.dumps(TaskFailure(failure.exc_type, failure.exc_message, ""))) - 64)
+        failure = TaskFailure(failure.exc_type, failure.exc_message, failure.traceback[-keep:] if keep else "")
+        data = pickle.dumps(failure)
+    out[:8] = np.frombuffer(len(data).to_bytes(8, "little"), dtype=np.uint8)
+    out[8 : 8 + len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return 8 + len(data)
+
+
+def _read_failure(out: np.ndarray) -> TaskFailure:
+    n = int.from_bytes(out[:8].tobytes(), "little")
+    return pickle.loads(out[8 : 8 + n])
+
+
+def serve_segment(worker: Worker, seg: Segment, segment_func: Callable[..., Any], reg: CodecRegistry) -> None:
+    """Worker side: pop a slot, run its walker, write the result, push it back, until the ring closes."""
+    from ._ring import RingClosed
+
+    ring = seg.ring
+    while True:
+        try:
+            slot = ring.pop_ready(None)
+        except RingClosed:
+            return
+        if slot is None:
+            continue
+        hdr = ring.header_view(slot)
+        hdr["worker_idx"] = worker.worker_idx
+        hdr["worker_pid"] = worker.pid
+        regions = (ring.input_view(slot), ring.output_view(slot))
+        out = regions[OUT_REGION]
+        try:
+            args, kwargs = decode_call(reg, read_descriptor(regions[IN_REGION]), regions, copy=False, readonly=True)
+        except Exception as exc:
+            ok, result, t0, t1 = False, TaskFailure.capture(exc), 0, 0
+        else:
+            ok, result, _, t0, t1 = run_timed(worker, Task(segment_func, *args, **kwargs))
+            del args, kwargs
+        status = STATUS_OK
+        if ok:
+            try:
+                enc = encode_call(reg, (result,), {}, where=f"result of walker {int(hdr['walker_idx'])}",
+                                  region=OUT_REGION, local_ref=_region_ref(regions))
+                if enc.nbytes > out.nbytes:
+                    status, nbytes = STATUS_OVERFLOW, enc.nbytes
+                else:
+                    write_call(enc, out)
+                    nbytes = enc.nbytes
+            except Exception as exc:  # the result itself can't be carried: the segment's problem
+                status, nbytes = STATUS_FAILED, _write_failure(out, TaskFailure.capture(exc))
+        else:
+            status, nbytes = STATUS_FAILED, _write_failure(out, result)
+        del result
+        hdr["status"] = status
+        hdr["out_nbytes"] = nbytes
+        hdr["t_start_ns"] = t0
+        hdr["t_end_ns"] = t1
+        del hdr, regions, out
+        ring.push_done(slot)
+
+
+def ring_loop(worker: Worker, conn: Connection, segment_func: Callable[..., Any], codecs: tuple[Codec, ...]) -> None:
+    """Worker process main loop: attach to each segment the manager names, serve it, detach."""
+    reg = CodecRegistry(codecs)
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        _, name = msg
+        seg = Segment.attach(name)
+        try:
+            serve_segment(worker, seg, segment_func, reg)
+        finally:
+            seg.close()
+
+
+class SharedMemWorkerMapper(MapperBase):
+    """Persistent worker processes fed through a shared-memory slot ring; nothing large is pickled.
+
+    Parameters beyond `WorkerMapper`'s:
+
+    - ``codecs``: extra `Codec` objects tried before the built-ins (walker types of your own).
+    - ``slot_size``: bytes of each slot's input and output region. ``None`` (default) sizes the
+      slots from the first cycle's largest walker and regrows them between cycles; a number is
+      a hard limit (a walker that does not fit → ``ValueError`` naming the field).
+    - ``num_slots``: slots in the ring (default ``min(walkers, 2 × num_workers)``); more walkers
+      than slots stream through them.
+    - ``zero_copy``: return results as read-only views into the segment, valid until the next
+      ``map`` call, instead of one copy each.
+
+    The segment function receives read-only views of the walker's arrays (copy them before
+    modifying them in place).
+    """
+
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        segment_func: Callable[..., Any] | None = None,
+        worker_type: type[Worker] = Worker,
+        worker_attributes: Mapping[str, Any] | None = None,
+        worker_init: Callable[[Worker], Any] | None = None,
+        codecs: list[Codec] | tuple[Codec, ...] = (),
+        slot_size: int | None = None,
+        num_slots: int | None = None,
+        zero_copy: bool = False,
+        start_method: str | None = None,
+        start_timeout: float = 120.0,
+        stop_timeout: float = 5.0,
+        liveness_interval: float = 0.2,
+    ) -> None:
+        super().__init__(segment_func, num_workers, worker_type, worker_attributes, worker_init)
+        if slot_size is not None and slot_size <= 0:
+            raise ValueError(f"slot_size must be a positive number of bytes, got {slot_size!r}")
+        if num_slots is not None and num_slots <= 0:
+            raise ValueError(f"num_slots must be a positive integer, got {num_slots!r}")
+        self.codecs = tuple(codecs)
+        self._registry = CodecRegistry(self.codecs)
+        self.slot_size = slot_size
+        self.num_slots = num_slots
+        self.zero_copy = zero_copy
+        self.start_method = start_method or default_start_method()
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.liveness_interval = liveness_interval
+        self._pool: WorkerPool | None = None
+        self._segment: Segment | None = None
+
+    @property
+    def segment_name(self) -> str | None:
+        """Name of the current shared-memory segment (under ``/dev/shm`` on Linux), if any."""
+        return self._segment.name if self._segment is not None else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _start(self) -> None:
+        for name in remove_stale_segments():
+            logger.warning("removed stale segment %s left by a dead process", name)
+        pool = WorkerPool(
+            self._worker_count(),
+            ring_loop,
+            (self.segment_func, self.codecs),
+            worker_type=self.worker_type,
+            worker_attributes=self.worker_attributes,
+            worker_init=self.worker_init,
+            start_method=self.start_method,
+            start_timeout=self.start_timeout,
+        )
+        pool.check_picklable(
+            segment_func=self.segment_func,
+            worker_type=self.worker_type,
+            worker_attributes=self.worker_attributes,
+            worker_init=self.worker_init,
+            codecs=self.codecs,
+        )
+        pool.start()
+        self._pool = pool
+
+    def _stop(self) -> None:
+        seg, self._segment = self._segment, None
+        if seg is not None:
+            seg.ring.close_ready()
+        pool, self._pool = self._pool, None
+        try:
+            if pool is not None:
+                pool.stop(self.stop_timeout)
+        finally:
+            if seg is not None:
+                seg.unlink()
+                seg.close()
+
+    # -- segment -----------------------------------------------------------------------------
+    def _ensure_segment(self, region_needed: int, n_tasks: int) -> None:
+        """Make (or regrow) the segment so every slot region holds ``region_needed`` bytes."""
+        seg = self._segment
+        if seg is not None and seg.ring.region_size >= region_needed:
+            return
+        if self.slot_size is not None:
+            region = int(self.slot_size)
+        else:
+            region = int(region_needed * AUTO_HEADROOM) + AUTO_EXTRA
+        nslots = self.num_slots or max(1, min(n_tasks, 2 * self._worker_count()))
+        if seg is not None:
+            logger.info("regrowing slots from %d to %d bytes", seg.ring.region_size, region)
+            self._segment = None
+            seg.ring.close_ready()
+            seg.unlink()
+            seg.close()
+        seg = Segment.create(nslots, region)
+        self._segment = seg
+        logger.info("segment %s: %d slots x 2 x %d bytes (%.1f MiB)", seg.name, nslots, seg.ring.region_size,
+                    seg.size / 2**20)
+        assert self._pool is not None
+        for w in self._pool.workers:
+            try:
+                w.conn.send(("attach", seg.name))
+            except (OSError, ValueError):
+                raise self._death(w, None) from None
+
+    # -- map ---------------------------------------------------------------------------------
+    def _run(self, specs: list[TaskSpec]) -> list[Any]:
+        try:
+            return self._run_cycle(specs)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _encode(self, specs: list[TaskSpec]):
+        encoded = []
+        for spec in specs:
+            where = f"walker {spec.walker_idx} (cycle {spec.cycle_idx})"
+            enc = encode_call(self._registry, spec.args, spec.kwargs, where=where, region=IN_REGION)
+            if self.slot_size is not None and enc.nbytes > self.slot_size:
+                field, fbytes = enc.largest_field
+                raise ValueError(
+                    f"{where} needs {enc.nbytes} bytes but slot_size is {self.slot_size}: "
+                    f"its largest field {field!r} alone is {fbytes} bytes; raise slot_size or leave it "
+                    f"None to size slots automatically"
+                )
+            encoded.append(enc)
+        return encoded
+
+    def _run_cycle(self, specs: list[TaskSpec]) -> list[Any]:
+        encoded = self._encode(specs)  # every walker checked before anything is written
+        self._ensure_segment(max(e.nbytes for e in encoded), len(specs))
+        results: list[Any] = [None] * len(specs)
+        todo = list(range(len(specs)))
+        while todo:
+            overflow = self._stream(specs, encoded, todo, results)
+            if not overflow:
+                break
+            need = max(n for _, n in overflow)
+            if self.slot_size is not None:
+                i, n = overflow[0]
+                raise ValueError(
+                    f"the result of walker {specs[i].walker_idx} (cycle {specs[i].cycle_idx}) needs {n} bytes, "
+                    f"more than slot_size={self.slot_size}; raise slot_size or leave it None"
+                )
+            logger.warning(
+                "%d result(s) did not fit the %d-byte slots (largest %d bytes): regrowing and re-running them",
+                len(overflow), self._segment.ring.region_size, need,
+            )
+            self._ensure_segment(need, len(overflow))
+            todo = [i for i, _ in overflow]
+        return results
+
+    def _stream(self, specs, encoded, todo, results) -> list[tuple[int, int]]:
+        """Push walkers through the slots; return (task, bytes needed) of results that overflowed."""
+        seg = self._segment
+        ring = seg.ring
+        pending = deque(todo)
+        free = deque(range(ring.nslots))
+        in_flight: dict[int, int] = {}
+        overflow: list[tuple[int, int]] = []
+        times = self._worker_segment_times
+        while pending or in_flight:
+            while pending and free:
+                slot, i = free.popleft(), pending.popleft()
+                spec = specs[i]
+                write_call(encoded[i], ring.input_view(slot))
+                hdr = ring.header_view(slot)
+                hdr["task_id"] = i
+                hdr["cycle"] = spec.cycle_idx
+                hdr["walker_idx"] = spec.walker_idx
+                hdr["worker_idx"] = -1
+                hdr["worker_pid"] = 0
+                hdr["in_nbytes"] = encoded[i].nbytes
+                hdr["status"] = -1
+                in_flight[slot] = i
+                ring.push_ready(slot)
+            slot = ring.pop_done(self.liveness_interval)
+            if slot is None:
+                self._check_liveness(in_flight)
+                continue
+            i = in_flight.pop(slot, None)
+            if i is None:
+                raise WorkerException(f"a worker returned slot {slot}, which held no walker: the segment is corrupt")
+            hdr = ring.header_view(slot)
+            status, widx, pid = int(hdr["status"]), int(hdr["worker_idx"]), int(hdr["worker_pid"])
+            spec = specs[i]
+            regions = (ring.input_view(slot), ring.output_view(slot))
+            if status == STATUS_FAILED:
+                failure = _read_failure(regions[OUT_REGION])
+                raise failure.to_exception(walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx,
+                                           worker_idx=widx, pid=pid)
+            if status == STATUS_OVERFLOW:
+                overflow.append((i, int(hdr["out_nbytes"])))
+            elif status == STATUS_OK:
+                out_args, _ = decode_call(self._registry, read_descriptor(regions[OUT_REGION]), regions,
+                                          copy=not self.zero_copy, readonly=True)
+                results[i] = out_args[0]
+            else:
+                raise WorkerException(f"slot {slot} came back with unknown status {status} from worker {widx} "
+                                      f"(pid {pid}): the segment is corrupt")
+            if 0 <= widx < len(times):
+                times[widx].append((int(hdr["t_end_ns"]) - int(hdr["t_start_ns"])) * 1e-9)
+            free.append(slot)
+        return overflow
+
+    def _check_liveness(self, in_flight: dict[int, int]) -> None:
+        assert self._pool is not None
+        workers = self._pool.workers
+        dead = wait([w.sentinel for w in workers], timeout=0)
+        if not dead:
+            return
+        w = next(w for w in workers if w.sentinel in dead)
+        held = None
+        ring = self._segment.ring
+        for slot in in_flight:
+            hdr = ring.header_view(slot)
+            if int(hdr["worker_pid"]) == w.pid:
+                held = (int(hdr["walker_idx"]), int(hdr["cycle"]))
+        raise self._death(w, held)
+
+    def _death(self, w: WorkerProcess, held: tuple[int, int] | None) -> WorkerException:
+        code = w.exitcode()
+        doing = f"while running walker {held[0]} of cycle {held[1]}" if held else "while idle"
+        logger.error("%s died %s: %s", w.describe(), doing, describe_exitcode(code))
+        return WorkerException(
+            f"{w.describe()} died {doing}: {describe_exitcode(code)}",
+            worker_idx=w.idx,
+            pid=w.pid,
+            exitcode=code,
+            walker_idx=held[0] if held else None,
+            cycle_idx=held[1] if held else None,
+        )

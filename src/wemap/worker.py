@@ -1,0 +1,149 @@
+"""What runs a segment: `Task` (a function and its arguments) and `Worker` (the per-process
+object that owns persistent resources such as an OpenMM ``Context`` on one GPU).
+
+A `Worker` lives in a worker process for the whole run (or in the calling process under
+`wemap.Mapper`). Subclass it, or pass ``worker_init``, to build expensive per-worker state
+once; the segment function reaches it through `current_worker()`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import TaskException
+
+__all__ = ["Task", "Worker", "current_worker", "TaskFailure"]
+
+_current: Worker | None = None
+
+
+def current_worker() -> Worker | None:
+    """Return the `Worker` running the current segment, or ``None`` outside any mapper.
+
+    This is how a segment function finds its worker index, device and persistent
+    resources: ``w = wemap.current_worker(); ctx = w.resource``.
+    """
+    return _current
+
+
+def _set_current(worker: Worker | None) -> Worker | None:
+    global _current
+    previous, _current = _current, worker
+    return previous
+
+
+class Task:
+    """A segment function with the arguments of one walker.
+
+    Calling it runs ``func(*args, **kwargs, **worker_kwargs)``: a `Worker` subclass may inject
+    per-worker keyword arguments (wepy's GPU workers pass ``DeviceIndex`` this way).
+    """
+
+    __slots__ = ("func", "args", "kwargs")
+
+    def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self, **worker_kwargs: Any) -> Any:
+        return self.func(*self.args, **self.kwargs, **worker_kwargs)
+
+
+class Worker:
+    """Per-process runner of tasks; one instance per worker process for the whole run.
+
+    Hooks, in the order they run: `init` once before the first task (default: call
+    ``worker_init(self)`` and keep its result in `resource`), `run_task` for every task
+    (default: ``task()``), `cleanup` once at shutdown.
+
+    Attributes: ``worker_idx`` (0..num_workers-1), ``num_workers``, ``attributes`` (the
+    mapper's ``worker_attributes`` dict, e.g. ``{"devices": [0, 1]}``), ``resource``.
+    """
+
+    def __init__(
+        self,
+        worker_idx: int,
+        num_workers: int,
+        attributes: Mapping[str, Any] | None = None,
+        worker_init: Callable[[Worker], Any] | None = None,
+    ) -> None:
+        self.worker_idx = worker_idx
+        self.num_workers = num_workers
+        self.attributes: dict[str, Any] = dict(attributes or {})
+        self.worker_init = worker_init
+        self.resource: Any = None
+        self.pid = os.getpid()
+
+    def init(self) -> None:
+        """Build per-worker resources once (override, or pass ``worker_init``)."""
+        if self.worker_init is not None:
+            self.resource = self.worker_init(self)
+
+    def run_task(self, task: Task) -> Any:
+        """Run one task; override to inject per-worker keyword arguments."""
+        return task()
+
+    def cleanup(self) -> None:
+        """Release per-worker resources at shutdown (override if needed)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(worker_idx={self.worker_idx}, pid={self.pid})"
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A segment's exception, reduced to what can cross a process boundary safely."""
+
+    exc_type: str
+    exc_message: str
+    traceback: str
+
+    @classmethod
+    def capture(cls, exc: BaseException) -> TaskFailure:
+        return cls(
+            exc_type=type(exc).__qualname__,
+            exc_message=str(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+
+    def to_exception(
+        self,
+        *,
+        walker_idx: int | None,
+        cycle_idx: int | None,
+        worker_idx: int | None,
+        pid: int | None,
+    ) -> TaskException:
+        where = f"walker {walker_idx}, cycle {cycle_idx}, worker {worker_idx} (pid {pid})"
+        return TaskException(
+            f"segment function raised {self.exc_type}: {self.exc_message} [{where}]",
+            exc_type=self.exc_type,
+            exc_message=self.exc_message,
+            traceback=self.traceback,
+            walker_idx=walker_idx,
+            cycle_idx=cycle_idx,
+            worker_idx=worker_idx,
+            pid=pid,
+        )
+
+
+def run_timed(worker: Worker, task: Task) -> tuple[bool, Any, float, int, int]:
+    """Run ``task`` on ``worker``; return (ok, result or TaskFailure, seconds, t_start_ns, t_end_ns)."""
+    previous = _set_current(worker)
+    t0 = time.monotonic_ns()
+    try:
+        result = worker.run_task(task)
+        ok = True
+    except Exception as exc:  # a segment's failure is data for the manager, not ours to raise here
+        result = TaskFailure.capture(exc)
+        ok = False
+    finally:
+        _set_current(previous)
+    t1 = time.monotonic_ns()
+    return ok, result, (t1 - t0) * 1e-9, t0, t1

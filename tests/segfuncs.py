@@ -1,0 +1,118 @@
+"""Segment functions and workers for the tests; module level so worker processes can import them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+
+import wemap
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(walker, segment_length, **kwargs):
+    """Return the walker unchanged (a pure-transport segment)."""
+    return walker
+
+
+def slow_reverse(x, n):
+    """Finish later inputs first, so ordering is not an accident of timing."""
+    time.sleep(0.02 * (n - x))
+    return x * 10
+
+
+def with_kwargs(x, *, cycle_idx, walker_idx, scale=1):
+    return (x, cycle_idx, walker_idx, scale)
+
+
+def fail_on(x, bad, **kwargs):
+    if x == bad:
+        raise ValueError(f"walker value {x} is bad")
+    return x
+
+
+def kill_on(x, bad, **kwargs):
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    return x
+
+
+def exit_on(x, bad, **kwargs):
+    if x == bad:
+        os._exit(3)
+    return x
+
+
+def who(x):
+    w = wemap.current_worker()
+    return (x, w.worker_idx, w.pid, w.resource)
+
+
+def make_token(worker):
+    return (worker.worker_idx, uuid.uuid4().hex)
+
+
+def failing_init(worker):
+    raise RuntimeError(f"no GPU for worker {worker.worker_idx}")
+
+
+class DeviceWorker(wemap.Worker):
+    """A wepy-style worker that injects its device index into every task."""
+
+    def run_task(self, task):
+        return task(DeviceIndex=str(self.attributes["devices"][self.worker_idx % len(self.attributes["devices"])]))
+
+
+def device_of(x, DeviceIndex):
+    return (x, DeviceIndex)
+
+
+def record(x, path):
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+def sleep_for(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+def displace(walker, segment_length, **kwargs):
+    """Deterministic 'dynamics' on wemap walkers: shift positions, scale velocities."""
+    state = dict(walker.state)
+    state["positions"] = walker.state["positions"] + 0.001 * segment_length
+    state["velocities"] = walker.state["velocities"] * 0.5
+    return wemap.Walker(state, walker.weight)
+
+
+def make_walker(n_atoms: int, seed: int = 0, weight: float = 1.0) -> wemap.Walker:
+    rng = np.random.default_rng(seed)
+    return wemap.Walker(
+        {
+            "positions": rng.random((n_atoms, 3)),
+            "velocities": rng.random((n_atoms, 3)),
+            "box_vectors": np.eye(3) * 3.0,
+            "time": float(seed),
+        },
+        weight,
+    )
+
+
+def grow(walker, n_extra, **kwargs):
+    """Return a walker larger than the one given (results need not fit the input's slot)."""
+    state = dict(walker.state)
+    state["extra"] = np.arange(n_extra, dtype=np.float64)
+    return wemap.Walker(state, walker.weight)
+
+
+def modify_in_place(walker, segment_length, **kwargs):
+    walker.state["positions"] += 1.0
+    return walker

@@ -1,0 +1,174 @@
+"""Behaviour specific to SharedMemWorkerMapper (the shared contract is in test_contract.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import psutil
+import pytest
+import segfuncs
+
+import wemap
+from wemap import SharedMemWorkerMapper, TaskException
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def walkers(n, n_atoms, seed0=0):
+    return [segfuncs.make_walker(n_atoms, seed=seed0 + i, weight=1.0 / n) for i in range(n)]
+
+
+def test_walkers_match_reference_and_segment_is_private():
+    ws = walkers(5, 1000)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        out = m.map(ws, [3] * 5)
+        name = m.segment_name
+        assert name.startswith(f"wemap_{os.getpid()}_")
+        mode = stat.S_IMODE(os.stat(f"/dev/shm/{name}").st_mode)
+        assert mode == 0o600
+    assert out == [segfuncs.displace(w, 3) for w in ws]
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_hard_slot_size_names_the_field_before_writing(tmp_path):
+    big = segfuncs.make_walker(10_000)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1, slot_size=100_000) as m:
+        with pytest.raises(ValueError, match=r"walker 1 .*slot_size is 100000.*'positions'"):
+            m.map([segfuncs.make_walker(10), big], [1, 1])
+        assert m.segment_name is None, "nothing was written: the segment was never made"
+
+
+def test_object_dtype_is_rejected_naming_the_field():
+    w = wemap.Walker({"positions": np.zeros((3, 3)), "labels": np.array(["a", None], dtype=object)}, 1.0)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1) as m:
+        with pytest.raises(ValueError, match=r"walker 0.*'labels'.*object"):
+            m.map([w], [1])
+
+
+def test_slots_regrow_between_cycles():
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        small = walkers(4, 10)
+        assert m.map(small, [1] * 4) == [segfuncs.displace(w, 1) for w in small]
+        first = m.segment_name
+        big = walkers(4, 50_000, seed0=10)
+        assert m.map(big, [1] * 4) == [segfuncs.displace(w, 1) for w in big]
+        assert m.segment_name != first
+        assert not os.path.exists(f"/dev/shm/{first}"), "the outgrown segment is unlinked"
+
+
+def test_results_larger_than_inputs_regrow_and_rerun():
+    with SharedMemWorkerMapper(segment_func=segfuncs.grow, num_workers=2) as m:
+        out = m.map(walkers(3, 100), [200_000] * 3)
+    assert [o.state["extra"].shape for o in out] == [(200_000,)] * 3
+
+
+def test_more_walkers_than_slots_stream_through():
+    ws = walkers(11, 200)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2, num_slots=2) as m:
+        out = m.map(ws, [2] * 11)
+        assert m._segment.ring.nslots == 2
+    assert out == [segfuncs.displace(w, 2) for w in ws]
+
+
+def test_noop_result_is_not_copied_and_zero_copy_views():
+    ws = walkers(2, 500)
+    with SharedMemWorkerMapper(segment_func=segfuncs.echo, num_workers=1, zero_copy=True) as m:
+        out = m.map(ws, [1, 1])
+        ring = m._segment.ring
+        inputs = [ring.input_view(s) for s in range(ring.nslots)]
+        for w, o in zip(ws, out):
+            np.testing.assert_array_equal(o.state["positions"], w.state["positions"])
+            addr = o.state["positions"].__array_interface__["data"][0]
+            assert any(
+                r.__array_interface__["data"][0] <= addr < r.__array_interface__["data"][0] + r.nbytes for r in inputs
+            ), "the echoed walker's arrays are still those of its input region: nothing was copied"
+            assert not o.state["positions"].flags.writeable
+        del out, inputs, ring
+
+
+def test_copied_results_are_independent_of_the_segment():
+    ws = walkers(2, 100)
+    with SharedMemWorkerMapper(segment_func=segfuncs.echo, num_workers=1) as m:
+        out = m.map(ws, [1, 1])
+    assert out[0].state["positions"].flags.writeable
+    np.testing.assert_array_equal(out[1].state["velocities"], ws[1].state["velocities"])
+
+
+def test_inputs_are_read_only_in_the_worker():
+    with SharedMemWorkerMapper(segment_func=segfuncs.modify_in_place, num_workers=1) as m:
+        with pytest.raises(TaskException, match="read-only"):
+            m.map(walkers(1, 10), [1])
+
+
+def test_wepy_walkers_travel_as_arrays():
+    wepy_walker = pytest.importorskip("wepy.walker")
+    w = wepy_walker.Walker(wepy_walker.WalkerState(positions=np.ones((4, 3)), time=1.5), 0.5)
+    with SharedMemWorkerMapper(segment_func=segfuncs.echo, num_workers=1) as m:
+        (out,) = m.map([w], [1])
+    assert type(out) is wepy_walker.Walker and type(out.state) is wepy_walker.WalkerState
+    np.testing.assert_array_equal(out.state["positions"], np.ones((4, 3)))
+    assert out.state["time"] == 1.5 and out.weight == 0.5
+
+
+def test_stale_segments_of_dead_owners_are_removed():
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(proc.stdout)
+    assert not psutil.pid_exists(dead_pid)
+    stale = f"/dev/shm/wemap_{dead_pid}_deadbeefdeadbeef"
+    with open(stale, "wb") as f:
+        f.write(b"\0" * 4096)
+    live = f"/dev/shm/wemap_{os.getpid()}_livelivelivelive"
+    with open(live, "wb") as f:
+        f.write(b"\0" * 4096)
+    try:
+        with SharedMemWorkerMapper(segment_func=segfuncs.add, num_workers=1):
+            pass
+        assert not os.path.exists(stale)
+        assert os.path.exists(live), "a live owner's segment is left alone"
+    finally:
+        for p in (stale, live):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+MANAGER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import segfuncs, wemap
+    m = wemap.SharedMemWorkerMapper(segment_func=segfuncs.sleep_for, num_workers=2)
+    m.init()
+    m.map([1], [0.0])
+    print(m.segment_name, *[w.pid for w in m._pool.workers], flush=True)
+    m.map([1, 2], [60, 60])
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_killed_manager_leaves_no_worker_and_no_segment():
+    script = MANAGER_SCRIPT.format(tests=os.path.dirname(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split()
+    assert line, proc.stderr.read()
+    name, pids = line[0], [int(p) for p in line[1:]]
+    time.sleep(0.5)  # let the workers take their walkers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive and not os.path.exists(f"/dev/shm/{name}"):
+            break
+        time.sleep(0.1)
+    assert not alive, f"workers outlived their manager: {alive}"
+    assert not os.path.exists(f"/dev/shm/{name}"), "segment left behind by a killed manager"
+    proc.stdout.close()
+    proc.stderr.close()
