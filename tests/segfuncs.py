@@ -116,3 +116,43 @@ def grow(walker, n_extra, **kwargs):
 def modify_in_place(walker, segment_length, **kwargs):
     walker.state["positions"] += 1.0
     return walker
+
+
+def _first_time(marker_dir, x) -> bool:
+    """True exactly once per (marker_dir, x), across processes (O_EXCL create)."""
+    try:
+        fd = os.open(os.path.join(marker_dir, f"once-{x}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def kill_once(walker, segment_length, marker_dir, victim, **kwargs):
+    """SIGKILL the worker the first time it runs walker ``victim``; otherwise `displace`."""
+    if kwargs.get("walker_idx") == victim and _first_time(marker_dir, victim):
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    return displace(walker, segment_length)
+
+
+def hang_once(walker, segment_length, marker_dir, victim, **kwargs):
+    if kwargs.get("walker_idx") == victim and _first_time(marker_dir, victim):
+        time.sleep(60)
+    return displace(walker, segment_length)
+
+
+def hang_always(walker, segment_length, victim, **kwargs):
+    if kwargs.get("walker_idx") == victim:
+        time.sleep(60)
+    return displace(walker, segment_length)
+
+
+class Flaky(Exception):
+    pass
+
+
+def flaky_once(walker, segment_length, marker_dir, victim, **kwargs):
+    if kwargs.get("walker_idx") == victim and _first_time(marker_dir, victim):
+        raise Flaky("transient failure")
+    return displace(walker, segment_length)

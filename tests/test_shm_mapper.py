@@ -124,7 +124,7 @@ def test_stale_segments_of_dead_owners_are_removed():
     stale = f"/dev/shm/wemap_{dead_pid}_deadbeefdeadbeef"
     with open(stale, "wb") as f:
         f.write(b"\0" * 4096)
-    live = f"/dev/shm/wemap_{os.getpid()}_livelivelivelive"
+    live = f"/dev/shm/wemap_{os.getpid()}_0123456789abcdef"
     with open(live, "wb") as f:
         f.write(b"\0" * 4096)
     try:

@@ -7,7 +7,7 @@ arrays through shared memory instead of pickles. See `Mapper`, `WorkerMapper`,
 
 from __future__ import annotations
 
-from .errors import RingCorruptError, ShmSpaceError, TaskException, WemapError, WorkerException
+from .errors import RingCorruptError, ShmSpaceError, TaskException, TaskTimeout, WemapError, WorkerException
 from .codec import Codec
 from .mapper import Mapper
 from .walker import Walker
@@ -25,6 +25,7 @@ __all__ = [
     "current_worker",
     "TaskException",
     "WorkerException",
+    "TaskTimeout",
     "WemapError",
     "RingCorruptError",
     "ShmSpaceError",

@@ -6,6 +6,7 @@ __all__ = [
     "WemapError",
     "TaskException",
     "WorkerException",
+    "TaskTimeout",
     "RingCorruptError",
     "ShmSpaceError",
 ]
@@ -101,6 +102,10 @@ class WorkerException(WemapError):
         self.exitcode = exitcode
         self.walker_idx = walker_idx
         self.cycle_idx = cycle_idx
+
+
+class TaskTimeout(WorkerException):
+    """A segment ran past ``task_timeout`` more often than ``max_retries`` allows."""
 
 
 class RingCorruptError(WemapError, ValueError):

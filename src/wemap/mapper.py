@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .faults import Attempts, RetryPolicy, sigterm_raises
 from .worker import Task, Worker, run_timed
 
 __all__ = ["Mapper", "MapperBase", "TaskSpec"]
@@ -92,6 +93,11 @@ class MapperBase:
         worker_type: type[Worker] = Worker,
         worker_attributes: Mapping[str, Any] | None = None,
         worker_init: Callable[[Worker], Any] | None = None,
+        *,
+        max_retries: int = 2,
+        retry_on: tuple[type[BaseException], ...] = (),
+        task_timeout: float | None = None,
+        first_task_timeout: float | None = None,
     ) -> None:
         if not (isinstance(worker_type, type) and issubclass(worker_type, Worker)):
             raise TypeError(f"worker_type must be a subclass of wemap.Worker, got {worker_type!r}")
@@ -101,8 +107,11 @@ class MapperBase:
         self.worker_attributes: dict[str, Any] = dict(worker_attributes or {})
         self.worker_init = worker_init
         self._worker_segment_times: dict[int, list[float]] = {}
+        self.policy = RetryPolicy(max_retries, tuple(retry_on), task_timeout, first_task_timeout)
         self._state = "new"
         self._cycle_counter = 0
+        #: walkers re-run after a lost segment or a retried exception, over the mapper's life
+        self.recovered_segments = 0
 
     # -- interface ---------------------------------------------------------------------------
     @property
@@ -146,15 +155,22 @@ class MapperBase:
         self._worker_segment_times = {i: [] for i in range(self._worker_count())}
         if not specs:
             return []
-        return self._run(specs)
+        with sigterm_raises():
+            return self._run(specs)
 
     def cleanup(self, **kwargs: Any) -> None:
         """End every process and free every segment; safe to call twice and after errors."""
         if self._state == "running":
             self._state = "closed"
-            self._stop()
+            self._stop(abort=False)
         elif self._state == "new":
             self._state = "closed"
+
+    def _abort(self) -> None:
+        """Stop at once after a failed ``map``: workers still mid-segment are not waited for."""
+        if self._state == "running":
+            self._state = "closed"
+            self._stop(abort=True)
 
     def __enter__(self):
         if self._state != "running":
@@ -177,7 +193,7 @@ class MapperBase:
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
         raise NotImplementedError
 
-    def _stop(self) -> None:
+    def _stop(self, abort: bool) -> None:
         raise NotImplementedError
 
 
@@ -201,17 +217,25 @@ class Mapper(MapperBase):
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
         results = []
         times = self._worker_segment_times[0]
-        for spec in specs:
-            ok, result, seconds, _, _ = run_timed(self._worker, Task(self.segment_func, *spec.args, **spec.kwargs))
-            if not ok:
-                raise result.to_exception(
-                    walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=0, pid=os.getpid()
-                )
-            times.append(seconds)
-            results.append(result)
+        attempts = Attempts(self.policy)
+        try:
+            for spec in specs:
+                while True:
+                    task = Task(self.segment_func, *spec.args, **spec.kwargs)
+                    ok, result, seconds, _, _ = run_timed(self._worker, task, self.policy.retry_on)
+                    times.append(seconds)
+                    if ok:
+                        break
+                    attempts.failed(
+                        spec.task_idx, result,
+                        walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=0, pid=os.getpid(),
+                    )
+                results.append(result)
+        finally:
+            self.recovered_segments += attempts.recovered
         return results
 
-    def _stop(self) -> None:
+    def _stop(self, abort: bool) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.cleanup()

@@ -35,7 +35,7 @@ from typing import Any
 from .errors import WorkerException
 from .worker import TaskFailure, Worker
 
-__all__ = ["WorkerPool", "WorkerProcess", "describe_exitcode", "default_start_method", "check_picklable"]
+__all__ = ["WorkerPool", "WorkerProcess", "ABORT_STOP_TIMEOUT", "describe_exitcode", "default_start_method", "check_picklable"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 EXIT_ORPHANED = 75
 #: exit status of a worker whose ``Worker.init`` raised
 EXIT_INIT_FAILED = 76
+#: seconds an aborted map waits for workers before SIGTERM: they are mid-segment, not listening
+ABORT_STOP_TIMEOUT = 0.25
 
 
 def default_start_method() -> str:
@@ -229,7 +231,10 @@ class WorkerPool:
                 except (EOFError, OSError):
                     code = w.exitcode()
                     raise WorkerException(
-                        f"{w.describe()} died while starting: {describe_exitcode(code)}",
+                        f"{w.describe()} died while starting: {describe_exitcode(code)}. Its stderr has "
+                        f"the cause; a common one: workers start with {self.start_method!r} and import your "
+                        f"main module, so a script must create the mapper under "
+                        f"`if __name__ == '__main__':`",
                         worker_idx=w.idx,
                         pid=w.pid,
                         exitcode=code,

@@ -27,8 +27,8 @@ exit code or signal. Any exception out of ``map`` stops every worker and unlinks
 from __future__ import annotations
 
 import logging
-import os
 import pickle
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, wait
@@ -48,7 +48,9 @@ from .codec import (
 )
 from .errors import WorkerException
 from .mapper import MapperBase, TaskSpec
-from .pool import WorkerPool, WorkerProcess, default_start_method, describe_exitcode
+from .pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, default_start_method, describe_exitcode
+from ._ring import RingClosed, now_ns
+from .faults import Attempts
 from .segment import Segment, remove_stale_segments
 from .worker import Task, TaskFailure, Worker, run_timed
 
@@ -98,9 +100,14 @@ def _read_failure(out: np.ndarray) -> TaskFailure:
     return pickle.loads(out[8 : 8 + n])
 
 
-def serve_segment(worker: Worker, seg: Segment, segment_func: Callable[..., Any], reg: CodecRegistry) -> None:
+def serve_segment(
+    worker: Worker,
+    seg: Segment,
+    segment_func: Callable[..., Any],
+    reg: CodecRegistry,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> None:
     """Worker side: pop a slot, run its walker, write the result, push it back, until the ring closes."""
-    from ._ring import RingClosed
 
     ring = seg.ring
     while True:
@@ -112,7 +119,9 @@ def serve_segment(worker: Worker, seg: Segment, segment_func: Callable[..., Any]
             continue
         hdr = ring.header_view(slot)
         hdr["worker_idx"] = worker.worker_idx
-        hdr["worker_pid"] = worker.pid
+        hdr["worker_pid"] = worker.pid  # the claim: the manager's timeout and loss checks read it
+        hdr["t_start_ns"] = now_ns()
+        hdr["t_end_ns"] = 0
         regions = (ring.input_view(slot), ring.output_view(slot))
         out = regions[OUT_REGION]
         try:
@@ -120,7 +129,7 @@ def serve_segment(worker: Worker, seg: Segment, segment_func: Callable[..., Any]
         except Exception as exc:
             ok, result, t0, t1 = False, TaskFailure.capture(exc), 0, 0
         else:
-            ok, result, _, t0, t1 = run_timed(worker, Task(segment_func, *args, **kwargs))
+            ok, result, _, t0, t1 = run_timed(worker, Task(segment_func, *args, **kwargs), retry_on)
             del args, kwargs
         status = STATUS_OK
         if ok:
@@ -145,7 +154,13 @@ def serve_segment(worker: Worker, seg: Segment, segment_func: Callable[..., Any]
         ring.push_done(slot)
 
 
-def ring_loop(worker: Worker, conn: Connection, segment_func: Callable[..., Any], codecs: tuple[Codec, ...]) -> None:
+def ring_loop(
+    worker: Worker,
+    conn: Connection,
+    segment_func: Callable[..., Any],
+    codecs: tuple[Codec, ...],
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> None:
     """Worker process main loop: attach to each segment the manager names, serve it, detach."""
     reg = CodecRegistry(codecs)
     while True:
@@ -158,9 +173,10 @@ def ring_loop(worker: Worker, conn: Connection, segment_func: Callable[..., Any]
         _, name = msg
         seg = Segment.attach(name)
         try:
-            serve_segment(worker, seg, segment_func, reg)
+            serve_segment(worker, seg, segment_func, reg, retry_on)
         finally:
             seg.close()
+        conn.send(("detached", name))  # the manager may now trust every slot header it reads
 
 
 class SharedMemWorkerMapper(MapperBase):
@@ -196,8 +212,17 @@ class SharedMemWorkerMapper(MapperBase):
         start_timeout: float = 120.0,
         stop_timeout: float = 5.0,
         liveness_interval: float = 0.2,
+        *,
+        max_retries: int = 2,
+        retry_on: tuple[type[BaseException], ...] = (),
+        task_timeout: float | None = None,
+        first_task_timeout: float | None = None,
     ) -> None:
-        super().__init__(segment_func, num_workers, worker_type, worker_attributes, worker_init)
+        super().__init__(
+            segment_func, num_workers, worker_type, worker_attributes, worker_init,
+            max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
+            first_task_timeout=first_task_timeout,
+        )
         if slot_size is not None and slot_size <= 0:
             raise ValueError(f"slot_size must be a positive number of bytes, got {slot_size!r}")
         if num_slots is not None and num_slots <= 0:
@@ -213,6 +238,9 @@ class SharedMemWorkerMapper(MapperBase):
         self.liveness_interval = liveness_interval
         self._pool: WorkerPool | None = None
         self._segment: Segment | None = None
+        self._attached: set[int] = set()  # worker indices serving the current segment
+        self._served: set[int] = set()  # pids that finished a segment (past their first-segment allowance)
+        self._timed_out: dict[int, float] = {}  # pid -> the timeout it was killed for
 
     @property
     def segment_name(self) -> str | None:
@@ -221,12 +249,13 @@ class SharedMemWorkerMapper(MapperBase):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _start(self) -> None:
+        self._attached, self._served, self._timed_out = set(), set(), {}
         for name in remove_stale_segments():
             logger.warning("removed stale segment %s left by a dead process", name)
         pool = WorkerPool(
             self._worker_count(),
             ring_loop,
-            (self.segment_func, self.codecs),
+            (self.segment_func, self.codecs, self.policy.retry_on),
             worker_type=self.worker_type,
             worker_attributes=self.worker_attributes,
             worker_init=self.worker_init,
@@ -243,24 +272,24 @@ class SharedMemWorkerMapper(MapperBase):
         pool.start()
         self._pool = pool
 
-    def _stop(self) -> None:
+    def _stop(self, abort: bool) -> None:
         seg, self._segment = self._segment, None
         if seg is not None:
             seg.ring.close_ready()
         pool, self._pool = self._pool, None
         try:
             if pool is not None:
-                pool.stop(self.stop_timeout)
+                pool.stop(ABORT_STOP_TIMEOUT if abort else self.stop_timeout)
         finally:
             if seg is not None:
                 seg.unlink()
                 seg.close()
 
     # -- segment -----------------------------------------------------------------------------
-    def _ensure_segment(self, region_needed: int, n_tasks: int) -> None:
-        """Make (or regrow) the segment so every slot region holds ``region_needed`` bytes."""
+    def _ensure_segment(self, region_needed: int, n_tasks: int, fresh: bool = False) -> None:
+        """Make (or regrow, or with ``fresh`` renew) the segment so every slot region holds ``region_needed`` bytes."""
         seg = self._segment
-        if seg is not None and seg.ring.region_size >= region_needed:
+        if seg is not None and seg.ring.region_size >= region_needed and not fresh:
             return
         if self.slot_size is not None:
             region = int(self.slot_size)
@@ -268,11 +297,13 @@ class SharedMemWorkerMapper(MapperBase):
             region = int(region_needed * AUTO_HEADROOM) + AUTO_EXTRA
         nslots = self.num_slots or max(1, min(n_tasks, 2 * self._worker_count()))
         if seg is not None:
-            logger.info("regrowing slots from %d to %d bytes", seg.ring.region_size, region)
+            region = max(region, seg.ring.region_size)
+            logger.info("new segment: slots of %d bytes (were %d)", region, seg.ring.region_size)
             self._segment = None
             seg.ring.close_ready()
             seg.unlink()
             seg.close()
+            self._await_detached()
         seg = Segment.create(nslots, region)
         self._segment = seg
         logger.info("segment %s: %d slots x 2 x %d bytes (%.1f MiB)", seg.name, nslots, seg.ring.region_size,
@@ -283,13 +314,14 @@ class SharedMemWorkerMapper(MapperBase):
                 w.conn.send(("attach", seg.name))
             except (OSError, ValueError):
                 raise self._death(w, None) from None
+            self._attached.add(w.idx)
 
     # -- map ---------------------------------------------------------------------------------
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
         try:
             return self._run_cycle(specs)
         except BaseException:
-            self.cleanup()
+            self._abort()
             raise
 
     def _encode(self, specs: list[TaskSpec]):
@@ -311,35 +343,42 @@ class SharedMemWorkerMapper(MapperBase):
         encoded = self._encode(specs)  # every walker checked before anything is written
         self._ensure_segment(max(e.nbytes for e in encoded), len(specs))
         results: list[Any] = [None] * len(specs)
+        attempts = Attempts(self.policy)
         todo = list(range(len(specs)))
-        while todo:
-            overflow = self._stream(specs, encoded, todo, results)
-            if not overflow:
-                break
-            need = max(n for _, n in overflow)
-            if self.slot_size is not None:
-                i, n = overflow[0]
-                raise ValueError(
-                    f"the result of walker {specs[i].walker_idx} (cycle {specs[i].cycle_idx}) needs {n} bytes, "
-                    f"more than slot_size={self.slot_size}; raise slot_size or leave it None"
-                )
-            logger.warning(
-                "%d result(s) did not fit the %d-byte slots (largest %d bytes): regrowing and re-running them",
-                len(overflow), self._segment.ring.region_size, need,
-            )
-            self._ensure_segment(need, len(overflow))
-            todo = [i for i, _ in overflow]
+        try:
+            while todo:
+                overflow, lost = self._stream(specs, encoded, todo, results, attempts)
+                todo = sorted(lost + [i for i, _ in overflow])
+                if overflow:
+                    need = max(n for _, n in overflow)
+                    if self.slot_size is not None:
+                        i, n = overflow[0]
+                        raise ValueError(
+                            f"the result of walker {specs[i].walker_idx} (cycle {specs[i].cycle_idx}) needs {n} "
+                            f"bytes, more than slot_size={self.slot_size}; raise slot_size or leave it None"
+                        )
+                    logger.warning(
+                        "%d result(s) did not fit the %d-byte slots (largest %d bytes): regrowing and re-running them",
+                        len(overflow), self._segment.ring.region_size, need,
+                    )
+                    self._ensure_segment(need, len(todo), fresh=True)
+                elif lost:
+                    self._ensure_segment(self._segment.ring.region_size, len(todo), fresh=True)
+        finally:
+            self.recovered_segments += attempts.recovered
         return results
 
-    def _stream(self, specs, encoded, todo, results) -> list[tuple[int, int]]:
-        """Push walkers through the slots; return (task, bytes needed) of results that overflowed."""
-        seg = self._segment
-        ring = seg.ring
+    def _stream(self, specs, encoded, todo, results, attempts: Attempts):
+        """Push walkers through the slots until all are back or a worker is lost.
+
+        Returns (overflowed results as (task, bytes needed), tasks lost with a worker).
+        """
+        ring = self._segment.ring
         pending = deque(todo)
         free = deque(range(ring.nslots))
         in_flight: dict[int, int] = {}
         overflow: list[tuple[int, int]] = []
-        times = self._worker_segment_times
+        next_check = time.monotonic() + self.liveness_interval
         while pending or in_flight:
             while pending and free:
                 slot, i = free.popleft(), pending.popleft()
@@ -351,63 +390,147 @@ class SharedMemWorkerMapper(MapperBase):
                 hdr["walker_idx"] = spec.walker_idx
                 hdr["worker_idx"] = -1
                 hdr["worker_pid"] = 0
+                hdr["t_start_ns"] = 0
+                hdr["t_end_ns"] = 0
                 hdr["in_nbytes"] = encoded[i].nbytes
                 hdr["status"] = -1
                 in_flight[slot] = i
                 ring.push_ready(slot)
             slot = ring.pop_done(self.liveness_interval)
-            if slot is None:
-                self._check_liveness(in_flight)
-                continue
-            i = in_flight.pop(slot, None)
-            if i is None:
-                raise WorkerException(f"a worker returned slot {slot}, which held no walker: the segment is corrupt")
-            hdr = ring.header_view(slot)
-            status, widx, pid = int(hdr["status"]), int(hdr["worker_idx"]), int(hdr["worker_pid"])
-            spec = specs[i]
-            regions = (ring.input_view(slot), ring.output_view(slot))
+            if slot is not None:
+                i = in_flight.pop(slot, None)
+                if i is None:
+                    raise WorkerException(f"a worker returned slot {slot}, which held no walker: the segment is corrupt")
+                if self._collect(slot, i, specs, results, overflow, attempts):
+                    pending.appendleft(i)  # a retried exception (retry_on)
+                free.append(slot)
+            if time.monotonic() >= next_check or slot is None:
+                next_check = time.monotonic() + self.liveness_interval
+                dead = self._dead_workers(in_flight)
+                if dead:
+                    lost = self._salvage(dead, in_flight, specs, results, overflow, attempts)
+                    return overflow, lost + list(pending)
+        return overflow, []
+
+    def _collect(self, slot: int, i: int, specs, results, overflow, attempts: Attempts) -> bool:
+        """Take a finished slot's result; True when the walker must run again (``retry_on``)."""
+        ring = self._segment.ring
+        hdr = ring.header_view(slot)
+        status, widx, pid = int(hdr["status"]), int(hdr["worker_idx"]), int(hdr["worker_pid"])
+        spec = specs[i]
+        where = f"slot {slot} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"
+        if int(hdr["task_id"]) != i or not 0 <= widx < self._worker_count():
+            raise WorkerException(
+                f"{where}: its header says task {int(hdr['task_id'])} of worker {widx}; "
+                f"the segment is corrupt", worker_idx=widx, pid=pid, walker_idx=spec.walker_idx,
+                cycle_idx=spec.cycle_idx)
+        self._served.add(pid)
+        self._worker_segment_times[widx].append(max(0, int(hdr["t_end_ns"]) - int(hdr["t_start_ns"])) * 1e-9)
+        regions = (ring.input_view(slot), ring.output_view(slot))
+        try:
             if status == STATUS_FAILED:
                 failure = _read_failure(regions[OUT_REGION])
-                raise failure.to_exception(walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx,
-                                           worker_idx=widx, pid=pid)
-            if status == STATUS_OVERFLOW:
+            elif status == STATUS_OVERFLOW:
                 overflow.append((i, int(hdr["out_nbytes"])))
+                return False
             elif status == STATUS_OK:
                 out_args, _ = decode_call(self._registry, read_descriptor(regions[OUT_REGION]), regions,
                                           copy=not self.zero_copy, readonly=True)
                 results[i] = out_args[0]
+                return False
             else:
-                raise WorkerException(f"slot {slot} came back with unknown status {status} from worker {widx} "
-                                      f"(pid {pid}): the segment is corrupt")
-            if 0 <= widx < len(times):
-                times[widx].append((int(hdr["t_end_ns"]) - int(hdr["t_start_ns"])) * 1e-9)
-            free.append(slot)
-        return overflow
+                raise ValueError(f"unknown status {status}")
+        except (ValueError, pickle.UnpicklingError, EOFError, KeyError) as exc:
+            raise WorkerException(f"{where}: {exc}; the segment is corrupt", worker_idx=widx, pid=pid,
+                                  walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx) from exc
+        attempts.failed(i, failure, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=widx, pid=pid)
+        return True
 
-    def _check_liveness(self, in_flight: dict[int, int]) -> None:
+    def _dead_workers(self, in_flight: dict[int, int]) -> list[WorkerProcess]:
+        """Workers whose process ended; first kill any that ran past their segment's timeout."""
         assert self._pool is not None
         workers = self._pool.workers
-        dead = wait([w.sentinel for w in workers], timeout=0)
-        if not dead:
-            return
-        w = next(w for w in workers if w.sentinel in dead)
-        held = None
-        ring = self._segment.ring
-        for slot in in_flight:
-            hdr = ring.header_view(slot)
-            if int(hdr["worker_pid"]) == w.pid:
-                held = (int(hdr["walker_idx"]), int(hdr["cycle"]))
-        raise self._death(w, held)
+        if self.policy.task_timeout is not None or self.policy.first_task_timeout is not None:
+            ring = self._segment.ring
+            now = now_ns()
+            for slot in in_flight:
+                hdr = ring.header_view(slot)
+                pid, t0 = int(hdr["worker_pid"]), int(hdr["t_start_ns"])
+                limit = self.policy.timeout_for(first_segment=pid not in self._served)
+                if pid and t0 and limit is not None and now - t0 > limit * 1e9:
+                    w = next((w for w in workers if w.pid == pid), None)
+                    if w is not None and pid not in self._timed_out:
+                        logger.error("%s ran walker %d of cycle %d past its %.3g s timeout; killing it",
+                                     w.describe(), int(hdr["walker_idx"]), int(hdr["cycle"]), limit)
+                        self._timed_out[pid] = limit
+                        w.process.kill()
+                        w.process.join(1.0)
+        ready = wait([w.sentinel for w in workers], timeout=0)
+        return [w for w in workers if w.sentinel in ready]
+
+    def _salvage(self, dead: list[WorkerProcess], in_flight, specs, results, overflow, attempts: Attempts) -> list[int]:
+        """A worker is gone: stop the ring, let the others finish, keep what completed, re-queue the rest.
+
+        The dead process may have died inside a ring operation, so the segment is abandoned and
+        a fresh one made; slot headers (written before each push) say which walkers completed.
+        """
+        seg = self._segment
+        seg.ring.close_ready()
+        dead = self._await_detached(dead)
+        lost: list[int] = []
+        for slot, i in sorted(in_flight.items()):
+            hdr = seg.ring.header_view(slot)
+            if int(hdr["status"]) >= 0 and int(hdr["t_end_ns"]) > 0:
+                if self._collect(slot, i, specs, results, overflow, attempts):
+                    lost.append(i)
+                continue
+            pid = int(hdr["worker_pid"])
+            w = next((w for w in dead if w.pid == pid), None)
+            spec = specs[i]
+            code = w.exitcode() if w else None
+            if pid in self._timed_out:
+                reason, timed_out = f"ran past task_timeout ({self._timed_out[pid]:.3g} s) and was killed", True
+            else:
+                reason, timed_out = f"died: {describe_exitcode(code)}", False
+            attempts.lost(i, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx,
+                          worker=w.describe() if w else f"worker (pid {pid or 'unknown'})",
+                          worker_idx=w.idx if w else -1, pid=pid, exitcode=code, reason=reason, timed_out=timed_out)
+            lost.append(i)
+        in_flight.clear()
+        for w in dead:
+            logger.warning("%s is gone (%s); starting a replacement", w.describe(), describe_exitcode(w.exitcode()))
+            new = self._pool.replace(w)
+            self._pool.wait_ready([new])
+        return lost
+
+    def _await_detached(self, dead: list[WorkerProcess] = ()) -> list[WorkerProcess]:
+        """Block until every live worker has left the closed ring; return every worker that died."""
+        assert self._pool is not None
+        dead = list(dead)
+        waiting = {w.conn: w for w in self._pool.workers if w not in dead and w.idx in self._attached}
+        self._attached.clear()
+        by_sentinel = {w.sentinel: w for w in waiting.values()}
+        while waiting:
+            for r in wait(list(waiting) + list(by_sentinel)):
+                w = waiting.get(r) or by_sentinel.get(r)
+                if w is None or w.conn not in waiting:
+                    continue
+                try:
+                    if r is w.conn:
+                        w.conn.recv()
+                        del waiting[w.conn]
+                        continue
+                except (EOFError, OSError):
+                    pass
+                dead.append(w)
+                del waiting[w.conn]
+        return dead
 
     def _death(self, w: WorkerProcess, held: tuple[int, int] | None) -> WorkerException:
         code = w.exitcode()
         doing = f"while running walker {held[0]} of cycle {held[1]}" if held else "while idle"
-        logger.error("%s died %s: %s", w.describe(), doing, describe_exitcode(code))
         return WorkerException(
             f"{w.describe()} died {doing}: {describe_exitcode(code)}",
-            worker_idx=w.idx,
-            pid=w.pid,
-            exitcode=code,
-            walker_idx=held[0] if held else None,
-            cycle_idx=held[1] if held else None,
+            worker_idx=w.idx, pid=w.pid, exitcode=code,
+            walker_idx=held[0] if held else None, cycle_idx=held[1] if held else None,
         )

@@ -103,13 +103,15 @@ class TaskFailure:
     exc_type: str
     exc_message: str
     traceback: str
+    retryable: bool = False  # the user listed this exception type in ``retry_on``
 
     @classmethod
-    def capture(cls, exc: BaseException) -> TaskFailure:
+    def capture(cls, exc: BaseException, retry_on: tuple[type[BaseException], ...] = ()) -> TaskFailure:
         return cls(
             exc_type=type(exc).__qualname__,
             exc_message=str(exc),
             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            retryable=bool(retry_on) and isinstance(exc, retry_on),
         )
 
     def to_exception(
@@ -133,7 +135,9 @@ class TaskFailure:
         )
 
 
-def run_timed(worker: Worker, task: Task) -> tuple[bool, Any, float, int, int]:
+def run_timed(
+    worker: Worker, task: Task, retry_on: tuple[type[BaseException], ...] = ()
+) -> tuple[bool, Any, float, int, int]:
     """Run ``task`` on ``worker``; return (ok, result or TaskFailure, seconds, t_start_ns, t_end_ns)."""
     previous = _set_current(worker)
     t0 = time.monotonic_ns()
@@ -141,7 +145,7 @@ def run_timed(worker: Worker, task: Task) -> tuple[bool, Any, float, int, int]:
         result = worker.run_task(task)
         ok = True
     except Exception as exc:  # a segment's failure is data for the manager, not ours to raise here
-        result = TaskFailure.capture(exc)
+        result = TaskFailure.capture(exc, retry_on)
         ok = False
     finally:
         _set_current(previous)

@@ -9,14 +9,15 @@ order workers finish in, and the manager always knows which walker a dead worker
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .errors import WorkerException
+from .faults import Attempts
 from .mapper import MapperBase, TaskSpec
-from .pool import WorkerPool, WorkerProcess, default_start_method, describe_exitcode
+from .pool import ABORT_STOP_TIMEOUT, WorkerPool, default_start_method, describe_exitcode
 from .worker import Task, TaskFailure, Worker, run_timed
 
 __all__ = ["WorkerMapper"]
@@ -24,7 +25,9 @@ __all__ = ["WorkerMapper"]
 logger = logging.getLogger(__name__)
 
 
-def pipe_loop(worker: Worker, conn: Connection, segment_func: Callable[..., Any]) -> None:
+def pipe_loop(
+    worker: Worker, conn: Connection, segment_func: Callable[..., Any], retry_on: tuple[type[BaseException], ...] = ()
+) -> None:
     """Worker side: block in ``recv`` for a task, run it, send ``(task_idx, ok, result, seconds)``."""
     while True:
         try:
@@ -34,7 +37,7 @@ def pipe_loop(worker: Worker, conn: Connection, segment_func: Callable[..., Any]
         if msg is None:
             return
         task_idx, args, kwargs = msg
-        ok, result, seconds, _, _ = run_timed(worker, Task(segment_func, *args, **kwargs))
+        ok, result, seconds, _, _ = run_timed(worker, Task(segment_func, *args, **kwargs), retry_on)
         try:
             conn.send((task_idx, ok, result, seconds))
         except Exception as exc:  # an unpicklable result is the segment's bug: report it as such
@@ -62,8 +65,17 @@ class WorkerMapper(MapperBase):
         start_method: str | None = None,
         start_timeout: float = 120.0,
         stop_timeout: float = 5.0,
+        *,
+        max_retries: int = 2,
+        retry_on: tuple[type[BaseException], ...] = (),
+        task_timeout: float | None = None,
+        first_task_timeout: float | None = None,
     ) -> None:
-        super().__init__(segment_func, num_workers, worker_type, worker_attributes, worker_init)
+        super().__init__(
+            segment_func, num_workers, worker_type, worker_attributes, worker_init,
+            max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
+            first_task_timeout=first_task_timeout,
+        )
         self.start_method = start_method or default_start_method()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -73,7 +85,7 @@ class WorkerMapper(MapperBase):
         pool = WorkerPool(
             self._worker_count(),
             pipe_loop,
-            (self.segment_func,),
+            (self.segment_func, self.policy.retry_on),
             worker_type=self.worker_type,
             worker_attributes=self.worker_attributes,
             worker_init=self.worker_init,
@@ -89,73 +101,97 @@ class WorkerMapper(MapperBase):
         pool.start()
         self._pool = pool
 
-    def _stop(self) -> None:
+    def _stop(self, abort: bool) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.stop(self.stop_timeout)
+            pool.stop(ABORT_STOP_TIMEOUT if abort else self.stop_timeout)
 
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
         try:
             return self._dispatch(specs)
         except BaseException:
             # Any failure leaves no process behind; cleanup() stays safe to call again.
-            self.cleanup()
+            self._abort()
             raise
 
     def _dispatch(self, specs: list[TaskSpec]) -> list[Any]:
         assert self._pool is not None
-        workers = self._pool.workers
+        pool = self._pool
+        attempts = Attempts(self.policy)
         pending = deque(specs)
-        idle = deque(workers)
-        busy: dict[int, TaskSpec] = {}
+        idle = deque(range(len(pool.workers)))
+        busy: dict[int, tuple[TaskSpec, float | None]] = {}  # worker idx -> (task, deadline)
         results: list[Any] = [None] * len(specs)
-        by_conn = {w.conn: w for w in workers}
-        by_sentinel = {w.sentinel: w for w in workers}
         remaining = len(specs)
+
+        def lose(idx: int, reason: str | None = None, timed_out: bool = False) -> None:
+            """Worker ``idx`` is gone (or killed for a timeout): replace it, re-queue its walker."""
+            w = pool.workers[idx]
+            code = w.exitcode()
+            reason = reason or f"died: {describe_exitcode(code)}"
+            spec = busy.pop(idx, (None, None))[0]
+            if idx in idle:
+                idle.remove(idx)
+            if spec is None:
+                logger.warning("%s %s while idle; starting a replacement", w.describe(), reason)
+            else:
+                attempts.lost(spec.task_idx, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx,
+                              worker=w.describe(), worker_idx=idx, pid=w.pid, exitcode=code, reason=reason,
+                              timed_out=timed_out)
+                pending.appendleft(spec)
+            new = pool.replace(w)
+            pool.wait_ready([new])
+            logger.info("worker %d replaced: pid %d -> %d", idx, w.pid, new.pid)
+            idle.append(idx)
+
         while remaining:
             while pending and idle:
-                w, spec = idle.popleft(), pending.popleft()
-                busy[w.idx] = spec
+                idx, spec = idle.popleft(), pending.popleft()
+                w = pool.workers[idx]
+                timeout = self.policy.timeout_for(first_segment=not w.extra.get("served"))
+                busy[idx] = (spec, None if timeout is None else time.monotonic() + timeout)
                 try:
                     w.conn.send((spec.task_idx, spec.args, spec.kwargs))
                 except (OSError, ValueError):
-                    raise self._death(w, spec) from None
-            ready = wait([workers[i].conn for i in busy] + list(by_sentinel))
-            for r in sorted(ready, key=lambda r: isinstance(r, int)):  # results before deaths
-                if isinstance(r, int):
-                    w = by_sentinel[r]
-                    raise self._death(w, busy.get(w.idx))
-                w = by_conn[r]
-                if w.idx not in busy:
+                    lose(idx)
+            deadlines = [d for _, d in busy.values() if d is not None]
+            wait_for = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            by_conn = {pool.workers[i].conn: i for i in busy}
+            by_sentinel = {w.sentinel: w.idx for w in pool.workers}
+            ready = wait(list(by_conn) + list(by_sentinel), wait_for)
+            dead: list[int] = []
+            for r in ready:
+                if r in by_sentinel:
+                    dead.append(by_sentinel[r])
                     continue
+                idx = by_conn[r]
+                w = pool.workers[idx]
                 try:
                     task_idx, ok, result, seconds = w.conn.recv()
                 except (EOFError, OSError):
-                    raise self._death(w, busy.get(w.idx)) from None
-                spec = busy.pop(w.idx)
+                    dead.append(idx)
+                    continue
+                spec, _ = busy.pop(idx)
+                w.extra["served"] = True
+                self._worker_segment_times[idx].append(seconds)
+                idle.append(idx)
                 if not ok:
-                    raise result.to_exception(
-                        walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=w.idx, pid=w.pid
-                    )
+                    attempts.failed(spec.task_idx, result, walker_idx=spec.walker_idx,
+                                    cycle_idx=spec.cycle_idx, worker_idx=idx, pid=w.pid)
+                    pending.appendleft(spec)
+                    continue
                 results[task_idx] = result
-                self._worker_segment_times[w.idx].append(seconds)
-                idle.append(w)
                 remaining -= 1
+            for idx in dict.fromkeys(dead):
+                lose(idx)
+            now = time.monotonic()
+            for idx, (spec, deadline) in list(busy.items()):
+                if deadline is not None and now >= deadline:
+                    w = pool.workers[idx]
+                    limit = self.policy.timeout_for(first_segment=not w.extra.get("served"))
+                    logger.error("%s ran walker %d of cycle %d past its %.3g s timeout; killing it",
+                                 w.describe(), spec.walker_idx, spec.cycle_idx, limit)
+                    w.process.kill()
+                    lose(idx, f"ran past task_timeout ({limit:.3g} s) and was killed", timed_out=True)
+        self.recovered_segments += attempts.recovered
         return results
-
-    def _death(self, w: WorkerProcess, spec: TaskSpec | None) -> WorkerException:
-        code = w.exitcode()
-        doing = (
-            f"while running walker {spec.walker_idx} of cycle {spec.cycle_idx}"
-            if spec is not None
-            else "while idle"
-        )
-        logger.error("%s died %s: %s", w.describe(), doing, describe_exitcode(code))
-        return WorkerException(
-            f"{w.describe()} died {doing}: {describe_exitcode(code)}",
-            worker_idx=w.idx,
-            pid=w.pid,
-            exitcode=code,
-            walker_idx=spec.walker_idx if spec else None,
-            cycle_idx=spec.cycle_idx if spec else None,
-        )

@@ -1,0 +1,132 @@
+"""What a mapper does when a walker's segment is lost: retry it, or give up with a named error.
+
+A *lost* segment is one whose worker died (SIGKILL, OOM kill, segfault, ``os._exit``) or ran
+past ``task_timeout``: the walker's input is intact, so it is run again on a fresh worker, up
+to ``max_retries`` times. A segment that *raises* is a bug, not a fault: `TaskException` at
+once, unless its exception type is listed in ``retry_on``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from .errors import TaskTimeout, WorkerException
+from .worker import TaskFailure
+
+__all__ = ["RetryPolicy", "Attempts", "sigterm_raises"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``max_retries`` re-runs per walker per cycle; ``task_timeout`` seconds per segment.
+
+    A worker's first segment also builds its engine state (an OpenMM ``Context`` can take
+    minutes for a large system), so it gets ``first_task_timeout`` instead (default: ten
+    times ``task_timeout``).
+    """
+
+    max_retries: int = 2
+    retry_on: tuple[type[BaseException], ...] = ()
+    task_timeout: float | None = None
+    first_task_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        for t in (self.task_timeout, self.first_task_timeout):
+            if t is not None and t <= 0:
+                raise ValueError(f"task timeouts must be positive seconds, got {t}")
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
+            raise TypeError(f"retry_on must be a tuple of exception types, got {self.retry_on!r}")
+
+    def timeout_for(self, first_segment: bool) -> float | None:
+        if self.task_timeout is None:
+            return self.first_task_timeout if first_segment else None
+        if first_segment:
+            return self.first_task_timeout if self.first_task_timeout is not None else 10 * self.task_timeout
+        return self.task_timeout
+
+
+class Attempts:
+    """Counts each walker's lost or retried runs in one ``map`` call and decides retry vs error."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.counts: Counter[int] = Counter()
+        self.recovered = 0
+
+    def lost(
+        self,
+        task_idx: int,
+        *,
+        walker_idx: int,
+        cycle_idx: int,
+        worker: str,
+        worker_idx: int,
+        pid: int,
+        exitcode: int | None,
+        reason: str,
+        timed_out: bool = False,
+    ) -> None:
+        """Record a lost run; return to re-run it, or raise once retries are spent."""
+        self.counts[task_idx] += 1
+        n = self.counts[task_idx]
+        where = f"walker {walker_idx} of cycle {cycle_idx}"
+        if n > self.policy.max_retries:
+            cls = TaskTimeout if timed_out else WorkerException
+            raise cls(
+                f"{where} was lost {n} time(s), more than max_retries={self.policy.max_retries}; "
+                f"last: {worker} {reason}",
+                worker_idx=worker_idx,
+                pid=pid,
+                exitcode=exitcode,
+                walker_idx=walker_idx,
+                cycle_idx=cycle_idx,
+            )
+        self.recovered += 1
+        logger.warning("%s %s while running %s; re-running it (attempt %d of %d)",
+                       worker, reason, where, n + 1, self.policy.max_retries + 1)
+
+    def failed(self, task_idx: int, failure: TaskFailure, **where) -> None:
+        """A segment raised: return to retry it (opted in with ``retry_on``), else raise TaskException."""
+        if failure.retryable and self.counts[task_idx] < self.policy.max_retries:
+            self.counts[task_idx] += 1
+            self.recovered += 1
+            logger.warning("walker %s of cycle %s raised %s (in retry_on); re-running it",
+                           where.get("walker_idx"), where.get("cycle_idx"), failure.exc_type)
+            return
+        raise failure.to_exception(**where)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM during ``map``: unwinds like ``sys.exit`` so the mapper's cleanup runs."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into an exception while a ``map`` runs (main thread, default handler only).
+
+    Without this, SIGTERM kills the manager on the spot: no cleanup, workers orphaned until
+    their lifeline fires, the segment left to the resource tracker.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        logger.error("SIGTERM received during map(): stopping workers and freeing shared memory")
+        raise _Terminated(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

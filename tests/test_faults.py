@@ -1,0 +1,147 @@
+"""Fault injection: killed workers, hung segments, signals to the manager, corrupt slots.
+
+Each test asserts the walkers that come back are exactly the fault-free ones (or that the
+named exception comes), and the autouse fixture checks no process and no segment of ours
+remains.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+import segfuncs
+from test_contract import MAPPERS
+
+import wemap
+from wemap import TaskException, TaskTimeout, WorkerException
+
+PROCESS_MAPPERS = [name for name in MAPPERS if name != "Mapper"]
+pytestmark = pytest.mark.timeout(90)
+
+N = 6
+
+
+@pytest.fixture(params=PROCESS_MAPPERS)
+def mapper_cls(request):
+    return MAPPERS[request.param]
+
+
+def walkers(n=N):
+    return [segfuncs.make_walker(200, seed=i, weight=1 / n) for i in range(n)]
+
+
+def cycle_kwargs(cycle, n=N):
+    return {"walker_idx": range(n), "cycle_idx": [cycle] * n}
+
+
+def test_killed_worker_mid_segment_is_replaced_and_walker_rerun(mapper_cls, tmp_path):
+    ws = walkers()
+    with mapper_cls(segment_func=segfuncs.kill_once, num_workers=2) as m:
+        for cycle in range(3):  # the fault comes in cycle 1 of 3
+            victim = 4 if cycle == 1 else -1
+            out = m.map(ws, [2] * N, marker_dir=[str(tmp_path)] * N, victim=[victim] * N, **cycle_kwargs(cycle))
+            assert out == [segfuncs.displace(w, 2) for w in ws]
+            ws = out
+        assert m.recovered_segments == 1
+        assert sorted(m.worker_segment_times) == [0, 1]
+
+
+def test_same_walker_killing_every_worker_exceeds_retries(mapper_cls):
+    with mapper_cls(segment_func=segfuncs.kill_on, num_workers=2, max_retries=1) as m:
+        with pytest.raises(WorkerException) as info:
+            m.map(range(4), [2] * 4, walker_idx=range(4), cycle_idx=[7] * 4)
+    exc = info.value
+    assert not isinstance(exc, TaskTimeout)
+    assert exc.walker_idx == 2 and exc.cycle_idx == 7 and exc.exitcode == -signal.SIGKILL
+    assert "walker 2 of cycle 7 was lost 2 time(s), more than max_retries=1" in str(exc)
+    assert "SIGKILL" in str(exc)
+
+
+def test_hung_segment_is_killed_and_rerun(mapper_cls, tmp_path):
+    ws = walkers()
+    with mapper_cls(segment_func=segfuncs.hang_once, num_workers=2, task_timeout=1.0, first_task_timeout=3.0) as m:
+        t0 = time.monotonic()
+        out = m.map(ws, [1] * N, marker_dir=[str(tmp_path)] * N, victim=[2] * N, **cycle_kwargs(0))
+        assert time.monotonic() - t0 < 30
+    assert out == [segfuncs.displace(w, 1) for w in ws]
+
+
+def test_segment_always_hanging_raises_task_timeout(mapper_cls):
+    with mapper_cls(segment_func=segfuncs.hang_always, num_workers=2, task_timeout=0.5,
+                    first_task_timeout=0.5, max_retries=1) as m:
+        with pytest.raises(TaskTimeout, match=r"walker 3 of cycle 5 .*task_timeout \(0.5 s\)") as info:
+            m.map(walkers(), [1] * N, victim=[3] * N, **cycle_kwargs(5))
+    assert info.value.walker_idx == 3
+
+
+def test_exception_is_not_retried_unless_opted_in(mapper_cls, tmp_path):
+    ws = walkers()
+    args = dict(marker_dir=[str(tmp_path / "a")] * N, victim=[1] * N, **cycle_kwargs(0))
+    (tmp_path / "a").mkdir()
+    with mapper_cls(segment_func=segfuncs.flaky_once, num_workers=2) as m:
+        with pytest.raises(TaskException, match="Flaky"):
+            m.map(ws, [1] * N, **args)
+    (tmp_path / "b").mkdir()
+    args["marker_dir"] = [str(tmp_path / "b")] * N
+    with mapper_cls(segment_func=segfuncs.flaky_once, num_workers=2, retry_on=(segfuncs.Flaky,)) as m:
+        out = m.map(ws, [1] * N, **args)
+        assert m.recovered_segments == 1
+    assert out == [segfuncs.displace(w, 1) for w in ws]
+
+
+def test_mapper_retry_on_in_process(tmp_path):
+    ws = walkers()
+    with wemap.Mapper(segment_func=segfuncs.flaky_once, retry_on=(segfuncs.Flaky,)) as m:
+        out = m.map(ws, [1] * N, marker_dir=[str(tmp_path)] * N, victim=[0] * N, **cycle_kwargs(0))
+    assert out == [segfuncs.displace(w, 1) for w in ws]
+
+
+SIGNAL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    import segfuncs, wemap
+
+    if __name__ == "__main__":
+        m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
+        m.init()
+        m.map([1], [0.0])
+        print(m.__dict__.get("_segment") and m._segment.name, *[w.pid for w in m._pool.workers], flush=True)
+        try:
+            m.map([1, 2, 3], [60, 60, 60])
+        finally:
+            print("cleaned", m._state, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum):
+    script = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline().split()
+        assert first, proc.stderr.read()
+        seg, pids = first[0], [int(p) for p in first[1:]]
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "cleaned closed" in out, err
+    expected = "KeyboardInterrupt" if signum == signal.SIGINT else "SIGTERM"
+    assert expected in err
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    if seg != "None":
+        assert not os.path.exists(f"/dev/shm/{seg}")
