@@ -26,6 +26,7 @@ still a view of the slot's input (a no-op segment) is referenced there, not copi
 
 from __future__ import annotations
 
+import math
 import pickle
 import struct
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .memcopy import copy_into, copy_of
 from .walker import Walker
 
 __all__ = [
@@ -201,23 +203,39 @@ class EncodedCall:
     largest_field: tuple[str, int]  # (name, bytes) of the biggest array, for error messages
 
 
-def _encode_value(reg: CodecRegistry, where: str, value: Any, cursor: int, arrays: list, offsets: list,
-                  local_ref: Callable[[np.ndarray], tuple[int, int] | None] | None):
-    codec = reg.for_object(value)
-    named, meta = codec.encode(value)
-    fields = []
-    for field, arr in named.items():
-        check_array(where, field, arr)
-        ref = local_ref(arr) if local_ref is not None else None
-        if ref is not None:
-            region, offset = ref
-        else:
-            region, offset = OUT_REGION, cursor  # region is fixed up by the caller for inputs
-            arrays.append(arr)
-            offsets.append(cursor)
-            cursor = align(cursor + arr.nbytes)
-        fields.append((field, arr.dtype.str, arr.shape, region, offset))
-    return (codec.name, meta, fields), cursor
+class _Layout:
+    """Running state while one call's values are laid out in a region."""
+
+    __slots__ = ("cursor", "arrays", "offsets", "region", "local_ref", "largest")
+
+    def __init__(self, region: int, local_ref) -> None:
+        self.cursor = DATA_START
+        self.arrays: list[np.ndarray] = []
+        self.offsets: list[int] = []
+        self.region = region
+        self.local_ref = local_ref
+        self.largest = ("", 0)
+
+    def value(self, reg: CodecRegistry, where: str, value: Any) -> tuple:
+        codec = reg.for_object(value)
+        named, meta = codec.encode(value)
+        fields = []
+        for field, arr in named.items():
+            if arr.dtype.hasobject:
+                check_array(where, field, arr)
+            nbytes = arr.nbytes
+            if nbytes > self.largest[1]:
+                self.largest = (field, nbytes)
+            ref = self.local_ref(arr) if self.local_ref is not None else None
+            if ref is not None:
+                region, offset = ref
+            else:
+                region, offset = self.region, self.cursor
+                self.arrays.append(arr)
+                self.offsets.append(offset)
+                self.cursor = (offset + nbytes + ALIGN - 1) & ~(ALIGN - 1)
+            fields.append((field, arr.dtype.str, arr.shape, region, offset))
+        return (codec.name, meta, fields)
 
 
 def encode_call(
@@ -233,35 +251,18 @@ def encode_call(
 
     Raises ``ValueError`` naming ``where`` and the field for anything the codecs can't carry.
     """
-    arrays: list[np.ndarray] = []
-    offsets: list[int] = []
-    cursor = DATA_START
-    e_args = []
-    for i, a in enumerate(args):
-        entry, cursor = _encode_value(reg, f"{where}, argument {i}", a, cursor, arrays, offsets, local_ref)
-        e_args.append(entry)
-    e_kwargs = {}
-    for k, v in kwargs.items():
-        entry, cursor = _encode_value(reg, f"{where}, argument {k!r}", v, cursor, arrays, offsets, local_ref)
-        e_kwargs[k] = entry
-    if region == IN_REGION:
-        for entry in (*e_args, *e_kwargs.values()):
-            entry[2][:] = [(f, d, s, IN_REGION, o) for f, d, s, _, o in entry[2]]
+    lay = _Layout(region, local_ref)
+    e_args = [lay.value(reg, f"{where}, argument {i}", a) for i, a in enumerate(args)]
+    e_kwargs = {k: lay.value(reg, f"{where}, argument {k!r}", v) for k, v in kwargs.items()}
     descriptor = pickle.dumps({"args": e_args, "kwargs": e_kwargs}, protocol=5)
-    largest = ("", 0)
-    for entry in (*e_args, *e_kwargs.values()):
-        for f, d, s, _, _ in entry[2]:
-            nb = int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
-            if nb > largest[1]:
-                largest = (f, nb)
-    return EncodedCall(e_args, e_kwargs, arrays, offsets, descriptor, cursor + len(descriptor), largest)
+    return EncodedCall(e_args, e_kwargs, lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor),
+                       lay.largest)
 
 
 def write_call(enc: EncodedCall, region: np.ndarray) -> None:
     """Copy the arrays and descriptor into ``region`` (a uint8 view): the one copy a walker gets."""
     for arr, off in zip(enc.arrays, enc.offsets):
-        dst = region[off : off + arr.nbytes].view(arr.dtype).reshape(arr.shape)
-        np.copyto(dst, arr, casting="no")
+        copy_into(np.ndarray(arr.shape, arr.dtype, buffer=region, offset=off), arr)
     d_off = enc.nbytes - len(enc.descriptor)
     region[d_off : enc.nbytes] = np.frombuffer(enc.descriptor, dtype=np.uint8)
     region[:16] = np.frombuffer(_HEAD.pack(d_off, len(enc.descriptor)), dtype=np.uint8)
@@ -284,13 +285,13 @@ def decode_call(
         arrays = {}
         for field, dtype, shape, region, offset in fields:
             dt = np.dtype(dtype)
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            nbytes = math.prod(shape) * dt.itemsize
             buf = regions[region]
             if offset < DATA_START or offset + nbytes > buf.nbytes:
                 raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
-            view = buf[offset : offset + nbytes].view(dt).reshape(shape)
+            view = np.ndarray(shape, dt, buffer=buf, offset=offset)
             if copy:
-                view = view.copy()
+                view = copy_of(view)
             elif readonly:
                 view.flags.writeable = False
             arrays[field] = view

@@ -384,16 +384,10 @@ class SharedMemWorkerMapper(MapperBase):
                 slot, i = free.popleft(), pending.popleft()
                 spec = specs[i]
                 write_call(encoded[i], ring.input_view(slot))
-                hdr = ring.header_view(slot)
-                hdr["task_id"] = i
-                hdr["cycle"] = spec.cycle_idx
-                hdr["walker_idx"] = spec.walker_idx
-                hdr["worker_idx"] = -1
-                hdr["worker_pid"] = 0
-                hdr["t_start_ns"] = 0
-                hdr["t_end_ns"] = 0
-                hdr["in_nbytes"] = encoded[i].nbytes
-                hdr["status"] = -1
+                # task_id, cycle, walker_idx, worker_idx, worker_pid, t_start, t_end, in_nbytes, out_nbytes,
+                # status, flags: one assignment, in the order of the C struct wm_slot_header
+                ring.header_view(slot)[()] = (i, spec.cycle_idx, spec.walker_idx, -1, 0, 0, 0,
+                                              encoded[i].nbytes, 0, -1, 0)
                 in_flight[slot] = i
                 ring.push_ready(slot)
             slot = ring.pop_done(self.liveness_interval)
@@ -415,23 +409,21 @@ class SharedMemWorkerMapper(MapperBase):
     def _collect(self, slot: int, i: int, specs, results, overflow, attempts: Attempts) -> bool:
         """Take a finished slot's result; True when the walker must run again (``retry_on``)."""
         ring = self._segment.ring
-        hdr = ring.header_view(slot)
-        status, widx, pid = int(hdr["status"]), int(hdr["worker_idx"]), int(hdr["worker_pid"])
+        task_id, _, _, widx, pid, t0, t1, _, out_nbytes, status, _ = ring.header_view(slot).item()
         spec = specs[i]
-        where = f"slot {slot} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"
-        if int(hdr["task_id"]) != i or not 0 <= widx < self._worker_count():
+        if task_id != i or not 0 <= widx < self._worker_count():
             raise WorkerException(
-                f"{where}: its header says task {int(hdr['task_id'])} of worker {widx}; "
-                f"the segment is corrupt", worker_idx=widx, pid=pid, walker_idx=spec.walker_idx,
-                cycle_idx=spec.cycle_idx)
+                f"slot {slot} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task {task_id} "
+                f"of worker {widx}; the segment is corrupt", worker_idx=widx, pid=pid,
+                walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
         self._served.add(pid)
-        self._worker_segment_times[widx].append(max(0, int(hdr["t_end_ns"]) - int(hdr["t_start_ns"])) * 1e-9)
+        self._worker_segment_times[widx].append(max(0, t1 - t0) * 1e-9)
         regions = (ring.input_view(slot), ring.output_view(slot))
         try:
             if status == STATUS_FAILED:
                 failure = _read_failure(regions[OUT_REGION])
             elif status == STATUS_OVERFLOW:
-                overflow.append((i, int(hdr["out_nbytes"])))
+                overflow.append((i, out_nbytes))
                 return False
             elif status == STATUS_OK:
                 out_args, _ = decode_call(self._registry, read_descriptor(regions[OUT_REGION]), regions,
@@ -441,6 +433,7 @@ class SharedMemWorkerMapper(MapperBase):
             else:
                 raise ValueError(f"unknown status {status}")
         except (ValueError, pickle.UnpicklingError, EOFError, KeyError) as exc:
+            where = f"slot {slot} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"
             raise WorkerException(f"{where}: {exc}; the segment is corrupt", worker_idx=widx, pid=pid,
                                   walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx) from exc
         attempts.failed(i, failure, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=widx, pid=pid)

@@ -1,0 +1,302 @@
+"""One POSIX shared-memory segment holding a slot `Ring`: create, attach, close, unlink.
+
+The manager creates the segment (``Segment.create``) under a name carrying its pid
+(``wemap_<pid>_<random>``, mode 0600) and reserves its pages at once, so a ``/dev/shm``
+too small for it fails here with `ShmSpaceError` instead of a SIGBUS in the middle of a
+run. Workers attach by name (``Segment.attach``, or by unpickling a `Segment`), which
+validates the header and never registers the segment with multiprocessing's resource
+tracker: only the creating process owns, and unlinks, it. The creator's registration is
+what removes the segment if the manager is killed; `remove_stale_segments` sweeps up
+after owners that died some other way.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import secrets
+import sys
+import threading
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+from .errors import RingCorruptError, ShmSpaceError
+
+try:
+    from ._ring import Ring
+except ImportError as _exc:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "wemap._ring (the compiled shared-memory ring) is not built or does not load: "
+        "build it with `pip install .` (or `pip install --no-build-isolation -e .`) "
+        f"from the wemap source tree ({_exc})"
+    ) from _exc
+
+__all__ = ["SEGMENT_PREFIX", "Segment", "segment_name", "remove_stale_segments"]
+
+log = logging.getLogger(__name__)
+
+SEGMENT_PREFIX = "wemap"
+_NAME_RE = re.compile(rf"^{SEGMENT_PREFIX}_(\d+)_[0-9a-f]{{16}}$")
+_SPACE_ERRNOS = {errno.ENOSPC, errno.ENOMEM, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_SHM_FIX = (
+    "run the container with a larger --shm-size, e.g. docker run --shm-size=2g, "
+    "or use fewer/smaller slots"
+)
+# Serialises the resource_tracker.register patch used to attach untracked (< 3.13).
+_TRACKER_PATCH_LOCK = threading.Lock()
+
+
+def segment_name(pid: int | None = None) -> str:
+    """Return a fresh segment name, ``wemap_<pid>_<16 hex>``: the pid lets a sweep find orphans."""
+    return f"{SEGMENT_PREFIX}_{os.getpid() if pid is None else int(pid)}_{secrets.token_hex(8)}"
+
+
+def _free_bytes(shm_dir: str) -> int | None:
+    """Bytes an unprivileged process may still allocate in ``shm_dir``; None if unknown."""
+    try:
+        st = os.statvfs(shm_dir)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _space_error(needed: int, free: int | None, shm_dir: str, nslots: int, region_size: int) -> ShmSpaceError:
+    have = "an unknown number of" if free is None else f"{free:,}"
+    err = ShmSpaceError(
+        f"not enough shared memory for the slot ring: it needs {needed:,} bytes "
+        f"({nslots} slots x 2 x {region_size:,} bytes + header) but {shm_dir} has {have} bytes free; "
+        f"{_SHM_FIX}"
+    )
+    err.needed = needed  # type: ignore[attr-defined]
+    err.free = free  # type: ignore[attr-defined]
+    return err
+
+
+def _reserve(shm: SharedMemory, size: int) -> None:
+    """Allocate every page of the segment now (tmpfs is sparse: a later write could SIGBUS)."""
+    fd = getattr(shm, "_fd", -1)
+    if fd < 0 or not hasattr(os, "posix_fallocate"):
+        log.debug("cannot reserve shared memory pages on this platform; skipping")
+        return
+    os.posix_fallocate(fd, 0, size)
+
+
+def _discard(shm: SharedMemory) -> None:
+    """Close and unlink a half-made segment, whatever state it is in."""
+    try:
+        shm.close()
+    except (BufferError, OSError) as exc:  # pragma: no cover - nothing holds views yet
+        log.debug("closing half-made segment %s: %s", shm.name, exc)
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+
+
+def _open_untracked(name: str) -> SharedMemory:
+    """Open an existing segment without telling the resource tracker (cpython #82300).
+
+    On 3.10-3.12 ``SharedMemory(name=...)`` registers the segment with the tracker of
+    the attaching process, which then unlinks it (or warns about a leak) when that
+    process exits, although the segment belongs to the manager.
+    """
+    if sys.version_info >= (3, 13):
+        return SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+    with _TRACKER_PATCH_LOCK:
+        register = resource_tracker.register
+
+        def _register(rname: str, rtype: str) -> None:
+            if rtype != "shared_memory":
+                register(rname, rtype)
+
+        resource_tracker.register = _register  # type: ignore[assignment]
+        try:
+            return SharedMemory(name=name)
+        finally:
+            resource_tracker.register = register  # type: ignore[assignment]
+
+
+class Segment:
+    """A named shared-memory segment and the `Ring` inside it.
+
+    Use `create` (manager) or `attach` (worker); pickling a Segment sends only its
+    name, and unpickling attaches. Only the Segment that created the segment, in the
+    creating process, unlinks it; `close` and `unlink` are idempotent.
+    """
+
+    name: str
+    ring: Ring
+    size: int
+    owner_pid: int
+
+    def __init__(self, shm: SharedMemory, ring: Ring, *, created: bool) -> None:
+        """Wrap an open SharedMemory and its Ring; use `create` or `attach` instead."""
+        self._shm = shm
+        self.ring = ring
+        self.name = shm.name
+        self.size = shm.size
+        self.owner_pid = ring.creator_pid
+        self._created = created
+        self._closed = False
+        self._unlinked = False
+
+    # -- making and opening ----------------------------------------------------
+
+    @classmethod
+    def create(cls, nslots: int, region_size: int, *, shm_dir: str = "/dev/shm") -> Segment:
+        """Create, reserve and initialise a new segment of ``nslots`` slots.
+
+        Raises `ShmSpaceError` (leaving nothing behind) when ``shm_dir`` cannot hold it.
+        """
+        size = Ring.required_size(nslots, region_size)
+        free = _free_bytes(shm_dir)
+        if free is not None and size > free:
+            raise _space_error(size, free, shm_dir, nslots, region_size)
+        shm = SharedMemory(name=segment_name(), create=True, size=size)
+        try:
+            try:
+                _reserve(shm, size)
+            except OSError as exc:
+                if exc.errno in _SPACE_ERRNOS:
+                    raise _space_error(size, _free_bytes(shm_dir), shm_dir, nslots, region_size) from exc
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                log.debug("%s cannot reserve pages (%s); continuing unreserved", shm_dir, exc)
+            ring = Ring(shm.buf, create=True, nslots=nslots, region_size=region_size, creator_pid=os.getpid())
+        except BaseException:
+            _discard(shm)
+            raise
+        log.debug("created segment %s: %d slots x %d bytes, %d bytes", shm.name, nslots, region_size, size)
+        return cls(shm, ring, created=True)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """Open an existing segment by name and validate its header (`RingCorruptError`)."""
+        try:
+            shm = _open_untracked(name)
+        except ValueError as exc:  # mmap of an empty object
+            raise RingCorruptError(f"truncated: shared-memory segment {name!r} is empty") from exc
+        try:
+            ring = Ring(shm.buf)
+        except BaseException:
+            shm.close()
+            raise
+        return cls(shm, ring, created=False)
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the ring and unmap this process's view of the segment. Idempotent.
+
+        If numpy views of the slots are still alive the mapping cannot be unmapped yet:
+        that is logged at debug level and the mapping is handed to the views, to be
+        unmapped when the last of them goes. If another thread is blocked in a ring call,
+        nothing is closed (logged as a warning) and close can be called again later.
+        """
+        if self._closed:
+            return
+        try:
+            self.ring.release()
+        except BufferError as exc:
+            log.warning("segment %s not closed: %s", self.name, exc)
+            return
+        try:
+            self._shm.close()
+        except BufferError as exc:
+            log.debug("segment %s still has views in use; unmapped when they go (%s)", self.name, exc)
+            self._detach_mapping()
+        self._closed = True
+
+    def _detach_mapping(self) -> None:
+        # The views keep the mmap object alive through their buffers; dropping our
+        # references lets it unmap itself when they go, and keeps SharedMemory.__del__
+        # from retrying (and failing noisily) at garbage collection.
+        shm = self._shm
+        shm._buf = None  # type: ignore[attr-defined]
+        shm._mmap = None  # type: ignore[attr-defined]
+        fd = getattr(shm, "_fd", -1)
+        if fd >= 0:
+            os.close(fd)
+            shm._fd = -1  # type: ignore[attr-defined]
+
+    def unlink(self) -> None:
+        """Remove the segment's name (creator only; a no-op anywhere else). Idempotent."""
+        if not self._created or self._unlinked or os.getpid() != self.owner_pid:
+            return
+        self._unlinked = True
+        try:
+            self._shm.unlink()  # shm_unlink + resource-tracker unregister
+        except FileNotFoundError:
+            # Someone (a stale-segment sweep, a user) removed the name first; still drop
+            # our tracker registration so it does not warn about a leak at exit.
+            resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
+        log.debug("unlinked segment %s", self.name)
+
+    @property
+    def closed(self) -> bool:
+        """Whether this process's mapping has been closed."""
+        return self._closed
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+        self.unlink()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Pickle by name: a spawned child re-attaches instead of copying memory.
+        return (type(self).attach, (self.name,))
+
+    def __repr__(self) -> str:
+        role = "owner" if self._created else "attached"
+        return f"<Segment {self.name} {self.size} bytes, {role}{', closed' if self._closed else ''}>"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return psutil.pid_exists(pid)
+
+
+def remove_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink ``wemap_<pid>_*`` segments whose owner pid is dead; return their names.
+
+    For segments orphaned by an owner that died without its resource tracker (e.g. the
+    whole process group SIGKILLed). Assumes ``shm_dir`` is not shared with another pid
+    namespace, where a live owner's pid would look dead from here.
+    """
+    try:
+        names = sorted(os.listdir(shm_dir))
+    except FileNotFoundError:
+        return []
+    removed: list[str] = []
+    me = os.getpid()
+    for name in names:
+        m = _NAME_RE.match(name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid == me or _pid_alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+        except FileNotFoundError:
+            continue  # another sweeper got it
+        except PermissionError as exc:
+            log.warning("cannot remove stale segment %s: %s", name, exc)
+            continue
+        log.info("removed stale shared-memory segment %s (owner pid %d is gone)", name, pid)
+        removed.append(name)
+    return removed
