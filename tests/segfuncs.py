@@ -156,3 +156,29 @@ def flaky_once(walker, segment_length, marker_dir, victim, **kwargs):
     if kwargs.get("walker_idx") == victim and _first_time(marker_dir, victim):
         raise Flaky("transient failure")
     return displace(walker, segment_length)
+
+
+def corrupt_headers(walker, segment_name, **kwargs):
+    """Scribble on every slot header's task id, as a stray write into the segment would."""
+    from wemap.segment import Segment
+
+    if segment_name:
+        with Segment.attach(segment_name) as seg:
+            for slot in range(seg.ring.nslots):
+                seg.ring.header_view(slot)["task_id"] = 999_999
+    return walker
+
+
+def corrupt_other_inputs(walker, segment_name, **kwargs):
+    """Point every other slot's input descriptor outside its region."""
+    from wemap.segment import Segment
+
+    if kwargs.get("walker_idx") != 0:
+        return walker
+    time.sleep(0.3)  # the manager has filled the other slots by now
+    with Segment.attach(segment_name) as seg:
+        for slot in range(seg.ring.nslots):
+            view = seg.ring.input_view(slot)
+            view[:8] = np.frombuffer((2**40).to_bytes(8, "little"), dtype=np.uint8)
+            del view
+    return walker

@@ -145,3 +145,22 @@ def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     if seg != "None":
         assert not os.path.exists(f"/dev/shm/{seg}")
+
+
+SHM = MAPPERS["SharedMemWorkerMapper"]
+
+
+def test_corrupt_slot_header_is_a_worker_exception():
+    ws = walkers(2)
+    with SHM(segment_func=segfuncs.corrupt_headers, num_workers=1, num_slots=2) as m:
+        m.map(ws, [""] * 2)  # sizes the segment; an empty name corrupts nothing
+        with pytest.raises(WorkerException, match=r"header says task 999999.*corrupt"):
+            m.map(ws, [m.segment_name] * 2)
+
+
+def test_corrupt_input_descriptor_is_a_worker_exception():
+    ws = walkers(2)
+    with SHM(segment_func=segfuncs.corrupt_other_inputs, num_workers=1, num_slots=2) as m:
+        m.map(ws, ["unused"] * 2, walker_idx=[5, 6])  # sizes the segment, corrupts nothing
+        with pytest.raises(WorkerException, match=r"walker 1.*could not read the walker.*corrupt"):
+            m.map(ws, [m.segment_name] * 2, walker_idx=[0, 1])

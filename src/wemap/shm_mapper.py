@@ -27,6 +27,7 @@ exit code or signal. Any exception out of ``map`` stops every worker and unlinks
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 from collections import deque
@@ -58,10 +59,13 @@ __all__ = ["SharedMemWorkerMapper"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW = 0, 1, 2
+STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW, STATUS_CORRUPT = 0, 1, 2, 3
 #: headroom over the largest input when slots are sized automatically (results may be larger)
 AUTO_HEADROOM = 1.25
 AUTO_EXTRA = 64 * 1024
+#: automatic slot count: at most this share of the free /dev/shm, and at most this many bytes
+SLOT_BUDGET_FRACTION = 0.25
+SLOT_BUDGET_MAX = 4 * 2**30
 
 
 def _base_address(a: np.ndarray) -> int:
@@ -124,10 +128,11 @@ def serve_segment(
         hdr["t_end_ns"] = 0
         regions = (ring.input_view(slot), ring.output_view(slot))
         out = regions[OUT_REGION]
+        corrupt = False
         try:
             args, kwargs = decode_call(reg, read_descriptor(regions[IN_REGION]), regions, copy=False, readonly=True)
-        except Exception as exc:
-            ok, result, t0, t1 = False, TaskFailure.capture(exc), 0, 0
+        except Exception as exc:  # the transport, not the segment function, is at fault
+            ok, result, t0, t1, corrupt = False, TaskFailure.capture(exc), 0, 0, True
         else:
             ok, result, _, t0, t1 = run_timed(worker, Task(segment_func, *args, **kwargs), retry_on)
             del args, kwargs
@@ -144,7 +149,7 @@ def serve_segment(
             except Exception as exc:  # the result itself can't be carried: the segment's problem
                 status, nbytes = STATUS_FAILED, _write_failure(out, TaskFailure.capture(exc))
         else:
-            status, nbytes = STATUS_FAILED, _write_failure(out, result)
+            status, nbytes = STATUS_CORRUPT if corrupt else STATUS_FAILED, _write_failure(out, result)
         del result
         hdr["status"] = status
         hdr["out_nbytes"] = nbytes
@@ -188,7 +193,8 @@ class SharedMemWorkerMapper(MapperBase):
     - ``slot_size``: bytes of each slot's input and output region. ``None`` (default) sizes the
       slots from the first cycle's largest walker and regrows them between cycles; a number is
       a hard limit (a walker that does not fit → ``ValueError`` naming the field).
-    - ``num_slots``: slots in the ring (default ``min(walkers, 2 × num_workers)``); more walkers
+    - ``num_slots``: slots in the ring (default: one per walker of the first cycle, within a
+      quarter of the free ``/dev/shm`` and 4 GiB, and at least two per worker); more walkers
       than slots stream through them.
     - ``zero_copy``: return results as read-only views into the segment, valid until the next
       ``map`` call, instead of one copy each.
@@ -295,7 +301,7 @@ class SharedMemWorkerMapper(MapperBase):
             region = int(self.slot_size)
         else:
             region = int(region_needed * AUTO_HEADROOM) + AUTO_EXTRA
-        nslots = self.num_slots or max(1, min(n_tasks, 2 * self._worker_count()))
+        nslots = self.num_slots or self._default_slots(region, n_tasks)
         if seg is not None:
             region = max(region, seg.ring.region_size)
             logger.info("new segment: slots of %d bytes (were %d)", region, seg.ring.region_size)
@@ -315,6 +321,21 @@ class SharedMemWorkerMapper(MapperBase):
             except (OSError, ValueError):
                 raise self._death(w, None) from None
             self._attached.add(w.idx)
+
+    def _default_slots(self, region: int, n_tasks: int) -> int:
+        """One slot per walker, so the manager writes every walker before it waits, within a budget.
+
+        The budget (``SLOT_BUDGET_FRACTION`` of free ``/dev/shm``, at most ``SLOT_BUDGET_MAX``)
+        keeps large systems streaming through fewer slots; never fewer than two per worker.
+        """
+        try:
+            st = os.statvfs("/dev/shm")
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = SLOT_BUDGET_MAX
+        budget = min(SLOT_BUDGET_MAX, int(free * SLOT_BUDGET_FRACTION))
+        fit = max(1, budget // (2 * region + 4096))
+        return max(1, min(n_tasks, max(fit, 2 * self._worker_count())))
 
     # -- map ---------------------------------------------------------------------------------
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
@@ -420,6 +441,10 @@ class SharedMemWorkerMapper(MapperBase):
         self._worker_segment_times[widx].append(max(0, t1 - t0) * 1e-9)
         regions = (ring.input_view(slot), ring.output_view(slot))
         try:
+            if status == STATUS_CORRUPT:
+                failure = _read_failure(regions[OUT_REGION])
+                raise ValueError(f"the worker could not read the walker from its input region "
+                                 f"({failure.exc_type}: {failure.exc_message})")
             if status == STATUS_FAILED:
                 failure = _read_failure(regions[OUT_REGION])
             elif status == STATUS_OVERFLOW:
