@@ -18,6 +18,7 @@ __all__ = [
     "Mapper",
     "WorkerMapper",
     "SharedMemWorkerMapper",
+    "DaskMapper",
     "Codec",
     "Walker",
     "Worker",
@@ -41,4 +42,8 @@ def __getattr__(name: str):
         from .shm_mapper import SharedMemWorkerMapper
 
         return SharedMemWorkerMapper
+    if name == "DaskMapper":  # dask is an optional extra, imported only when asked for
+        from .dask_mapper import DaskMapper
+
+        return DaskMapper
     raise AttributeError(f"module 'wemap' has no attribute {name!r}")
