@@ -230,11 +230,15 @@ class WorkerPool:
                     kind, payload = w.conn.recv()
                 except (EOFError, OSError):
                     code = w.exitcode()
+                    hint = (
+                        f". Its stderr has the cause; a common one: workers start with {self.start_method!r} "
+                        f"and import your main module, so a script must create the mapper under "
+                        f"`if __name__ == '__main__':`"
+                        if code == 1
+                        else ""
+                    )
                     raise WorkerException(
-                        f"{w.describe()} died while starting: {describe_exitcode(code)}. Its stderr has "
-                        f"the cause; a common one: workers start with {self.start_method!r} and import your "
-                        f"main module, so a script must create the mapper under "
-                        f"`if __name__ == '__main__':`",
+                        f"{w.describe()} died while starting: {describe_exitcode(code)}{hint}",
                         worker_idx=w.idx,
                         pid=w.pid,
                         exitcode=code,
@@ -277,11 +281,27 @@ class WorkerPool:
         if workers:
             logger.debug("stopped %d worker(s)", len(workers))
 
-    def replace(self, w: WorkerProcess) -> WorkerProcess:
-        """Reap a dead worker and start a new one with the same index (same device)."""
+    def respawn(self, w: WorkerProcess, attempts: int = 3) -> WorkerProcess:
+        """Reap a dead worker and start a ready replacement with the same index (same device).
+
+        A replacement killed while starting (an OOM kill during init, say) is started again,
+        up to ``attempts`` times; one whose ``Worker.init`` raises is a bug and fails at once.
+        """
         w.process.join(0.5)
         for c in (w.conn, w.lifeline):
             c.close()
-        new = self.spawn(w.idx)
-        self.workers[w.idx] = new
-        return new
+        for attempt in range(1, attempts + 1):
+            new = self.spawn(w.idx)
+            self.workers[w.idx] = new
+            try:
+                self.wait_ready([new])
+                return new
+            except WorkerException as exc:
+                if exc.exitcode is None or attempt == attempts:
+                    raise
+                logger.warning("replacement %s died while starting (%s); starting another (%d of %d)",
+                               new.describe(), describe_exitcode(exc.exitcode), attempt + 1, attempts)
+                new.process.join(0.5)
+                for c in (new.conn, new.lifeline):
+                    c.close()
+        raise AssertionError("unreachable")

@@ -517,8 +517,7 @@ class SharedMemWorkerMapper(MapperBase):
         in_flight.clear()
         for w in dead:
             logger.warning("%s is gone (%s); starting a replacement", w.describe(), describe_exitcode(w.exitcode()))
-            new = self._pool.replace(w)
-            self._pool.wait_ready([new])
+            self._pool.respawn(w)
         return lost
 
     def _await_detached(self, dead: list[WorkerProcess] = ()) -> list[WorkerProcess]:

@@ -139,8 +139,7 @@ class WorkerMapper(MapperBase):
                               worker=w.describe(), worker_idx=idx, pid=w.pid, exitcode=code, reason=reason,
                               timed_out=timed_out)
                 pending.appendleft(spec)
-            new = pool.replace(w)
-            pool.wait_ready([new])
+            new = pool.respawn(w)
             logger.info("worker %d replaced: pid %d -> %d", idx, w.pid, new.pid)
             idle.append(idx)
 
