@@ -55,7 +55,8 @@ def worker_pids(mapper) -> list[int]:
 
 
 def soak(name: str, factory, walkers, cycles: int, kill_every: float, seed: int) -> dict:
-    before_shm = set(os.listdir("/dev/shm"))
+    ours = f"wemap_{os.getpid()}_"
+    before_shm = {n for n in os.listdir("/dev/shm") if n.startswith(ours)}
     me = psutil.Process()
     rng = random.Random(seed)
     mapper = factory()
@@ -96,7 +97,7 @@ def soak(name: str, factory, walkers, cycles: int, kill_every: float, seed: int)
         if pid:
             helpers.add(pid)
     orphans = [p.pid for p in me.children(recursive=True) if p.pid not in helpers and p.status() != "zombie"]
-    leaked = sorted(set(os.listdir("/dev/shm")) - before_shm)
+    leaked = sorted({n for n in os.listdir("/dev/shm") if n.startswith(ours)} - before_shm)
     return {"mapper": name, "cycles": cycles, "walkers": len(walkers), "faults_injected": len(kills),
             "recovered_segments": recovered, "error": error, "out": out, "orphans": len(orphans),
             "leaked_segments": len(leaked), "wall_s": wall}

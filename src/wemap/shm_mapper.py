@@ -315,12 +315,22 @@ class SharedMemWorkerMapper(MapperBase):
         logger.info("segment %s: %d slots x 2 x %d bytes (%.1f MiB)", seg.name, nslots, seg.ring.region_size,
                     seg.size / 2**20)
         assert self._pool is not None
-        for w in self._pool.workers:
+        for w in list(self._pool.workers):
+            self._attach(w, seg.name)
+
+    def _attach(self, w: WorkerProcess, name: str, attempts: int = 3) -> None:
+        """Tell worker ``w`` to serve segment ``name``; a worker found dead is replaced first."""
+        for _ in range(attempts):
             try:
-                w.conn.send(("attach", seg.name))
+                w.conn.send(("attach", name))
             except (OSError, ValueError):
-                raise self._death(w, None) from None
+                logger.warning("%s is gone (%s) before serving %s; starting a replacement",
+                               w.describe(), describe_exitcode(w.exitcode()), name)
+                w = self._pool.respawn(w)
+                continue
             self._attached.add(w.idx)
+            return
+        raise self._death(w, None)
 
     def _default_slots(self, region: int, n_tasks: int) -> int:
         """One slot per walker, so the manager writes every walker before it waits, within a budget.
