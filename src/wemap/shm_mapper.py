@@ -32,156 +32,30 @@ import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
-import numpy as np
 
-from .codec import (
-    IN_REGION,
-    OUT_REGION,
-    Codec,
-    CodecRegistry,
-    decode_call,
-    encode_call,
-    read_descriptor,
-    write_call,
-)
+from .codec import IN_REGION, OUT_REGION, Codec, CodecRegistry, decode_call, encode_call, read_descriptor, write_call
 from .errors import WorkerException
 from .mapper import MapperBase, TaskSpec
 from .pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, default_start_method, describe_exitcode
-from ._ring import RingClosed, now_ns
+from ._ring import now_ns
 from .faults import Attempts
 from .segment import Segment, remove_stale_segments
-from .worker import Task, TaskFailure, Worker, run_timed
+from .shm_worker import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_OVERFLOW, read_failure, ring_loop
+from .worker import Worker
 
 __all__ = ["SharedMemWorkerMapper"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW, STATUS_CORRUPT = 0, 1, 2, 3
 #: headroom over the largest input when slots are sized automatically (results may be larger)
 AUTO_HEADROOM = 1.25
 AUTO_EXTRA = 64 * 1024
 #: automatic slot count: at most this share of the free /dev/shm, and at most this many bytes
 SLOT_BUDGET_FRACTION = 0.25
 SLOT_BUDGET_MAX = 4 * 2**30
-
-
-def _base_address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
-
-
-def _region_ref(regions: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray], tuple[int, int] | None]:
-    """Find arrays that already live in this slot (no-op or in-place segments) so they are not copied."""
-    bounds = [(_base_address(r), r.nbytes) for r in regions]
-
-    def ref(arr: np.ndarray) -> tuple[int, int] | None:
-        if not arr.flags.c_contiguous:
-            return None
-        addr = _base_address(arr)
-        for region, (base, size) in enumerate(bounds):
-            if base <= addr and addr + arr.nbytes <= base + size and (addr - base) % 64 == 0:
-                return region, addr - base
-        return None
-
-    return ref
-
-
-def _write_failure(out: np.ndarray, failure: TaskFailure) -> int:
-    data = pickle.dumps(failure)
-    if len(data) + 8 > out.nbytes:  # keep the message, trim the traceback to fit the region
-        keep = max(0, out.nbytes - 8 - len(pickle.dumps(TaskFailure(failure.exc_type, failure.exc_message, ""))) - 64)
-        failure = TaskFailure(failure.exc_type, failure.exc_message, failure.traceback[-keep:] if keep else "")
-        data = pickle.dumps(failure)
-    out[:8] = np.frombuffer(len(data).to_bytes(8, "little"), dtype=np.uint8)
-    out[8 : 8 + len(data)] = np.frombuffer(data, dtype=np.uint8)
-    return 8 + len(data)
-
-
-def _read_failure(out: np.ndarray) -> TaskFailure:
-    n = int.from_bytes(out[:8].tobytes(), "little")
-    return pickle.loads(out[8 : 8 + n])
-
-
-def serve_segment(
-    worker: Worker,
-    seg: Segment,
-    segment_func: Callable[..., Any],
-    reg: CodecRegistry,
-    retry_on: tuple[type[BaseException], ...] = (),
-) -> None:
-    """Worker side: pop a slot, run its walker, write the result, push it back, until the ring closes."""
-
-    ring = seg.ring
-    while True:
-        try:
-            slot = ring.pop_ready(None)
-        except RingClosed:
-            return
-        if slot is None:
-            continue
-        hdr = ring.header_view(slot)
-        hdr["worker_idx"] = worker.worker_idx
-        hdr["worker_pid"] = worker.pid  # the claim: the manager's timeout and loss checks read it
-        hdr["t_start_ns"] = now_ns()
-        hdr["t_end_ns"] = 0
-        regions = (ring.input_view(slot), ring.output_view(slot))
-        out = regions[OUT_REGION]
-        corrupt = False
-        try:
-            args, kwargs = decode_call(reg, read_descriptor(regions[IN_REGION]), regions, copy=False, readonly=True)
-        except Exception as exc:  # the transport, not the segment function, is at fault
-            ok, result, t0, t1, corrupt = False, TaskFailure.capture(exc), 0, 0, True
-        else:
-            ok, result, _, t0, t1 = run_timed(worker, Task(segment_func, *args, **kwargs), retry_on)
-            del args, kwargs
-        status = STATUS_OK
-        if ok:
-            try:
-                enc = encode_call(reg, (result,), {}, where=f"result of walker {int(hdr['walker_idx'])}",
-                                  region=OUT_REGION, local_ref=_region_ref(regions))
-                if enc.nbytes > out.nbytes:
-                    status, nbytes = STATUS_OVERFLOW, enc.nbytes
-                else:
-                    write_call(enc, out)
-                    nbytes = enc.nbytes
-            except Exception as exc:  # the result itself can't be carried: the segment's problem
-                status, nbytes = STATUS_FAILED, _write_failure(out, TaskFailure.capture(exc))
-        else:
-            status, nbytes = STATUS_CORRUPT if corrupt else STATUS_FAILED, _write_failure(out, result)
-        del result
-        hdr["status"] = status
-        hdr["out_nbytes"] = nbytes
-        hdr["t_start_ns"] = t0
-        hdr["t_end_ns"] = t1
-        del hdr, regions, out
-        ring.push_done(slot)
-
-
-def ring_loop(
-    worker: Worker,
-    conn: Connection,
-    segment_func: Callable[..., Any],
-    codecs: tuple[Codec, ...],
-    retry_on: tuple[type[BaseException], ...] = (),
-) -> None:
-    """Worker process main loop: attach to each segment the manager names, serve it, detach."""
-    reg = CodecRegistry(codecs)
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        _, name = msg
-        seg = Segment.attach(name)
-        try:
-            serve_segment(worker, seg, segment_func, reg, retry_on)
-        finally:
-            seg.close()
-        conn.send(("detached", name))  # the manager may now trust every slot header it reads
 
 
 class SharedMemWorkerMapper(MapperBase):
@@ -452,11 +326,11 @@ class SharedMemWorkerMapper(MapperBase):
         regions = (ring.input_view(slot), ring.output_view(slot))
         try:
             if status == STATUS_CORRUPT:
-                failure = _read_failure(regions[OUT_REGION])
+                failure = read_failure(regions[OUT_REGION])
                 raise ValueError(f"the worker could not read the walker from its input region "
                                  f"({failure.exc_type}: {failure.exc_message})")
             if status == STATUS_FAILED:
-                failure = _read_failure(regions[OUT_REGION])
+                failure = read_failure(regions[OUT_REGION])
             elif status == STATUS_OVERFLOW:
                 overflow.append((i, out_nbytes))
                 return False
