@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, markdown_table, write_json  # noqa: E402
 
 import wemap  # noqa: E402
+from wemap.pool import multiprocessing_helper_pids  # noqa: E402
 
 
 def segment(walker, segment_length, **kwargs):
@@ -90,12 +91,7 @@ def soak(name: str, factory, walkers, cycles: int, kill_every: float, seed: int)
         mapper.cleanup()
     wall = time.perf_counter() - t0
     time.sleep(1.0)
-    helpers = set()
-    for mod in ("forkserver", "resource_tracker"):
-        obj = getattr(__import__(f"multiprocessing.{mod}", fromlist=["_"]), f"_{mod}", None)
-        pid = getattr(obj, "_forkserver_pid", None) or getattr(obj, "_pid", None)
-        if pid:
-            helpers.add(pid)
+    helpers = multiprocessing_helper_pids()
     orphans = [p.pid for p in me.children(recursive=True) if p.pid not in helpers and p.status() != "zombie"]
     leaked = sorted({n for n in os.listdir("/dev/shm") if n.startswith(ours)} - before_shm)
     return {"mapper": name, "cycles": cycles, "walkers": len(walkers), "faults_injected": len(kills),

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
 import os
 import time
 
 import psutil
 import pytest
 
+from wemap.pool import multiprocessing_helper_pids
+
 SHM_DIR = "/dev/shm"
 
 
-def helper_pids() -> set[int]:
-    """multiprocessing's own long-lived helpers (forkserver, resource tracker): not leaks."""
-    pids = set()
-    fs = getattr(multiprocessing.forkserver, "_forkserver", None)
-    if fs is not None and getattr(fs, "_forkserver_pid", None):
-        pids.add(fs._forkserver_pid)
-    rt = getattr(multiprocessing.resource_tracker, "_resource_tracker", None)
-    if rt is not None and getattr(rt, "_pid", None):
-        pids.add(rt._pid)
-    return pids
-
-
 def our_children() -> list[psutil.Process]:
-    helpers = helper_pids()
+    helpers = multiprocessing_helper_pids()
     out = []
     for p in psutil.Process().children(recursive=True):
         if p.pid in helpers:

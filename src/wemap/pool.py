@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
@@ -35,7 +35,16 @@ from typing import Any
 from .errors import WorkerException
 from .worker import TaskFailure, Worker
 
-__all__ = ["WorkerPool", "WorkerProcess", "ABORT_STOP_TIMEOUT", "describe_exitcode", "default_start_method", "check_picklable"]
+__all__ = [
+    "WorkerPool",
+    "WorkerProcess",
+    "ABORT_STOP_TIMEOUT",
+    "control_messages",
+    "describe_exitcode",
+    "default_start_method",
+    "check_picklable",
+    "multiprocessing_helper_pids",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,37 @@ EXIT_ORPHANED = 75
 EXIT_INIT_FAILED = 76
 #: seconds an aborted map waits for workers before SIGTERM: they are mid-segment, not listening
 ABORT_STOP_TIMEOUT = 0.25
+
+
+def control_messages(conn: Connection) -> Iterator[Any]:
+    """Worker side: the manager's messages, until it says stop (``None``) or is gone (EOF)."""
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        yield msg
+
+
+def multiprocessing_helper_pids() -> set[int]:
+    """Pids of multiprocessing's own long-lived helpers (forkserver, resource tracker).
+
+    They are shared by every pool of this process and outlive it by design, so leak checks
+    (tests, the fault soak) count every other child process as ours.
+    """
+    import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
+
+    pids = set()
+    fs = getattr(multiprocessing.forkserver, "_forkserver", None)
+    if fs is not None and getattr(fs, "_forkserver_pid", None):
+        pids.add(fs._forkserver_pid)
+    rt = getattr(multiprocessing.resource_tracker, "_resource_tracker", None)
+    if rt is not None and getattr(rt, "_pid", None):
+        pids.add(rt._pid)
+    return pids
 
 
 def default_start_method() -> str:

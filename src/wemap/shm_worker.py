@@ -25,6 +25,7 @@ import numpy as np
 
 from ._ring import RingClosed, now_ns
 from .codec import IN_REGION, OUT_REGION, Codec, CodecRegistry, decode_call, encode_call, read_descriptor, write_call
+from .pool import control_messages
 from .segment import Segment
 from .worker import Task, TaskFailure, Worker, run_timed
 
@@ -134,14 +135,7 @@ def ring_loop(
 ) -> None:
     """Worker process main loop: attach to each segment the manager names, serve it, detach."""
     reg = CodecRegistry(codecs)
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        _, name = msg
+    for _, name in control_messages(conn):
         seg = Segment.attach(name)
         try:
             serve_segment(worker, seg, segment_func, reg, retry_on)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .faults import Attempts
 from .mapper import MapperBase, TaskSpec
-from .pool import ABORT_STOP_TIMEOUT, WorkerPool, default_start_method, describe_exitcode
+from .pool import ABORT_STOP_TIMEOUT, WorkerPool, control_messages, default_start_method, describe_exitcode
 from .worker import Task, TaskFailure, Worker, run_timed
 
 __all__ = ["WorkerMapper"]
@@ -29,14 +29,7 @@ def pipe_loop(
     worker: Worker, conn: Connection, segment_func: Callable[..., Any], retry_on: tuple[type[BaseException], ...] = ()
 ) -> None:
     """Worker side: block in ``recv`` for a task, run it, send ``(task_idx, ok, result, seconds)``."""
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        task_idx, args, kwargs = msg
+    for task_idx, args, kwargs in control_messages(conn):
         ok, result, seconds, _, _ = run_timed(worker, Task(segment_func, *args, **kwargs), retry_on)
         try:
             conn.send((task_idx, ok, result, seconds))
