@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .memcopy import copy_into, copy_of
+from .memcopy import BlockPool, copy_into, copy_of
 from .walker import Walker
 
 __all__ = [
@@ -276,11 +276,26 @@ def read_descriptor(region: np.ndarray) -> dict:
 
 
 def decode_call(
-    reg: CodecRegistry, desc: dict, regions: tuple[np.ndarray, np.ndarray], *, copy: bool, readonly: bool
+    reg: CodecRegistry,
+    desc: dict,
+    regions: tuple[np.ndarray, np.ndarray],
+    *,
+    copy: bool,
+    readonly: bool,
+    pool: BlockPool | None = None,
 ) -> tuple[list, dict]:
-    """Rebuild the arguments from a descriptor: zero-copy views, or one copy with ``copy=True``."""
+    """Rebuild the arguments from a descriptor: zero-copy views, or one copy with ``copy=True``.
+
+    With a `BlockPool`, the copies of one call are carved from one reusable block.
+    """
+    block, cursor = None, 0
+    if copy and pool is not None:
+        total = sum(_aligned_nbytes(f) for e in (*desc["args"], *desc["kwargs"].values()) for f in e[2])
+        if total >= pool.MIN_BYTES:
+            block = pool.take(total)
 
     def value(entry):
+        nonlocal cursor
         name, meta, fields = entry
         arrays = {}
         for field, dtype, shape, region, offset in fields:
@@ -290,7 +305,12 @@ def decode_call(
             if offset < DATA_START or offset + nbytes > buf.nbytes:
                 raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
             view = np.ndarray(shape, dt, buffer=buf, offset=offset)
-            if copy:
+            if block is not None:
+                dst = np.ndarray(shape, dt, buffer=block, offset=cursor)
+                copy_into(dst, view)
+                cursor = align(cursor + nbytes)
+                view = dst
+            elif copy:
                 view = copy_of(view)
             elif readonly:
                 view.flags.writeable = False
@@ -298,3 +318,8 @@ def decode_call(
         return reg.by_name[name].decode(arrays, meta)
 
     return [value(e) for e in desc["args"]], {k: value(e) for k, e in desc["kwargs"].items()}
+
+
+def _aligned_nbytes(field: tuple) -> int:
+    _, dtype, shape, _, _ = field
+    return align(math.prod(shape) * np.dtype(dtype).itemsize)

@@ -9,12 +9,13 @@ they do.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["copy_into", "copy_of", "PARALLEL_MIN_BYTES"]
+__all__ = ["copy_into", "copy_of", "BlockPool", "PARALLEL_MIN_BYTES"]
 
 #: arrays smaller than this are copied by the calling thread
 PARALLEL_MIN_BYTES = 4 * 2**20
@@ -68,3 +69,55 @@ def copy_of(src: np.ndarray) -> np.ndarray:
     dst = np.empty_like(src, order="C")
     copy_into(dst, src)
     return dst
+
+
+#: references to an idle block seen from a loop over the pool: the pool's list, the loop
+#: variable and getrefcount's own argument; any array carved from it adds one (its ``base``)
+_IDLE_REFS = 3
+
+
+class BlockPool:
+    """Reusable memory for result walkers, so a steady WE loop stops paying page faults.
+
+    Copying a result out of shared memory into freshly allocated arrays costs about as much
+    again as the copy itself: glibc hands large freed blocks back to the kernel, and the next
+    cycle faults and zeroes them anew. Each result walker's arrays are instead carved from one
+    block; once nothing refers to any array of a block (numpy views keep their block as
+    ``base``, so its reference count tells), the block is handed out again. One block per
+    walker bounds what a kept array can pin: the rest of its own walker, never a whole cycle.
+    """
+
+    #: results smaller than this are plain copies: a block would not pay for itself
+    MIN_BYTES = 64 * 1024
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, list[np.ndarray]] = {}
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 block of exactly ``nbytes`` that no live array uses."""
+        bucket = self._blocks.setdefault(nbytes, [])
+        for block in bucket:
+            if sys.getrefcount(block) <= _IDLE_REFS:
+                return block
+        block = np.empty(nbytes, dtype=np.uint8)
+        bucket.append(block)
+        return block
+
+    def trim(self, keep_bytes: int) -> None:
+        """Free idle blocks beyond ``keep_bytes`` (call after each cycle)."""
+        kept = 0
+        for size, bucket in list(self._blocks.items()):
+            live = []
+            for block in bucket:
+                if sys.getrefcount(block) > _IDLE_REFS:
+                    live.append(block)
+                elif kept + size <= keep_bytes:
+                    kept += size
+                    live.append(block)
+            if live:
+                self._blocks[size] = live
+            else:
+                del self._blocks[size]
+
+    def clear(self) -> None:
+        self._blocks.clear()

@@ -39,6 +39,7 @@ from typing import Any
 from .codec import IN_REGION, OUT_REGION, Codec, CodecRegistry, decode_call, encode_call, read_descriptor, write_call
 from .errors import WorkerException
 from .mapper import MapperBase, TaskSpec
+from .memcopy import BlockPool
 from .pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, default_start_method, describe_exitcode
 from ._ring import now_ns
 from .faults import Attempts
@@ -121,6 +122,7 @@ class SharedMemWorkerMapper(MapperBase):
         self._attached: set[int] = set()  # worker indices serving the current segment
         self._served: set[int] = set()  # pids that finished a segment (past their first-segment allowance)
         self._timed_out: dict[int, float] = {}  # pid -> the timeout it was killed for
+        self._blocks = BlockPool()  # memory for result walkers, reused once they are dropped
 
     @property
     def segment_name(self) -> str | None:
@@ -153,6 +155,7 @@ class SharedMemWorkerMapper(MapperBase):
         self._pool = pool
 
     def _stop(self, abort: bool) -> None:
+        self._blocks.clear()
         seg, self._segment = self._segment, None
         if seg is not None:
             seg.ring.close_ready()
@@ -271,6 +274,8 @@ class SharedMemWorkerMapper(MapperBase):
                     self._ensure_segment(self._segment.ring.region_size, len(todo), fresh=True)
         finally:
             self.recovered_segments += attempts.recovered
+        # keep about one cycle of idle result blocks: the next cycle's results reuse them
+        self._blocks.trim(keep_bytes=2 * sum(e.nbytes for e in encoded))
         return results
 
     def _stream(self, specs, encoded, todo, results, attempts: Attempts):
@@ -336,7 +341,7 @@ class SharedMemWorkerMapper(MapperBase):
                 return False
             elif status == STATUS_OK:
                 out_args, _ = decode_call(self._registry, read_descriptor(regions[OUT_REGION]), regions,
-                                          copy=not self.zero_copy, readonly=True)
+                                          copy=not self.zero_copy, readonly=True, pool=self._blocks)
                 results[i] = out_args[0]
                 return False
             else:

@@ -1,0 +1,44 @@
+"""Parallel copies and the result-block pool (pure in-process checks)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+
+from wemap.memcopy import BlockPool, copy_into, copy_of
+
+
+def test_parallel_copy_matches_numpy():
+    src = np.random.default_rng(0).random((700_000, 3))  # above the parallel threshold
+    dst = np.empty_like(src)
+    copy_into(dst, src)
+    np.testing.assert_array_equal(dst, src)
+    out = copy_of(src)
+    assert out is not src and not np.shares_memory(out, src)
+    np.testing.assert_array_equal(out, src)
+
+
+def test_block_is_reused_only_when_no_array_uses_it():
+    pool = BlockPool()
+    a = pool.take(1 << 20)
+    view = np.ndarray((1000,), np.float64, buffer=a)
+    del a
+    b = pool.take(1 << 20)
+    assert not np.shares_memory(b, view), "a block whose array is alive is never handed out again"
+    del view, b
+    gc.collect()
+    c = pool.take(1 << 20)
+    assert len(pool._blocks[1 << 20]) == 2, "an idle block is reused, not a new one allocated"
+    del c
+
+
+def test_trim_frees_idle_blocks_beyond_the_budget_and_keeps_live_ones():
+    pool = BlockPool()
+    blocks = [pool.take(1 << 16) for _ in range(4)]
+    held = np.ndarray((10,), np.uint8, buffer=blocks[0])
+    del blocks
+    pool.trim(keep_bytes=1 << 16)
+    kept = pool._blocks[1 << 16]
+    assert len(kept) == 2, "the live block and one idle block within the budget"
+    assert any(np.shares_memory(k, held) for k in kept)
