@@ -25,6 +25,12 @@ try:
     MAPPERS["SharedMemWorkerMapper"] = wemap.SharedMemWorkerMapper
 except ImportError as exc:  # the compiled ring is part of every install; say why it is missing
     pytest.fail(f"wemap.SharedMemWorkerMapper could not be imported: {exc}", pytrace=False)
+try:  # optional extra: the suite runs without dask
+    from wemap.dask_mapper import DaskMapper
+
+    MAPPERS["DaskMapper"] = DaskMapper
+except ImportError:
+    pass
 PROCESS_MAPPERS = [name for name in MAPPERS if name != "Mapper"]
 
 pytestmark = pytest.mark.timeout(60)

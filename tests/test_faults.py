@@ -22,7 +22,7 @@ from test_contract import MAPPERS
 import wemap
 from wemap import TaskException, TaskTimeout, WorkerException
 
-PROCESS_MAPPERS = [name for name in MAPPERS if name != "Mapper"]
+PROCESS_MAPPERS = [name for name in MAPPERS if name not in ("Mapper", "DaskMapper")]  # Dask: tests/test_dask_mapper.py
 pytestmark = pytest.mark.timeout(90)
 
 N = 6

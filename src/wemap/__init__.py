@@ -18,7 +18,6 @@ __all__ = [
     "Mapper",
     "WorkerMapper",
     "SharedMemWorkerMapper",
-    "DaskMapper",
     "Codec",
     "Walker",
     "Worker",
@@ -43,7 +42,9 @@ def __getattr__(name: str):
 
         return SharedMemWorkerMapper
     if name == "DaskMapper":  # dask is an optional extra, imported only when asked for
-        from .dask_mapper import DaskMapper
-
+        try:
+            from .dask_mapper import DaskMapper
+        except ImportError as exc:  # an AttributeError keeps hasattr() and getattr(..., None) working
+            raise AttributeError(f"wemap.DaskMapper needs dask: pip install 'wemap[dask]' ({exc})") from exc
         return DaskMapper
     raise AttributeError(f"module 'wemap' has no attribute {name!r}")

@@ -1,0 +1,260 @@
+"""DaskMapper beyond the shared contract (tests/test_contract.py runs that on it too).
+
+Lost workers, what cleanup leaves, clusters the user owns, per-worker init and the data
+path. Every cluster here is a LocalCluster of 2 single-thread processes on 127.0.0.1; the
+autouse fixture in conftest.py fails a test that leaves any of its processes behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import segfuncs
+
+distributed = pytest.importorskip("distributed")
+
+from wemap import TaskException, WorkerException
+from wemap.dask_mapper import DaskMapper
+
+pytestmark = pytest.mark.timeout(60)
+
+N = 6
+
+
+def walkers(n=N):
+    return [segfuncs.make_walker(200, seed=i, weight=1 / n) for i in range(n)]
+
+
+def cycle_kwargs(cycle, n=N):
+    return {"walker_idx": range(n), "cycle_idx": [cycle] * n}
+
+
+@pytest.fixture
+def user_cluster():
+    """A cluster the test owns, as a user would: the mapper must leave it running."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield cluster, client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def wemap_plugins(dask_worker):
+    return sorted(name for name in dask_worker.plugins if name.startswith("wemap-"))
+
+
+def worker_index(dask_worker):
+    state = [p for n, p in dask_worker.plugins.items() if n.startswith("wemap-worker-")]
+    return state[0].worker.worker_idx if state else None
+
+
+@pytest.mark.timeout(90)
+def test_killed_worker_mid_map_gives_the_same_walkers(tmp_path):
+    ws = walkers()
+    with DaskMapper(segment_func=segfuncs.kill_once, num_workers=2) as m:
+        for cycle in range(3):  # the worker running walker 4 is SIGKILLed in cycle 1 of 3
+            victim = 4 if cycle == 1 else -1
+            out = m.map(ws, [2] * N, marker_dir=[str(tmp_path)] * N, victim=[victim] * N, **cycle_kwargs(cycle))
+            assert out == [segfuncs.displace(w, 2) for w in ws]
+            ws = out
+        assert m.recovered_segments == 1
+        assert sorted(m.worker_segment_times) == [0, 1], "the restarted worker keeps its index"
+        m.client.wait_for_workers(2, timeout=30)
+        assert sorted(m.client.run(worker_index).values()) == [0, 1]
+
+
+@pytest.mark.timeout(90)
+def test_walker_killing_every_worker_exceeds_the_retry_budget():
+    m = DaskMapper(segment_func=segfuncs.kill_on, num_workers=2, max_retries=1)
+    with m, pytest.raises(WorkerException) as info:
+        m.map(range(4), [2] * 4, walker_idx=range(4), cycle_idx=[7] * 4)
+    exc = info.value
+    assert exc.walker_idx == 2 and exc.cycle_idx == 7 and exc.exitcode == -signal.SIGKILL
+    assert "walker 2 of cycle 7 was lost 2 time(s), more than max_retries=1" in str(exc)
+    assert "SIGKILL" in str(exc)
+    assert m._state == "closed"
+
+
+def test_retry_on_reruns_a_raising_walker(tmp_path):
+    ws = walkers()
+    with DaskMapper(segment_func=segfuncs.flaky_once, num_workers=2, retry_on=(segfuncs.Flaky,)) as m:
+        out = m.map(ws, [1] * N, marker_dir=[str(tmp_path)] * N, victim=[1] * N, **cycle_kwargs(0))
+        assert m.recovered_segments == 1
+    assert out == [segfuncs.displace(w, 1) for w in ws]
+
+
+def test_cleanup_ends_every_process_and_is_idempotent():
+    m = DaskMapper(segment_func=segfuncs.who, num_workers=2)
+    m.init()
+    pids = {pid for _, _, pid, _ in m.map(range(8))}
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert pids and pids <= children, "workers are child processes of the manager"
+    m.cleanup()
+    m.cleanup()
+    deadline = time.monotonic() + 5
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        assert time.monotonic() < deadline, "worker processes still running after cleanup"
+        time.sleep(0.05)
+    assert m.client is None
+
+
+def test_failed_map_stops_a_segment_still_running():
+    """A raising walker ends the map at once, even while another walker sleeps for 60 s."""
+    m = DaskMapper(segment_func=segfuncs.hang_always, num_workers=2)
+    m.init()
+    t0 = time.monotonic()
+    with pytest.raises(TaskException) as info:  # walker 1 is not a Walker: displace() raises
+        m.map([walkers(1)[0], 5], [1, 1], victim=[0, 0], walker_idx=[0, 1], cycle_idx=[0, 0])
+    assert info.value.walker_idx == 1 and info.value.exc_type == "AttributeError"
+    assert time.monotonic() - t0 < 15
+    from conftest import wait_for_no_children
+
+    assert wait_for_no_children() == []
+
+
+def test_user_client_cluster_address_and_scheduler_file_are_left_running(user_cluster, tmp_path):
+    cluster, client = user_cluster
+    scheduler_file = tmp_path / "scheduler.json"
+    client.write_scheduler_file(str(scheduler_file))
+    for target in (client, cluster, cluster.scheduler_address, str(scheduler_file)):
+        with DaskMapper(target, segment_func=segfuncs.add) as m:
+            assert m.num_workers == 2
+            assert m.map(range(4), [10] * 4) == [10, 11, 12, 13]
+            assert sorted(m.worker_segment_times) == [0, 1]
+        assert m.client is None
+        assert client.status == "running"
+        assert len(client.scheduler_info()["workers"]) == 2
+        assert client.submit(segfuncs.add, 1, 2).result() == 3
+        assert all(p == [] for p in client.run(wemap_plugins).values()), "worker plugins unregistered"
+        assert all(p == [] for p in client.run(wemap_plugins, nanny=True).values()), "nanny plugins too"
+
+
+def test_resources_are_advertised_and_required(user_cluster):
+    with DaskMapper(segment_func=segfuncs.who, num_workers=2, resources={"GPU": 1}) as m:
+        infos = m.client.scheduler_info()["workers"].values()
+        assert [w["resources"] for w in infos] == [{"GPU": 1}, {"GPU": 1}]
+        assert [x for x, *_ in m.map(range(6))] == list(range(6))
+    _, client = user_cluster  # its workers have no GPU resource: an error at init, not a hang
+    m = DaskMapper(client, segment_func=segfuncs.add, resources={"GPU": 1})
+    with pytest.raises(ValueError, match=r"resources=\{'GPU': 1\}"):
+        m.init()
+    m.cleanup()
+    assert client.status == "running"
+
+
+def test_worker_init_runs_once_per_worker(tmp_path):
+    log = tmp_path / "inits.txt"
+    with DaskMapper(segment_func=segfuncs.who, num_workers=2, worker_init=_InitLog(str(log))) as m:
+        seen = set()
+        for _ in range(3):
+            seen |= {(idx, pid) for _, idx, pid, _ in m.map(range(8))}
+    lines = log.read_text().split()
+    assert sorted(lines) == sorted(f"{idx}:{pid}" for idx, pid in seen)
+    assert sorted(int(line.split(":")[0]) for line in lines) == [0, 1]
+
+
+class _InitLog:
+    """A picklable ``worker_init`` that appends ``idx:pid`` to a file (module level for pickling)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, worker):
+        with open(self.path, "a") as f:
+            f.write(f"{worker.worker_idx}:{os.getpid()}\n")
+        return worker.worker_idx
+
+
+def test_current_worker_is_the_plugins_worker():
+    with DaskMapper(segment_func=segfuncs.device_of, num_workers=2, worker_type=segfuncs.DeviceWorker,
+                    worker_attributes={"devices": [4, 7]}) as m:
+        out = m.map(range(6))
+        by_index = m.client.run(worker_index)
+    assert sorted(by_index.values()) == [0, 1]
+    assert {d for _, d in out} <= {"4", "7"}
+
+
+def test_a_worker_joining_later_gets_the_next_index(user_cluster):
+    cluster, client = user_cluster
+    with DaskMapper(client, segment_func=segfuncs.who) as m:
+        cluster.scale(3)
+        client.wait_for_workers(3, timeout=30)
+        deadline = time.monotonic() + 10
+        while sorted(i for i in client.run(worker_index).values() if i is not None) != [0, 1, 2]:
+            assert time.monotonic() < deadline, client.run(worker_index)
+            time.sleep(0.1)
+        out = m.map(range(12))
+        assert {idx for _, idx, _, _ in out} <= {0, 1, 2}
+
+
+def test_walker_arrays_leave_the_pickle_as_frames():
+    """What Dask does with a wemap.Walker argument or result: arrays become separate frames."""
+    walker = segfuncs.make_walker(100_000)
+    header, frames = distributed.protocol.serialize(walker)
+    sizes = sorted(memoryview(f).nbytes for f in frames)
+    assert sizes[-2:] == [walker["positions"].nbytes, walker["velocities"].nbytes]
+    assert sizes[0] < 1000, "the pickle itself holds no array data"
+    back = distributed.protocol.deserialize(header, frames)
+    assert back == walker
+
+
+def test_arrays_round_trip_through_the_cluster():
+    ws = [segfuncs.make_walker(50_000, seed=i) for i in range(4)]
+    with DaskMapper(segment_func=segfuncs.echo, num_workers=2) as m:
+        out = m.map(ws, [1] * 4)
+    assert out == ws
+    assert all(isinstance(o["positions"], np.ndarray) for o in out)
+
+
+def test_importing_wemap_does_not_import_dask():
+    code = "import sys, wemap; sys.exit(bool({'dask', 'distributed'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+SIGNAL_SCRIPT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import segfuncs
+from wemap.dask_mapper import DaskMapper
+
+if __name__ == "__main__":
+    m = DaskMapper(segment_func=segfuncs.sleep_for, num_workers=2)
+    m.init()
+    m.map([1], [0.0])
+    print(*m.client.run(os.getpid).values(), flush=True)
+    try:
+        m.map([1, 2, 3], [60, 60, 60])
+    finally:
+        print("cleaned", m._state, flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_to_manager_during_map_ends_the_workers(signum):
+    script = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2, proc.stderr.read()
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "cleaned closed" in out, err
+    assert ("KeyboardInterrupt" if signum == signal.SIGINT else "SIGTERM") in err
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
