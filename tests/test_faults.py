@@ -147,6 +147,46 @@ def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum):
         assert not os.path.exists(f"/dev/shm/{seg}")
 
 
+MANAGER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    import segfuncs, wemap
+
+    if __name__ == "__main__":
+        m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
+        m.init()
+        m.map([1], [0.0])
+        print(getattr(m, "segment_name", None), *[w.pid for w in m._pool.workers], flush=True)
+        m.map([1, 2], [60, 60])
+    """
+)
+
+
+def test_killed_manager_leaves_no_worker_and_no_segment(mapper_cls):
+    script = MANAGER_SCRIPT.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().split()
+        assert line, proc.stderr.read()
+        name, pids = line[0], [int(p) for p in line[1:]]
+        time.sleep(0.5)  # let the workers take their walkers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive and not os.path.exists(f"/dev/shm/{name}"):
+            break
+        time.sleep(0.1)
+    assert not alive, f"workers outlived their manager: {alive}"
+    if name != "None":
+        assert not os.path.exists(f"/dev/shm/{name}"), "segment left behind by a killed manager"
+
+
 SHM = MAPPERS["SharedMemWorkerMapper"]
 
 

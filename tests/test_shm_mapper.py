@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
-import textwrap
-import time
 
 import numpy as np
 import psutil
@@ -136,39 +133,3 @@ def test_stale_segments_of_dead_owners_are_removed():
         for p in (stale, live):
             if os.path.exists(p):
                 os.unlink(p)
-
-
-MANAGER_SCRIPT = textwrap.dedent(
-    """
-    import sys, time
-    sys.path.insert(0, {tests!r})
-    import segfuncs, wemap
-    m = wemap.SharedMemWorkerMapper(segment_func=segfuncs.sleep_for, num_workers=2)
-    m.init()
-    m.map([1], [0.0])
-    print(m.segment_name, *[w.pid for w in m._pool.workers], flush=True)
-    m.map([1, 2], [60, 60])
-    """
-)
-
-
-@pytest.mark.timeout(60)
-def test_killed_manager_leaves_no_worker_and_no_segment():
-    script = MANAGER_SCRIPT.format(tests=os.path.dirname(__file__))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().split()
-    assert line, proc.stderr.read()
-    name, pids = line[0], [int(p) for p in line[1:]]
-    time.sleep(0.5)  # let the workers take their walkers
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive and not os.path.exists(f"/dev/shm/{name}"):
-            break
-        time.sleep(0.1)
-    assert not alive, f"workers outlived their manager: {alive}"
-    assert not os.path.exists(f"/dev/shm/{name}"), "segment left behind by a killed manager"
-    proc.stdout.close()
-    proc.stderr.close()
