@@ -7,6 +7,7 @@ shapes) is pickled. Built in, chosen by type:
 
 =====================  ===========================================================
 ``walker``             `wemap.Walker`: every ndarray in ``state`` is an array field
+``scalar``             an int, float, bool, str, bytes or None: kept in the descriptor
 ``wepy_walker``        wepy's ``Walker`` whose state is a ``WalkerState``
 ``array``              a bare ``numpy.ndarray``
 ``pickle5``            anything else: pickle protocol 5, buffers out of band, so a
@@ -26,6 +27,7 @@ still a view of the slot's input (a no-op segment) is referenced there, not copi
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import struct
@@ -41,6 +43,7 @@ from .walker import Walker
 __all__ = [
     "Codec",
     "WalkerCodec",
+    "ScalarCodec",
     "WepyWalkerCodec",
     "ArrayCodec",
     "Pickle5Codec",
@@ -93,6 +96,24 @@ def _split_state(state: dict) -> tuple[dict[str, np.ndarray], dict]:
     arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     rest = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
     return arrays, rest
+
+
+_SCALARS = frozenset({int, float, bool, str, bytes, complex, type(None)})
+
+
+class ScalarCodec(Codec):
+    """Plain scalars (a segment length, a cycle index) ride in the descriptor as they are."""
+
+    name = "scalar"
+
+    def accepts(self, obj: Any) -> bool:
+        return type(obj) in _SCALARS
+
+    def encode(self, obj: Any) -> tuple[dict[str, np.ndarray], Any]:
+        return {}, obj
+
+    def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> Any:
+        return meta
 
 
 class WalkerCodec(Codec):
@@ -180,7 +201,8 @@ class CodecRegistry:
     """Picks a codec per object: user codecs first, then the built-ins, pickle5 last."""
 
     def __init__(self, extra: list[Codec] | tuple[Codec, ...] = ()) -> None:
-        self.codecs: list[Codec] = [*extra, WalkerCodec(), WepyWalkerCodec(), ArrayCodec(), Pickle5Codec()]
+        self.codecs: list[Codec] = [*extra, WalkerCodec(), ScalarCodec(), WepyWalkerCodec(), ArrayCodec(),
+                                    Pickle5Codec()]
         self.by_name = {c.name: c for c in self.codecs}
 
     def for_object(self, obj: Any) -> Codec:
@@ -299,7 +321,7 @@ def decode_call(
         name, meta, fields = entry
         arrays = {}
         for field, dtype, shape, region, offset in fields:
-            dt = np.dtype(dtype)
+            dt = _dtype(dtype)
             nbytes = math.prod(shape) * dt.itemsize
             buf = regions[region]
             if offset < DATA_START or offset + nbytes > buf.nbytes:
@@ -322,4 +344,9 @@ def decode_call(
 
 def _aligned_nbytes(field: tuple) -> int:
     _, dtype, shape, _, _ = field
-    return align(math.prod(shape) * np.dtype(dtype).itemsize)
+    return align(math.prod(shape) * _dtype(dtype).itemsize)
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype(descr: str) -> np.dtype:
+    return np.dtype(descr)

@@ -123,6 +123,7 @@ class SharedMemWorkerMapper(MapperBase):
         self._served: set[int] = set()  # pids that finished a segment (past their first-segment allowance)
         self._timed_out: dict[int, float] = {}  # pid -> the timeout it was killed for
         self._blocks = BlockPool()  # memory for result walkers, reused once they are dropped
+        self._views: list = []  # per slot: (header, input region, output region) views of the segment
 
     @property
     def segment_name(self) -> str | None:
@@ -156,7 +157,7 @@ class SharedMemWorkerMapper(MapperBase):
 
     def _stop(self, abort: bool) -> None:
         self._blocks.clear()
-        seg, self._segment = self._segment, None
+        seg, self._segment, self._views = self._segment, None, []
         if seg is not None:
             seg.ring.close_ready()
         pool, self._pool = self._pool, None
@@ -182,13 +183,15 @@ class SharedMemWorkerMapper(MapperBase):
         if seg is not None:
             region = max(region, seg.ring.region_size)
             logger.info("new segment: slots of %d bytes (were %d)", region, seg.ring.region_size)
-            self._segment = None
+            self._segment, self._views = None, []
             seg.ring.close_ready()
             seg.unlink()
             seg.close()
             self._await_detached()
         seg = Segment.create(nslots, region)
         self._segment = seg
+        r = seg.ring
+        self._views = [(r.header_view(k), r.input_view(k), r.output_view(k)) for k in range(r.nslots)]
         logger.info("segment %s: %d slots x 2 x %d bytes (%.1f MiB)", seg.name, nslots, seg.ring.region_size,
                     seg.size / 2**20)
         assert self._pool is not None
@@ -284,6 +287,7 @@ class SharedMemWorkerMapper(MapperBase):
         Returns (overflowed results as (task, bytes needed), tasks lost with a worker).
         """
         ring = self._segment.ring
+        views = self._views
         pending = deque(todo)
         free = deque(range(ring.nslots))
         in_flight: dict[int, int] = {}
@@ -293,11 +297,11 @@ class SharedMemWorkerMapper(MapperBase):
             while pending and free:
                 slot, i = free.popleft(), pending.popleft()
                 spec = specs[i]
-                write_call(encoded[i], ring.input_view(slot))
+                hdr, inp, _ = views[slot]
+                write_call(encoded[i], inp)
                 # task_id, cycle, walker_idx, worker_idx, worker_pid, t_start, t_end, in_nbytes, out_nbytes,
                 # status, flags: one assignment, in the order of the C struct wm_slot_header
-                ring.header_view(slot)[()] = (i, spec.cycle_idx, spec.walker_idx, -1, 0, 0, 0,
-                                              encoded[i].nbytes, 0, -1, 0)
+                hdr[()] = (i, spec.cycle_idx, spec.walker_idx, -1, 0, 0, 0, encoded[i].nbytes, 0, -1, 0)
                 in_flight[slot] = i
                 ring.push_ready(slot)
             slot = ring.pop_done(self.liveness_interval)
@@ -318,8 +322,8 @@ class SharedMemWorkerMapper(MapperBase):
 
     def _collect(self, slot: int, i: int, specs, results, overflow, attempts: Attempts) -> bool:
         """Take a finished slot's result; True when the walker must run again (``retry_on``)."""
-        ring = self._segment.ring
-        task_id, _, _, widx, pid, t0, t1, _, out_nbytes, status, _ = ring.header_view(slot).item()
+        hdr, inp, out = self._views[slot]
+        task_id, _, _, widx, pid, t0, t1, _, out_nbytes, status, _ = hdr.item()
         spec = specs[i]
         if task_id != i or not 0 <= widx < self._worker_count():
             raise WorkerException(
@@ -328,7 +332,7 @@ class SharedMemWorkerMapper(MapperBase):
                 walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
         self._served.add(pid)
         self._worker_segment_times[widx].append(max(0, t1 - t0) * 1e-9)
-        regions = (ring.input_view(slot), ring.output_view(slot))
+        regions = (inp, out)
         try:
             if status == STATUS_CORRUPT:
                 failure = read_failure(regions[OUT_REGION])

@@ -81,6 +81,7 @@ def serve_segment(
     """Worker side: pop a slot, run its walker, write the result, push it back, until the ring closes."""
 
     ring = seg.ring
+    views = [(ring.header_view(k), (ring.input_view(k), ring.output_view(k))) for k in range(ring.nslots)]
     while True:
         try:
             slot = ring.pop_ready(None)
@@ -88,12 +89,11 @@ def serve_segment(
             return
         if slot is None:
             continue
-        hdr = ring.header_view(slot)
+        hdr, regions = views[slot]
         hdr["worker_idx"] = worker.worker_idx
         hdr["worker_pid"] = worker.pid  # the claim: the manager's timeout and loss checks read it
         hdr["t_start_ns"] = now_ns()
         hdr["t_end_ns"] = 0
-        regions = (ring.input_view(slot), ring.output_view(slot))
         out = regions[OUT_REGION]
         corrupt = False
         try:
