@@ -222,7 +222,9 @@ def test_importing_wemap_does_not_import_dask():
 
 
 SIGNAL_SCRIPT = """
-import os, sys
+import os, signal, sys
+# inherited SIGINT-ignored from a background shell: restore what an interactive run has
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 import segfuncs
 from wemap.dask_mapper import DaskMapper

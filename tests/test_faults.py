@@ -105,7 +105,10 @@ def test_mapper_retry_on_in_process(tmp_path):
 
 SIGNAL_SCRIPT = textwrap.dedent(
     """
-    import os, sys
+    import os, signal, sys
+    # a manager started from a non-interactive shell in the background inherits SIGINT
+    # ignored; an interactive user's manager has Python's handler, so install it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
     import segfuncs, wemap
 
