@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .benchmarks import add_bench_parser
+
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "resolve_mapper", "format_cycle_table"]
 
 logger = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ def format_cycle_table(cycles: Sequence[Any], coordinate: str = "progress") -> s
 
 
 #: every subcommand's ``add_*_parser``; add one here to add a subcommand
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_demo_parser]
+SUBCOMMANDS: list[Callable[[Any], Any]] = [add_demo_parser, add_bench_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

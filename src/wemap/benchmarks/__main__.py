@@ -1,0 +1,8 @@
+"""``python -m wemap.benchmarks``: the same as ``wemap bench``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""What every benchmark writes: the machine it ran on, raw figures as JSON, markdown tables.
+
+Figures from different machines (or different runs) are not comparable, so every JSON file
+carries `machine()` beside its raw numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["machine", "cpu_model", "git_commit", "write_json", "markdown_table", "default_out_dir"]
+
+logger = logging.getLogger(__name__)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """Short commit of the checkout this code runs from (None from an installed wheel)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine() -> dict[str, Any]:
+    """What a reader needs to compare figures taken on different machines."""
+    vm = psutil.virtual_memory()
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "usable_cores": _usable_cores(),
+        "memory_gib": round(vm.total / 2**30, 1),
+        "memory_available_gib": round(vm.available / 2**30, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": _version("numpy"),
+        "openmm": _version("openmm"),
+        "wepy": _version("wepy"),
+        "ray": _version("ray"),
+        "dask": _version("dask"),
+        "wemap": _version("wemap"),
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` as indented JSON, making the folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    return path
+
+
+def markdown_table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """``columns``: (key, header, format spec); a missing value prints as '—', a string as is."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [head, sep]
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            v = row.get(key)
+            if v is None:
+                cells.append("—")
+            elif isinstance(v, str):
+                cells.append(v)
+            else:
+                cells.append(format(v, fmt))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def default_out_dir(cwd: str | os.PathLike | None = None) -> Path:
+    """``bench/results`` inside a wemap checkout, else ``./wemap-bench``."""
+    here = Path(cwd or os.getcwd())
+    if (here / "bench").is_dir() and (here / "src" / "wemap").is_dir():
+        return here / "bench" / "results"
+    return here / "wemap-bench"

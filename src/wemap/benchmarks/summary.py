@@ -1,0 +1,101 @@
+"""The text a run prints: one markdown table per workload × walkers × workers, the goals, notes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .report import markdown_table
+
+__all__ = ["matrix_tables", "goals_table", "COLUMNS"]
+
+#: (row key, header, format); what each column means is in bench/README.md
+COLUMNS = (
+    ("atoms", "atoms", ",d"),
+    ("mapper", "mapper", "s"),
+    ("cycle", "cycle s (median)", ".4g"),
+    ("spread", "min–max s", "s"),
+    ("overhead_s", "overhead s", ".4g"),
+    ("x_floor", "× floor", ".2f"),
+    ("speedup_vs_baseline", "× faster than baseline", ".2f"),
+    ("gb_per_s", "GB/s", ".2f"),
+    ("manager_cpu_s_median", "manager CPU s", ".4f"),
+    ("manager_cpu_pct", "manager CPU %", ".1f"),
+    ("manager_rss_mib", "manager RSS MiB", ",.0f"),
+    ("worker_rss_mib", "workers RSS MiB", ",.0f"),
+)
+
+
+def _display(row: dict[str, Any]) -> dict[str, Any]:
+    d = dict(row)
+    if row["status"] != "ok":
+        d["cycle"] = f"{row['status']}: {row['reason']}"
+        return {k: d.get(k) for k in ("atoms", "mapper", "cycle")}
+    d["cycle"] = row["cycle_s_median"]
+    d["spread"] = f"{row['cycle_s_min']:.4g}–{row['cycle_s_max']:.4g}"
+    if row.get("manager_cpu_frac") is not None:
+        d["manager_cpu_pct"] = 100 * row["manager_cpu_frac"]
+    if row.get("manager_rss_peak_bytes") is not None:
+        d["manager_rss_mib"] = row["manager_rss_peak_bytes"] / 2**20
+        d["worker_rss_mib"] = row["worker_rss_peak_bytes"] / 2**20 if row["worker_processes"] else None
+    return d
+
+
+def matrix_tables(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown tables, one per (workload, walkers, workers); the walker set's memcpy floor heads each."""
+    floors = [r for r in rows if r["key"] == "floor"]
+    cells = [r for r in rows if r["key"] != "floor"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in cells:
+        groups.setdefault((r["workload"], r["walkers"], r["workers"]), []).append(r)
+    parts = []
+    for (workload, walkers, workers), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != "noop", *kv[0][1:])):
+        seg = group[0]["segment_s"]
+        what = "no-op segment" if workload == "noop" else f"{seg * 1e3:g} ms sleep segment"
+        reps = group[0]["repeats"]
+        parts.append(f"### {what}, {walkers} walkers, {workers} workers (median of {reps} cycles)\n")
+        shown = []
+        for atoms in sorted({r["atoms"] for r in group}):
+            shown += [f for f in floors if f["atoms"] == atoms and f["walkers"] == walkers]
+            shown += [r for r in group if r["atoms"] == atoms]
+        parts.append(markdown_table([_display(r) for r in shown], COLUMNS) + "\n")
+    return "\n".join(parts)
+
+
+def goals_table(goals: Sequence[dict[str, Any]]) -> str:
+    """The goals with their measured ratios; one line when the headline cell was not measured."""
+    if goals and all(g["value"] is None for g in goals) and all("SharedMemWorkerMapper not" in g.get("reason", "")
+                                                                  for g in goals):
+        return "not measured: SharedMemWorkerMapper did not run in the headline cell in this run"
+    rows = []
+    for g in goals:
+        verdict = "—" if g["met"] is None else ("met" if g["met"] else "not met")
+        rows.append({
+            "goal": g["goal"],
+            "target": f"{g['op']} {g['target']:g}",
+            "value": g["value"],
+            "verdict": verdict if g["met"] is not None else f"not measured ({g.get('reason')})",
+        })
+    return markdown_table(rows, [("goal", "goal", "s"), ("target", "target", "s"), ("value", "measured", ".2f"),
+                                 ("verdict", "", "s")])
+
+
+def openmm_table(section: dict[str, Any]) -> str:
+    """The OpenMM section: segment-stage seconds per cycle and time inside ``integrator.step``."""
+    p, system = section["params"], section["system"]
+    head = (f"### OpenMM: {system['name']}, {p['walkers']} walkers x {p['steps']} steps, {p['cycles']} cycles, "
+            f"platform {p['platform']}, {p['mapper']} with {p['workers']} workers\n")
+    rows = []
+    for r in section["rows"]:
+        d = dict(r)
+        d["later"] = f"{r['later_cycle_s_median']:.3f} ({r['later_cycle_s_min']:.3f}–{r['later_cycle_s_max']:.3f})"
+        d["step_pct"] = 100 * r["step_fraction"]
+        rows.append(d)
+    table = markdown_table(rows, [
+        ("runner", "runner", "s"), ("first_cycle_s", "cycle 0 s", ".3f"),
+        ("later", "later cycles s, median (min–max)", "s"), ("step_pct", "in integrator.step %", ".1f"),
+        ("speedup_vs_wepy", "× faster than wepy", ".2f"),
+    ])
+    if section.get("wepy") not in (None, "measured"):
+        table += f"\n\nwepy's runner left out: {section['wepy']}"
+    return head + "\n" + table

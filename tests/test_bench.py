@@ -1,0 +1,178 @@
+"""``wemap bench`` at tiny sizes: it runs, writes table, JSON and PNG, and every ratio in the JSON
+is the quotient of figures in the same JSON. No timing is asserted (benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from wemap.benchmarks import add_bench_parser, main, run_bench
+from wemap.benchmarks.cli import parse_atoms
+from wemap.benchmarks.contenders import discover, select
+from wemap.benchmarks.matrix import goals
+from wemap.benchmarks.measure import CellTimeout, deadline
+
+pytestmark = pytest.mark.timeout(180)
+
+TINY = [
+    "--atoms", "1000", "--walkers", "2", "--workers", "1", "--repeats", "2", "--warmup", "1",
+    "--workload", "noop", "sleep", "--sleep-ms", "5", "--no-openmm", "--no-progress",
+    "--mappers", "Mapper", "WorkerMapper", "SharedMemWorkerMapper", "processpool",
+]
+ROW_KEYS = {
+    "mapper", "key", "kind", "workload", "segment_s", "atoms", "walkers", "workers", "processes",
+    "bytes_per_walker", "bytes_per_cycle", "repeats", "warmup", "status", "reason",
+    "estimate_ram_bytes", "estimate_shm_bytes",
+}
+MEASURED_KEYS = {
+    "cycle_s", "cycle_s_median", "cycle_s_min", "cycle_s_max", "ideal_s", "overhead_s", "gb_per_s",
+    "floor_s", "x_floor",
+}
+MAPPER_KEYS = {
+    "manager_cpu_s", "manager_cpu_s_median", "manager_cpu_frac", "worker_cpu_s_median",
+    "manager_rss_peak_bytes", "worker_rss_peak_bytes", "rss_method", "baseline", "baseline_cycle_s",
+    "speedup_vs_baseline", "leftover_processes",
+}
+MACHINE_KEYS = {"cpu", "logical_cores", "memory_gib", "python", "numpy", "openmm", "platform", "date"}
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(argv)
+    return code, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    mappers = list(TINY)
+    if any(c.key == "wepy" and c.available for c in discover()):
+        mappers.append("wepy")
+    code, text = _run(mappers + ["--out", str(out), "--name", "tiny"])
+    data = json.loads((out / "tiny.json").read_text())
+    return code, text, data, out
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+
+
+def test_writes_table_json_and_png(tiny_run):
+    code, text, data, out = tiny_run
+    assert code == 0
+    assert "| atoms | mapper | cycle s (median)" in text
+    assert "memcpy floor" in text and "SharedMemWorkerMapper" in text
+    png = out / "tiny.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["files"] == {"json": str(out / "tiny.json"), "png": str(png)}
+
+
+def test_json_schema(tiny_run):
+    _, _, data, _ = tiny_run
+    assert data["benchmark"] == "wemap bench" and data["schema"] == 1 and data["complete"] is True
+    assert MACHINE_KEYS <= data["machine"].keys()
+    assert {c["key"] for c in data["contenders"]} >= {"Mapper", "WorkerMapper", "SharedMemWorkerMapper", "processpool"}
+    rows = data["rows"]
+    assert {r["workload"] for r in rows} == {"noop", "sleep"}
+    assert sum(r["key"] == "floor" for r in rows) == 1
+    for r in rows:
+        assert ROW_KEYS <= r.keys(), ROW_KEYS - r.keys()
+        assert r["status"] == "ok", r
+        assert MEASURED_KEYS <= r.keys(), MEASURED_KEYS - r.keys()
+        assert len(r["cycle_s"]) == r["repeats"]
+        if r["key"] != "floor":
+            assert MAPPER_KEYS <= r.keys(), MAPPER_KEYS - r.keys()
+            assert r["leftover_processes"] == 0
+    assert len(data["goals"]) == 3
+
+
+def test_every_ratio_is_a_quotient_of_figures_in_the_same_json(tiny_run):
+    _, _, data, _ = tiny_run
+    rows = data["rows"]
+    floor = next(r for r in rows if r["key"] == "floor")
+    for r in rows:
+        assert close(r["cycle_s_median"], statistics.median(r["cycle_s"]))
+        assert close(r["ideal_s"], math.ceil(r["walkers"] / r["processes"]) * r["segment_s"])
+        assert close(r["overhead_s"], r["cycle_s_median"] - r["ideal_s"])
+        assert r["floor_s"] == floor["cycle_s_median"]
+        assert close(r["x_floor"], r["overhead_s"] / r["floor_s"])
+        if r["gb_per_s"] is not None:
+            assert close(r["gb_per_s"], 2 * r["bytes_per_cycle"] / r["cycle_s_median"] / 1e9)
+        if r["key"] == "floor":
+            continue
+        assert close(r["manager_cpu_frac"], r["manager_cpu_s_median"] / r["cycle_s_median"])
+        base = next(b for b in rows if b["mapper"] == r["baseline"] and b["workload"] == r["workload"]
+                    and b["atoms"] == r["atoms"] and b["walkers"] == r["walkers"] and b["workers"] == r["workers"])
+        assert base["key"] in ("wepy", "WorkerMapper")
+        assert r["baseline_cycle_s"] == base["cycle_s_median"]
+        assert close(r["speedup_vs_baseline"], r["baseline_cycle_s"] / r["cycle_s_median"])
+    assert next(r for r in rows if r["key"] == "Mapper")["gb_per_s"] is None  # moves no bytes
+
+
+def test_goals_are_quotients_of_the_rows(tiny_run):
+    _, _, data, _ = tiny_run
+    rows = data["rows"]
+    cell = {"workload": "noop", "atoms": 1000, "walkers": 2, "workers": 1}
+    by_key = {r["key"]: r for r in rows if r["workload"] == "noop"}
+    for g in goals(rows, cell):
+        if g["value"] is None:
+            assert g["compared_with"] not in by_key or g["compared_with"] == "ray"
+            continue
+        assert close(g["value"], g["numerator_s"] / g["denominator_s"])
+        shm = by_key["SharedMemWorkerMapper"]["cycle_s_median"]
+        other = by_key[g["compared_with"]]["cycle_s_median"]
+        assert {g["numerator_s"], g["denominator_s"]} == {shm, other}
+        assert g["met"] == (g["value"] >= g["target"] if g["op"] == ">=" else g["value"] <= g["target"])
+
+
+def test_cells_that_do_not_fit_are_skipped_with_the_reason(tmp_path):
+    code, text = _run(TINY + ["--memory-budget", "1e-6", "--out", str(tmp_path), "--name", "skip"])
+    assert code == 0
+    data = json.loads((tmp_path / "skip.json").read_text())
+    assert data["rows"] and all(r["status"] == "skipped" for r in data["rows"])
+    assert all("needs ~" in r["reason"] for r in data["rows"])
+    assert "skipped: needs ~" in text
+    assert data["files"]["png"] is None
+
+
+def test_unknown_mapper_is_an_error(tmp_path, capsys):
+    assert main(["--mappers", "nosuchmapper", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "unknown mapper" in capsys.readouterr().err
+
+
+def test_names_and_sizes():
+    keys = [c.key for c in select(discover(), ["wepy WorkerMapper", "RAY", "shared_mem_worker_mapper"])]
+    assert keys == ["SharedMemWorkerMapper", "wepy", "ray"]
+    assert [parse_atoms(s) for s in ("1000", "10k", "1M", "1_000_000")] == [1000, 10_000, 1_000_000, 1_000_000]
+
+
+def test_bench_subcommand_plugs_into_a_parent_parser():
+    parser = argparse.ArgumentParser(prog="wemap")
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--quick", "--atoms", "1k", "--no-openmm"])
+    assert args.func is run_bench and args.quick and args.atoms == [1000] and args.openmm is False
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "wemap.benchmarks", "--help"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0
+    assert "--quick" in out.stdout and "--mappers" in out.stdout and "--out" in out.stdout
+
+
+def test_a_hung_cell_times_out():
+    with pytest.raises(CellTimeout), deadline(0.2):
+        time.sleep(5)
+    with deadline(0.5):  # disarmed on the way out
+        pass
+    time.sleep(0.7)
