@@ -12,6 +12,7 @@ import pytest
 openmm = pytest.importorskip("openmm")
 
 import wemap  # noqa: E402
+from test_contract import MAPPERS as ALL_MAPPERS  # noqa: E402
 from wemap import systems  # noqa: E402
 from wemap.openmm import (  # noqa: E402
     TIMING_FIELDS,
@@ -32,16 +33,8 @@ pytestmark = [pytest.mark.openmm, pytest.mark.timeout(90)]
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
-def mapper_classes() -> dict[str, type]:
-    classes = {"Mapper": wemap.Mapper, "WorkerMapper": wemap.WorkerMapper}
-    try:
-        classes["SharedMemWorkerMapper"] = wemap.SharedMemWorkerMapper
-    except (AttributeError, ImportError):
-        pass
-    return classes
-
-
-MAPPERS = mapper_classes()
+# the contract suite's mappers that run on this machine's processes (Dask has its own tests)
+MAPPERS = {name: cls for name, cls in ALL_MAPPERS.items() if name != "DaskMapper"}
 PROCESS_MAPPERS = [name for name in MAPPERS if name != "Mapper"]
 
 

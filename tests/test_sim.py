@@ -10,20 +10,13 @@ import pytest
 import segfuncs
 
 import wemap
+from test_contract import MAPPERS as ALL_MAPPERS
 from wemap import sim
 from wemap.resample import BinnedResampler
 
 
-def mapper_classes() -> dict[str, type]:
-    classes = {"Mapper": wemap.Mapper, "WorkerMapper": wemap.WorkerMapper}
-    try:
-        classes["SharedMemWorkerMapper"] = wemap.SharedMemWorkerMapper
-    except (AttributeError, ImportError):
-        pass
-    return classes
-
-
-MAPPERS = mapper_classes()
+# the contract suite's mappers that run on this machine's processes (Dask has its own tests)
+MAPPERS = {name: cls for name, cls in ALL_MAPPERS.items() if name != "DaskMapper"}
 PROCESS_MAPPERS = [name for name in MAPPERS if name != "Mapper"]
 
 pytestmark = pytest.mark.timeout(90)

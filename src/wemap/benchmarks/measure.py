@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
 import signal
 import statistics
 import threading
@@ -25,24 +23,13 @@ from typing import Any
 import numpy as np
 import psutil
 
+from ..pool import multiprocessing_helper_pids
 from .contenders import Contender
 from .workloads import Workload
 
 __all__ = ["ProcessTree", "memcpy_floor", "time_mapper", "deadline", "CellTimeout"]
 
 logger = logging.getLogger(__name__)
-
-
-def _helper_pids() -> set[int]:
-    """multiprocessing's own long-lived helpers (forkserver, resource tracker): shared by every mapper."""
-    pids = set()
-    fs = getattr(multiprocessing.forkserver, "_forkserver", None)
-    if fs is not None and getattr(fs, "_forkserver_pid", None):
-        pids.add(fs._forkserver_pid)
-    rt = getattr(multiprocessing.resource_tracker, "_resource_tracker", None)
-    if rt is not None and getattr(rt, "_pid", None):
-        pids.add(rt._pid)
-    return pids
 
 
 def _status_kib(pid: int | str, field: str) -> int | None:
@@ -65,7 +52,7 @@ class ProcessTree:
         self.method = "vmhwm"
 
     def descendants(self) -> list[psutil.Process]:
-        helpers = _helper_pids()
+        helpers = multiprocessing_helper_pids()
         return [p for p in self.me.children(recursive=True) if p.pid not in helpers]
 
     def reset_peaks(self) -> str:
