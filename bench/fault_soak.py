@@ -18,16 +18,13 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, markdown_table, write_json  # noqa: E402
-
-import wemap  # noqa: E402
-from wemap.pool import multiprocessing_helper_pids  # noqa: E402
+import wemap
+from wemap.benchmarks.report import machine, markdown_table, write_json
+from wemap.pool import multiprocessing_helper_pids
 
 
 def segment(walker, segment_length, **kwargs):

@@ -103,7 +103,7 @@ def test_mapper_retry_on_in_process(tmp_path):
     assert out == [segfuncs.displace(w, 1) for w in ws]
 
 
-SIGNAL_SCRIPT = textwrap.dedent(
+MANAGER_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     # a manager started from a non-interactive shell in the background inherits SIGINT
@@ -116,7 +116,7 @@ SIGNAL_SCRIPT = textwrap.dedent(
         m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
         m.init()
         m.map([1], [0.0])
-        print(m.__dict__.get("_segment") and m._segment.name, *[w.pid for w in m._pool.workers], flush=True)
+        print(getattr(m, "segment_name", None), *[w.pid for w in m._pool.workers], flush=True)
         try:
             m.map([1, 2, 3], [60, 60, 60])
         finally:
@@ -125,15 +125,35 @@ SIGNAL_SCRIPT = textwrap.dedent(
 )
 
 
+def start_manager_mid_map(mapper_cls) -> tuple[subprocess.Popen, str, list[int]]:
+    """A child manager whose workers are half a second into 60 s segments: (process, segment, worker pids)."""
+    script = MANAGER_SCRIPT.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline().split()
+    if not first:
+        proc.kill()
+        pytest.fail(f"the child manager did not start: {proc.communicate()[1]}")
+    time.sleep(0.5)  # let the workers take their walkers
+    return proc, first[0], [int(p) for p in first[1:]]
+
+
+def assert_gone(pids: list[int], segment: str, timeout: float = 15.0) -> None:
+    """Every worker ends and the segment is unlinked within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        left = segment != "None" and os.path.exists(f"/dev/shm/{segment}")
+        if not alive and not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not alive, f"workers outlived their manager: {alive}"
+    assert not left, f"segment {segment} left behind"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum):
-    script = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, segment, pids = start_manager_mid_map(mapper_cls)
     try:
-        first = proc.stdout.readline().split()
-        assert first, proc.stderr.read()
-        seg, pids = first[0], [int(p) for p in first[1:]]
-        time.sleep(0.5)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -144,50 +164,14 @@ def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum):
     assert "cleaned closed" in out, err
     expected = "KeyboardInterrupt" if signum == signal.SIGINT else "SIGTERM"
     assert expected in err
-    for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    if seg != "None":
-        assert not os.path.exists(f"/dev/shm/{seg}")
-
-
-MANAGER_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    sys.path.insert(0, {tests!r})
-    import segfuncs, wemap
-
-    if __name__ == "__main__":
-        m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
-        m.init()
-        m.map([1], [0.0])
-        print(getattr(m, "segment_name", None), *[w.pid for w in m._pool.workers], flush=True)
-        m.map([1, 2], [60, 60])
-    """
-)
+    assert_gone(pids, segment, timeout=0.0)  # cleanup finished before the manager exited
 
 
 def test_killed_manager_leaves_no_worker_and_no_segment(mapper_cls):
-    script = MANAGER_SCRIPT.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline().split()
-        assert line, proc.stderr.read()
-        name, pids = line[0], [int(p) for p in line[1:]]
-        time.sleep(0.5)  # let the workers take their walkers
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        proc.stdout.close()
-        proc.stderr.close()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive and not os.path.exists(f"/dev/shm/{name}"):
-            break
-        time.sleep(0.1)
-    assert not alive, f"workers outlived their manager: {alive}"
-    if name != "None":
-        assert not os.path.exists(f"/dev/shm/{name}"), "segment left behind by a killed manager"
+    proc, segment, pids = start_manager_mid_map(mapper_cls)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert_gone(pids, segment)
 
 
 SHM = MAPPERS["SharedMemWorkerMapper"]

@@ -216,8 +216,6 @@ class CodecRegistry:
 class EncodedCall:
     """One call's arguments, encoded but not yet written: its size is known before any write."""
 
-    entries_args: list
-    entries_kwargs: dict
     arrays: list[np.ndarray]  # in layout order, matched with the offsets in the entries
     offsets: list[int]
     descriptor: bytes
@@ -277,8 +275,7 @@ def encode_call(
     e_args = [lay.value(reg, f"{where}, argument {i}", a) for i, a in enumerate(args)]
     e_kwargs = {k: lay.value(reg, f"{where}, argument {k!r}", v) for k, v in kwargs.items()}
     descriptor = pickle.dumps({"args": e_args, "kwargs": e_kwargs}, protocol=5)
-    return EncodedCall(e_args, e_kwargs, lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor),
-                       lay.largest)
+    return EncodedCall(lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor), lay.largest)
 
 
 def write_call(enc: EncodedCall, region: np.ndarray) -> None:

@@ -180,8 +180,9 @@ class SharedMemWorkerMapper(MapperBase):
         else:
             region = int(region_needed * AUTO_HEADROOM) + AUTO_EXTRA
         nslots = self.num_slots or self._default_slots(region, n_tasks)
-        if seg is not None:
+        if seg is not None:  # renewing never shrinks: the re-queued walkers are not a cycle's worth
             region = max(region, seg.ring.region_size)
+            nslots = max(nslots, seg.ring.nslots) if self.num_slots is None else nslots
             logger.info("new segment: slots of %d bytes (were %d)", region, seg.ring.region_size)
             self._segment, self._views = None, []
             seg.ring.close_ready()

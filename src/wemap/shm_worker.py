@@ -81,7 +81,10 @@ def serve_segment(
     """Worker side: pop a slot, run its walker, write the result, push it back, until the ring closes."""
 
     ring = seg.ring
-    views = [(ring.header_view(k), (ring.input_view(k), ring.output_view(k))) for k in range(ring.nslots)]
+    views = []
+    for k in range(ring.nslots):  # per slot, once per segment: its views and its no-copy lookup
+        regions = (ring.input_view(k), ring.output_view(k))
+        views.append((ring.header_view(k), regions, _region_ref(regions)))
     while True:
         try:
             slot = ring.pop_ready(None)
@@ -89,7 +92,7 @@ def serve_segment(
             return
         if slot is None:
             continue
-        hdr, regions = views[slot]
+        hdr, regions, local_ref = views[slot]
         hdr["worker_idx"] = worker.worker_idx
         hdr["worker_pid"] = worker.pid  # the claim: the manager's timeout and loss checks read it
         hdr["t_start_ns"] = now_ns()
@@ -107,7 +110,7 @@ def serve_segment(
         if ok:
             try:
                 enc = encode_call(reg, (result,), {}, where=f"result of walker {int(hdr['walker_idx'])}",
-                                  region=OUT_REGION, local_ref=_region_ref(regions))
+                                  region=OUT_REGION, local_ref=local_ref)
                 if enc.nbytes > out.nbytes:
                     status, nbytes = STATUS_OVERFLOW, enc.nbytes
                 else:
@@ -122,7 +125,6 @@ def serve_segment(
         hdr["out_nbytes"] = nbytes
         hdr["t_start_ns"] = t0
         hdr["t_end_ns"] = t1
-        del hdr, regions, out
         ring.push_done(slot)
 
 

@@ -108,6 +108,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--openmm-walkers", type=_positive, default=4, help="walkers (default: %(default)s)")
     o.add_argument("--openmm-workers", type=_positive, default=None, help="workers (default: 2, at most the cores)")
     o.add_argument("--openmm-steps", type=_positive, default=100, help="2 fs steps per segment (default: %(default)s)")
+    o.add_argument("--openmm-devices", type=lambda v: [int(d) for d in v.split(",")], default=None,
+                   help="GPU DeviceIndex per worker, relative to CUDA_VISIBLE_DEVICES, e.g. 0,1 (default: the visible ones)")
     o.add_argument("--openmm-cycles", type=_positive, default=4, help="cycles; the first is reported apart (default: %(default)s)")
     o.add_argument("--openmm-mapper", choices=("Mapper", "WorkerMapper", "SharedMemWorkerMapper"), default="WorkerMapper",
                    help="mapper both runners go through (default: %(default)s)")
@@ -247,7 +249,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             openmm_result = run_openmm_section(
                 platform=args.platform, atoms=args.openmm_atoms, walkers=args.openmm_walkers,
                 workers=r["openmm_workers"], steps=args.openmm_steps, cycles=args.openmm_cycles,
-                mapper=args.openmm_mapper,
+                mapper=args.openmm_mapper, devices=args.openmm_devices,
             )
         except Exception as exc:  # keep the transport figures already measured
             logger.exception("OpenMM section failed")

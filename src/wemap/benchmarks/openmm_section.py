@@ -118,10 +118,11 @@ def run_openmm_section(
     steps: int = 100,
     cycles: int = 4,
     mapper: str = "WorkerMapper",
+    devices: list[int] | None = None,
 ) -> dict[str, Any]:
     """Both runners on one water box; ``{"status": "skipped", "reason": ...}`` when OpenMM or wemap.openmm is missing."""
     params = {"platform": platform, "atoms": atoms, "walkers": walkers, "workers": workers, "steps": steps,
-              "cycles": cycles, "mapper": mapper}
+              "cycles": cycles, "mapper": mapper, "devices": devices}
     why = availability()
     if why:
         return {"status": "skipped", "reason": why, "params": params, "rows": []}
@@ -135,7 +136,7 @@ def run_openmm_section(
     processes = min(n_workers, walkers)
     rows = []
 
-    runner = OpenMMRunner(box.system, box.integrator(), platform=platform)
+    runner = OpenMMRunner(box.system, box.integrator(), platform=platform, devices=devices)
     start = box.walkers(walkers, seed=1)
     rows.append(_drive(
         "wemap OpenMMRunner", mapper, n_workers, processes, runner.run_segment, start, steps, cycles,
@@ -149,7 +150,7 @@ def run_openmm_section(
         wepy_reason = f"wepy is not installed ({exc})"
     else:
         wepy_reason = None
-        props = platform_properties_for(platform, 0, n_workers)
+        props = platform_properties_for(platform, 0, n_workers, devices=devices)
         wepy_runner, wepy_walkers = _wepy_runner_and_walkers(box, platform, props, start[0], walkers)
         rows.append(_drive(
             "wepy OpenMMRunner", mapper, n_workers, processes, TimedWepySegment(wepy_runner), wepy_walkers, steps,
