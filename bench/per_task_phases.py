@@ -16,7 +16,7 @@ import sys
 import time
 from collections import defaultdict
 
-import wemap.shm_mapper as shm_mapper
+from wemap import shm_mapper
 from wemap.benchmarks.report import markdown_table
 from wemap.benchmarks.workloads import make_walkers, noop_segment
 
