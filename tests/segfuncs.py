@@ -182,3 +182,33 @@ def corrupt_other_inputs(walker, segment_name, **kwargs):
             view[:8] = np.frombuffer((2**40).to_bytes(8, "little"), dtype=np.uint8)
             del view
     return walker
+
+
+def kill_once_each(walker, segment_length, marker_dir, victims, **kwargs):
+    """SIGKILL the worker the first time it runs each walker in ``victims``; otherwise `displace`."""
+    x = kwargs.get("walker_idx")
+    if x in victims and _first_time(marker_dir, x):
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    return displace(walker, segment_length)
+
+
+def die_after_returning(walker, segment_length, victim, **kwargs):
+    """Walker ``victim`` comes back at once and its worker is SIGKILLed 0.3 s later, while idle;
+    the others take ``segment_length`` seconds."""
+    import threading
+
+    if kwargs.get("walker_idx") == victim:
+        threading.Thread(target=lambda: (time.sleep(0.3), os.kill(os.getpid(), signal.SIGKILL)), daemon=True).start()
+        return walker
+    time.sleep(segment_length)
+    return walker
+
+
+def raise_long(x, n_chars, **kwargs):
+    raise ValueError("bad walker: " + "x" * n_chars)
+
+
+def sleep_then_displace(walker, seconds, **kwargs):
+    time.sleep(seconds)
+    return displace(walker, 1)

@@ -191,3 +191,38 @@ def test_corrupt_input_descriptor_is_a_worker_exception():
         m.map(ws, ["unused"] * 2, walker_idx=[5, 6])  # sizes the segment, corrupts nothing
         with pytest.raises(WorkerException, match=r"walker 1.*could not read the walker.*corrupt"):
             m.map(ws, [m.segment_name] * 2, walker_idx=[0, 1])
+
+
+def test_worker_dying_while_idle_leaves_the_next_map_working(mapper_cls):
+    ws = walkers(2)
+    with mapper_cls(segment_func=segfuncs.die_after_returning, num_workers=2) as m:
+        out = m.map(ws, [1.0, 1.0], victim=[0, 0], **cycle_kwargs(0, 2))  # walker 0's worker dies idle
+        assert out == ws
+        for cycle in (1, 2):
+            out = m.map(ws, [0.0, 0.0], victim=[-1, -1], **cycle_kwargs(cycle, 2))
+            assert out == ws
+        assert sorted(m.worker_segment_times) == [0, 1]
+
+
+def test_two_hung_workers_both_time_out(mapper_cls):
+    t0 = time.monotonic()
+    with mapper_cls(segment_func=segfuncs.sleep_for, num_workers=2, task_timeout=1.0, first_task_timeout=1.0,
+                    max_retries=0) as m:
+        with pytest.raises(TaskTimeout, match=r"task_timeout \(1 s\)"):
+            m.map(range(3), [60, 0.5, 60])
+    assert time.monotonic() - t0 < 20, "a second hung worker was never checked against task_timeout"
+
+
+def test_walkers_no_worker_took_are_not_charged(mapper_cls, tmp_path):
+    """One worker: when it dies, the walkers still queued behind the victim were never started."""
+    with mapper_cls(segment_func=segfuncs.kill_once_each, num_workers=1, max_retries=0) as m:
+        with pytest.raises(WorkerException) as info:
+            m.map(walkers(4), [1] * 4, marker_dir=[str(tmp_path)] * 4, victims=[(1,)] * 4, **cycle_kwargs(0, 4))
+    exc = info.value
+    assert exc.walker_idx == 1 and exc.exitcode == -signal.SIGKILL and exc.pid > 0
+    assert "walker 1 of cycle 0 was lost 1 time(s)" in str(exc)
+    (tmp_path / "b").mkdir()
+    ws = walkers(4)
+    with mapper_cls(segment_func=segfuncs.kill_once_each, num_workers=1, max_retries=1) as m:
+        out = m.map(ws, [1] * 4, marker_dir=[str(tmp_path / "b")] * 4, victims=[(1, 2)] * 4, **cycle_kwargs(0, 4))
+    assert out == [segfuncs.displace(w, 1) for w in ws]

@@ -133,3 +133,47 @@ def test_stale_segments_of_dead_owners_are_removed():
         for p in (stale, live):
             if os.path.exists(p):
                 os.unlink(p)
+
+
+def test_zero_copy_results_survive_more_walkers_than_slots():
+    ws = walkers(6, 300)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1, num_slots=2, zero_copy=True) as m:
+        out = m.map(ws, [1] * 6)
+        assert out == [segfuncs.displace(w, 1) for w in ws], "a slot reused in the same map kept its old result"
+        del out
+
+
+def test_finished_walker_waiting_to_be_collected_is_not_timed_out():
+    class SlowCollect(SharedMemWorkerMapper):
+        """A manager busy elsewhere (copying large results, starved of CPU) between two pops."""
+
+        def _collect(self, *args):
+            import time
+
+            time.sleep(0.25)
+            return super()._collect(*args)
+
+    ws = walkers(4, 50)
+    with SlowCollect(segment_func=segfuncs.sleep_then_displace, num_workers=2, task_timeout=1.0,
+                     first_task_timeout=1.0, max_retries=0) as m:
+        out = m.map(ws, [0.85, 0.85, 0.3, 0.3])
+    assert out == [segfuncs.displace(w, 1) for w in ws]
+
+
+def test_long_exception_message_is_cut_to_fit_the_slot():
+    with SharedMemWorkerMapper(segment_func=segfuncs.raise_long, num_workers=1, slot_size=4096) as m:
+        with pytest.raises(TaskException, match=r"ValueError: bad walker: x+ \.\.\. \(\d+ more characters cut") as info:
+            m.map([0], [10_000], walker_idx=[4], cycle_idx=[2])
+    assert info.value.walker_idx == 4 and info.value.cycle_idx == 2
+
+
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_structured_arrays_keep_their_fields(zero_copy):
+    atoms = np.zeros(3, dtype=[("x", "<f8"), ("id", "<i4")])
+    atoms["x"], atoms["id"] = [1.5, 2.5, 3.5], [7, 8, 9]
+    w = wemap.Walker({"atoms": atoms, "positions": np.ones((3, 3))}, 1.0)
+    with SharedMemWorkerMapper(segment_func=segfuncs.echo, num_workers=1, zero_copy=zero_copy) as m:
+        (out,) = m.map([w], [1])
+        assert out.state["atoms"].dtype == atoms.dtype
+        np.testing.assert_array_equal(out.state["atoms"], atoms)
+        del out

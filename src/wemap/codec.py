@@ -203,7 +203,14 @@ class CodecRegistry:
     def __init__(self, extra: list[Codec] | tuple[Codec, ...] = ()) -> None:
         self.codecs: list[Codec] = [*extra, WalkerCodec(), ScalarCodec(), WepyWalkerCodec(), ArrayCodec(),
                                     Pickle5Codec()]
-        self.by_name = {c.name: c for c in self.codecs}
+        self.by_name: dict[str, Codec] = {}
+        for c in self.codecs:
+            if c.name in self.by_name:
+                raise ValueError(
+                    f"codec name {c.name!r} is used by both {type(self.by_name[c.name]).__name__} and "
+                    f"{type(c).__name__}: give each codec a unique `name` (the built-ins are "
+                    f"walker, scalar, wepy_walker, array, pickle5)")
+            self.by_name[c.name] = c
 
     def for_object(self, obj: Any) -> Codec:
         for c in self.codecs:
@@ -254,7 +261,8 @@ class _Layout:
                 self.arrays.append(arr)
                 self.offsets.append(offset)
                 self.cursor = (offset + nbytes + ALIGN - 1) & ~(ALIGN - 1)
-            fields.append((field, arr.dtype.str, arr.shape, region, offset))
+            dt = arr.dtype
+            fields.append((field, dt.str if dt.fields is None else dt, arr.shape, region, offset))
         return (codec.name, meta, fields)
 
 
@@ -307,23 +315,22 @@ def decode_call(
 
     With a `BlockPool`, the copies of one call are carved from one reusable block.
     """
+    try:
+        entries = [*desc["args"], *desc["kwargs"].values()]
+        checked = [_check_entry(reg, e, regions) for e in entries]
+    except (TypeError, AttributeError, KeyError) as exc:
+        raise ValueError(f"malformed slot descriptor ({type(exc).__name__}: {exc})") from exc
     block, cursor = None, 0
     if copy and pool is not None:
-        total = sum(_aligned_nbytes(f) for e in (*desc["args"], *desc["kwargs"].values()) for f in e[2])
+        total = sum(align(f[4]) for _, fields in checked for f in fields)
         if total >= pool.MIN_BYTES:
             block = pool.take(total)
 
-    def value(entry):
+    def value(entry, fields):
         nonlocal cursor
-        name, meta, fields = entry
+        name, meta, _ = entry
         arrays = {}
-        for field, dtype, shape, region, offset in fields:
-            dt = _dtype(dtype)
-            nbytes = math.prod(shape) * dt.itemsize
-            buf = regions[region]
-            if offset < DATA_START or offset + nbytes > buf.nbytes:
-                raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
-            view = np.ndarray(shape, dt, buffer=buf, offset=offset)
+        for field, dt, shape, view, nbytes in fields:
             if block is not None:
                 dst = np.ndarray(shape, dt, buffer=block, offset=cursor)
                 copy_into(dst, view)
@@ -336,14 +343,39 @@ def decode_call(
             arrays[field] = view
         return reg.by_name[name].decode(arrays, meta)
 
-    return [value(e) for e in desc["args"]], {k: value(e) for k, e in desc["kwargs"].items()}
+    values = [value(e, fields) for e, (_, fields) in zip(entries, checked)]
+    n_args = len(desc["args"])
+    return values[:n_args], dict(zip(desc["kwargs"], values[n_args:]))
 
 
-def _aligned_nbytes(field: tuple) -> int:
-    _, dtype, shape, _, _ = field
-    return align(math.prod(shape) * _dtype(dtype).itemsize)
+def _check_entry(reg: CodecRegistry, entry: tuple, regions: tuple[np.ndarray, ...]) -> tuple[str, list]:
+    """Validate one descriptor entry against the regions: ``ValueError`` naming what is wrong, before any copy.
+
+    Returns (codec name, [(field, dtype, shape, view, nbytes), ...]) with views into the regions.
+    """
+    name, _, fields = entry
+    if name not in reg.by_name:
+        raise ValueError(f"the descriptor names codec {name!r}, which this process does not have")
+    out = []
+    for field, dtype, shape, region, offset in fields:
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+            raise ValueError(f"field {field!r} has a bad shape {shape!r}")
+        if not (type(region) is int and 0 <= region < len(regions)):
+            raise ValueError(f"field {field!r} is in region {region!r}, which this slot does not have")
+        try:
+            dt = _dtype(dtype)
+        except TypeError as exc:
+            raise ValueError(f"field {field!r} has a bad dtype {dtype!r}") from exc
+        if dt.hasobject:
+            raise ValueError(f"field {field!r} claims dtype {dt}, which holds Python objects, not raw bytes")
+        nbytes = math.prod(shape) * dt.itemsize
+        buf = regions[region]
+        if type(offset) is not int or offset < DATA_START or offset + nbytes > buf.nbytes:
+            raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
+        out.append((field, dt, shape, np.ndarray(shape, dt, buffer=buf, offset=offset), nbytes))
+    return name, out
 
 
 @functools.lru_cache(maxsize=256)
-def _dtype(descr: str) -> np.dtype:
+def _dtype(descr: str | np.dtype) -> np.dtype:
     return np.dtype(descr)

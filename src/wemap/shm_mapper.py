@@ -72,7 +72,8 @@ class SharedMemWorkerMapper(MapperBase):
       quarter of the free ``/dev/shm`` and 4 GiB, and at least two per worker); more walkers
       than slots stream through them.
     - ``zero_copy``: return results as read-only views into the segment, valid until the next
-      ``map`` call, instead of one copy each.
+      ``map`` call, instead of one copy each. With more walkers than slots, a result whose slot
+      is needed again in the same ``map`` is copied out first.
 
     The segment function receives read-only views of the walker's arrays (copy them before
     modifying them in place).
@@ -173,8 +174,8 @@ class SharedMemWorkerMapper(MapperBase):
     def _ensure_segment(self, region_needed: int, n_tasks: int, fresh: bool = False) -> None:
         """Make (or regrow, or with ``fresh`` renew) the segment so every slot region holds ``region_needed`` bytes."""
         seg = self._segment
-        if seg is not None and seg.ring.region_size >= region_needed and not fresh:
-            return
+        if seg is not None and seg.ring.region_size >= region_needed and not fresh and not seg.ring.ready_closed:
+            return  # (a ring closed by a salvage that lost nothing is renewed: its workers have left it)
         if self.slot_size is not None:
             region = int(self.slot_size)
         else:
@@ -292,9 +293,14 @@ class SharedMemWorkerMapper(MapperBase):
         pending = deque(todo)
         free = deque(range(ring.nslots))
         in_flight: dict[int, int] = {}
+        held: dict[int, int] = {}  # zero_copy: slot -> task whose result is still a view of it
         overflow: list[tuple[int, int]] = []
         next_check = time.monotonic() + self.liveness_interval
         while pending or in_flight:
+            while pending and not free and held:  # more walkers than slots: move a held result out first
+                slot, i = held.popitem()
+                self._copy_out(slot, i, results)
+                free.append(slot)
             while pending and free:
                 slot, i = free.popleft(), pending.popleft()
                 spec = specs[i]
@@ -312,7 +318,11 @@ class SharedMemWorkerMapper(MapperBase):
                     raise WorkerException(f"a worker returned slot {slot}, which held no walker: the segment is corrupt")
                 if self._collect(slot, i, specs, results, overflow, attempts):
                     pending.appendleft(i)  # a retried exception (retry_on)
-                free.append(slot)
+                    free.append(slot)
+                elif self.zero_copy and results[i] is not None:
+                    held[slot] = i
+                else:
+                    free.append(slot)
             if time.monotonic() >= next_check or slot is None:
                 next_check = time.monotonic() + self.liveness_interval
                 dead = self._dead_workers(in_flight)
@@ -351,34 +361,49 @@ class SharedMemWorkerMapper(MapperBase):
                 return False
             else:
                 raise ValueError(f"unknown status {status}")
-        except (ValueError, pickle.UnpicklingError, EOFError, KeyError) as exc:
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, pickle.UnpicklingError, EOFError) as exc:
             where = f"slot {slot} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"
             raise WorkerException(f"{where}: {exc}; the segment is corrupt", worker_idx=widx, pid=pid,
                                   walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx) from exc
         attempts.failed(i, failure, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=widx, pid=pid)
         return True
 
+    def _copy_out(self, slot: int, i: int, results: list) -> None:
+        """Replace task ``i``'s zero-copy result by a copy, so its slot can take another walker."""
+        _, inp, out = self._views[slot]
+        out_args, _ = decode_call(self._registry, read_descriptor(out), (inp, out), copy=True, readonly=True,
+                                  pool=self._blocks)
+        results[i] = out_args[0]
+
     def _dead_workers(self, in_flight: dict[int, int]) -> list[WorkerProcess]:
         """Workers whose process ended; first kill any that ran past their segment's timeout."""
         assert self._pool is not None
+        self._kill_overtime(in_flight)
         workers = self._pool.workers
-        if self.policy.task_timeout is not None or self.policy.first_task_timeout is not None:
-            ring = self._segment.ring
-            now = now_ns()
-            for slot in in_flight:
-                hdr = ring.header_view(slot)
-                pid, t0 = int(hdr["worker_pid"]), int(hdr["t_start_ns"])
-                limit = self.policy.timeout_for(first_segment=pid not in self._served)
-                if pid and t0 and limit is not None and now - t0 > limit * 1e9:
-                    w = next((w for w in workers if w.pid == pid), None)
-                    if w is not None and pid not in self._timed_out:
-                        logger.error("%s ran walker %d of cycle %d past its %.3g s timeout; killing it",
-                                     w.describe(), int(hdr["walker_idx"]), int(hdr["cycle"]), limit)
-                        self._timed_out[pid] = limit
-                        w.process.kill()
-                        w.process.join(1.0)
         ready = wait([w.sentinel for w in workers], timeout=0)
         return [w for w in workers if w.sentinel in ready]
+
+    def _kill_overtime(self, in_flight: dict[int, int]) -> None:
+        """Kill every worker still running a walker past its ``task_timeout`` (``first_task_timeout``)."""
+        if self.policy.task_timeout is None and self.policy.first_task_timeout is None:
+            return
+        workers = self._pool.workers
+        ring = self._segment.ring
+        now = now_ns()
+        for slot in in_flight:
+            hdr = ring.header_view(slot)
+            pid, t0, t1 = int(hdr["worker_pid"]), int(hdr["t_start_ns"]), int(hdr["t_end_ns"])
+            if not pid or not t0 or t1:  # not claimed yet, or finished and waiting to be collected
+                continue
+            limit = self.policy.timeout_for(first_segment=pid not in self._served)
+            if limit is not None and now - t0 > limit * 1e9 and pid not in self._timed_out:
+                w = next((w for w in workers if w.pid == pid), None)
+                if w is not None:
+                    logger.error("%s ran walker %d of cycle %d past its %.3g s timeout; killing it",
+                                 w.describe(), int(hdr["walker_idx"]), int(hdr["cycle"]), limit)
+                    self._timed_out[pid] = limit
+                    w.process.kill()
+                    w.process.join(1.0)
 
     def _salvage(self, dead: list[WorkerProcess], in_flight, specs, results, overflow, attempts: Attempts) -> list[int]:
         """A worker is gone: stop the ring, let the others finish, keep what completed, re-queue the rest.
@@ -388,7 +413,7 @@ class SharedMemWorkerMapper(MapperBase):
         """
         seg = self._segment
         seg.ring.close_ready()
-        dead = self._await_detached(dead)
+        dead = self._await_detached(dead, in_flight)
         lost: list[int] = []
         for slot, i in sorted(in_flight.items()):
             hdr = seg.ring.header_view(slot)
@@ -397,6 +422,9 @@ class SharedMemWorkerMapper(MapperBase):
                     lost.append(i)
                 continue
             pid = int(hdr["worker_pid"])
+            if not pid:  # still queued: no worker was left to take it, so it runs again uncharged
+                lost.append(i)
+                continue
             w = next((w for w in dead if w.pid == pid), None)
             spec = specs[i]
             code = w.exitcode() if w else None
@@ -414,15 +442,23 @@ class SharedMemWorkerMapper(MapperBase):
             self._pool.respawn(w)
         return lost
 
-    def _await_detached(self, dead: list[WorkerProcess] = ()) -> list[WorkerProcess]:
-        """Block until every live worker has left the closed ring; return every worker that died."""
+    def _await_detached(self, dead: list[WorkerProcess] = (), in_flight: dict[int, int] | None = None
+                        ) -> list[WorkerProcess]:
+        """Block until every live worker has left the closed ring; return every worker that died.
+
+        Workers finish the walkers they hold first; ``task_timeout`` still applies to those
+        (``in_flight``: slot -> task), so a hung segment cannot hang the wait.
+        """
         assert self._pool is not None
         dead = list(dead)
         waiting = {w.conn: w for w in self._pool.workers if w not in dead and w.idx in self._attached}
         self._attached.clear()
         by_sentinel = {w.sentinel: w for w in waiting.values()}
         while waiting:
-            for r in wait(list(waiting) + list(by_sentinel)):
+            ready = wait(list(waiting) + list(by_sentinel), timeout=self.liveness_interval)
+            if not ready and in_flight:
+                self._kill_overtime(in_flight)
+            for r in ready:
                 w = waiting.get(r) or by_sentinel.get(r)
                 if w is None or w.conn not in waiting:
                     continue
@@ -430,11 +466,13 @@ class SharedMemWorkerMapper(MapperBase):
                     if r is w.conn:
                         w.conn.recv()
                         del waiting[w.conn]
+                        del by_sentinel[w.sentinel]
                         continue
                 except (EOFError, OSError):
                     pass
                 dead.append(w)
                 del waiting[w.conn]
+                del by_sentinel[w.sentinel]
         return dead
 
     def _death(self, w: WorkerProcess, held: tuple[int, int] | None) -> WorkerException:

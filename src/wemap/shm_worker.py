@@ -16,6 +16,7 @@ read: the transport, not the segment function, is at fault).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -55,12 +56,24 @@ def _region_ref(regions: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray]
     return ref
 
 
-def _write_failure(out: np.ndarray, failure: TaskFailure) -> int:
+def _fit_failure(failure: TaskFailure, room: int) -> bytes:
+    """Pickle ``failure`` in at most ``room`` bytes: trim the traceback (keeping its end) first, then the message."""
     data = pickle.dumps(failure)
-    if len(data) + 8 > out.nbytes:  # keep the message, trim the traceback to fit the region
-        keep = max(0, out.nbytes - 8 - len(pickle.dumps(TaskFailure(failure.exc_type, failure.exc_message, ""))) - 64)
-        failure = TaskFailure(failure.exc_type, failure.exc_message, failure.traceback[-keep:] if keep else "")
-        data = pickle.dumps(failure)
+    tb, msg, keep = failure.traceback, failure.exc_message, len(failure.exc_message)
+    while len(data) > room:
+        if tb:
+            tb = tb[len(tb) // 2 :] if len(tb) > 64 else ""
+        elif keep > 0:
+            keep //= 2
+        else:
+            raise ValueError(f"a {failure.exc_type} report does not fit the {room}-byte output region")
+        short = msg if keep == len(msg) else msg[:keep] + f" ... ({len(msg) - keep} more characters cut to fit the slot)"
+        data = pickle.dumps(dataclasses.replace(failure, exc_message=short, traceback=tb))
+    return data
+
+
+def _write_failure(out: np.ndarray, failure: TaskFailure) -> int:
+    data = _fit_failure(failure, out.nbytes - 8)
     out[:8] = np.frombuffer(len(data).to_bytes(8, "little"), dtype=np.uint8)
     out[8 : 8 + len(data)] = np.frombuffer(data, dtype=np.uint8)
     return 8 + len(data)
