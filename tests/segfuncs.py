@@ -212,3 +212,31 @@ def raise_long(x, n_chars, **kwargs):
 def sleep_then_displace(walker, seconds, **kwargs):
     time.sleep(seconds)
     return displace(walker, 1)
+
+
+def mutate_then_flaky(state, marker_dir, **kwargs):
+    """Change the input in place, then fail the first time: a retry must not see the change."""
+    state["x"] += 1
+    if _first_time(marker_dir, "mutate"):
+        raise Flaky("transient failure after changing the input")
+    return state["x"]
+
+
+def slow_init(worker):
+    time.sleep(2.0)
+
+
+def killed_then_slow(x, marker_dir, **kwargs):
+    """Walker 0's first run is SIGKILLed after 0.5 s; every run of walker 1 takes 1.5 s. Runs are logged."""
+    with open(os.path.join(marker_dir, f"ran-{x}"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    if x == 0 and _first_time(marker_dir, "kill"):
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(1.5)
+    return x
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise ValueError("this object refuses to be pickled")

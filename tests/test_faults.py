@@ -226,3 +226,71 @@ def test_walkers_no_worker_took_are_not_charged(mapper_cls, tmp_path):
     with mapper_cls(segment_func=segfuncs.kill_once_each, num_workers=1, max_retries=1) as m:
         out = m.map(ws, [1] * 4, marker_dir=[str(tmp_path / "b")] * 4, victims=[(1, 2)] * 4, **cycle_kwargs(0, 4))
     assert out == [segfuncs.displace(w, 1) for w in ws]
+
+
+INTERRUPTED_TWICE = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.path.insert(0, {tests!r})
+    import psutil, segfuncs, wemap
+
+    if __name__ == "__main__":
+        m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
+        m.init()
+        pids = [w.pid for w in m._pool.workers]
+
+        def interrupt_twice():
+            time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # lands while the first interrupt is stopping the workers
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt_twice, daemon=True).start()
+        try:
+            m.map([1, 2], [60, 60])
+        except KeyboardInterrupt as exc:
+            held = exc  # an interactive session keeps the last exception, and its frames
+            time.sleep(0.5)
+            alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            print("alive", *alive, flush=True)
+    """
+)
+
+
+def test_second_interrupt_while_stopping_still_ends_every_worker(mapper_cls):
+    script = INTERRUPTED_TWICE.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "alive" in proc.stdout, proc.stderr
+    assert proc.stdout.split() == ["alive"], f"workers outlived two interrupts: {proc.stdout}"
+
+
+def test_worker_killed_between_cycles_is_not_charged(mapper_cls):
+    with mapper_cls(segment_func=segfuncs.who, num_workers=2, max_retries=0) as m:
+        pids = {pid for _, _, pid, _ in m.map(range(4))}
+        victim = psutil.Process(min(pids))
+        victim.kill()
+        victim.wait(10)
+        out = m.map(range(4))  # max_retries=0: any walker charged with the death would fail the map
+    assert [x for x, *_ in out] == [0, 1, 2, 3]
+    assert victim.pid not in {pid for _, _, pid, _ in out}
+
+
+def test_unpicklable_argument_names_the_walker(mapper_cls):
+    with mapper_cls(segment_func=segfuncs.echo, num_workers=2) as m:
+        with pytest.raises(ValueError, match=r"walker 1 .*refuses to be pickled"):
+            m.map([1, segfuncs.Unpicklable(), 3], [0, 0, 0])
+
+
+def test_finished_worker_is_not_timed_out_while_a_replacement_starts(mapper_cls, tmp_path):
+    """Replacing the killed worker takes 2 s (worker_init): walker 1 finished meanwhile and must be kept."""
+    with mapper_cls(segment_func=segfuncs.killed_then_slow, num_workers=2, worker_init=segfuncs.slow_init,
+                    task_timeout=2.5, first_task_timeout=2.5, max_retries=1) as m:
+        assert m.map([0, 1], [str(tmp_path)] * 2) == [0, 1]
+    assert len((tmp_path / "ran-1").read_text().split()) == 1, "walker 1 ran again: its worker was killed after it finished"
+
+
+def test_mapper_retry_sees_the_original_input(tmp_path):
+    with wemap.Mapper(segment_func=segfuncs.mutate_then_flaky, retry_on=(segfuncs.Flaky,)) as m:
+        state = {"x": 0}
+        assert m.map([state], [str(tmp_path)]) == [1]

@@ -245,7 +245,10 @@ class _Layout:
 
     def value(self, reg: CodecRegistry, where: str, value: Any) -> tuple:
         codec = reg.for_object(value)
-        named, meta = codec.encode(value)
+        try:
+            named, meta = codec.encode(value)
+        except Exception as exc:  # a user codec's bug or an object that refuses to pickle: name the walker
+            raise ValueError(f"{where}: the {codec.name!r} codec cannot encode it: {type(exc).__name__}: {exc}") from exc
         fields = []
         for field, arr in named.items():
             if arr.dtype.hasobject:

@@ -8,6 +8,7 @@ last cycle only.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -219,9 +220,12 @@ class Mapper(MapperBase):
         times = self._worker_segment_times[0]
         attempts = Attempts(self.policy)
         try:
+            retry = bool(self.policy.retry_on)
             for spec in specs:
                 while True:
-                    task = Task(self.segment_func, *spec.args, **spec.kwargs)
+                    # a retried attempt must see the walker as it was, not as a failed attempt left it
+                    args, kwargs = copy.deepcopy((spec.args, spec.kwargs)) if retry else (spec.args, spec.kwargs)
+                    task = Task(self.segment_func, *args, **kwargs)
                     ok, result, seconds, _, _ = run_timed(self._worker, task, self.policy.retry_on)
                     times.append(seconds)
                     if ok:

@@ -294,8 +294,19 @@ class WorkerPool:
                 del waiting[w.conn]
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask, join with a timeout, terminate, kill: every step bounded; safe to call twice."""
+        """Ask, join with a timeout, terminate, kill: every step bounded; safe to call twice.
+
+        Interrupted (a second Ctrl-C while workers are asked to stop), it still kills and
+        reaps every worker before the interrupt goes on: nothing is left holding a GPU.
+        """
         workers, self.workers = self.workers, []
+        try:
+            self._stop_gently(workers, timeout)
+        finally:
+            self._reap(workers)
+
+    @staticmethod
+    def _stop_gently(workers: list[WorkerProcess], timeout: float) -> None:
         for w in workers:
             try:
                 w.conn.send(None)
@@ -311,7 +322,14 @@ class WorkerPool:
                 getattr(w.process, step)()
             for w in alive:
                 w.process.join(1.0)
+
+    @staticmethod
+    def _reap(workers: list[WorkerProcess]) -> None:
         for w in workers:
+            if w.process.is_alive():
+                w.process.kill()
+        for w in workers:
+            w.process.join(1.0)
             for c in (w.conn, w.lifeline):
                 c.close()
             if w.process.is_alive():

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from .faults import Attempts
@@ -141,10 +142,19 @@ class WorkerMapper(MapperBase):
                 idx, spec = idle.popleft(), pending.popleft()
                 w = pool.workers[idx]
                 timeout = self.policy.timeout_for(first_segment=not w.extra.get("served"))
+                try:
+                    payload = ForkingPickler.dumps((spec.task_idx, spec.args, spec.kwargs))
+                except Exception as exc:  # any pickling failure is the caller's input
+                    raise ValueError(
+                        f"walker {spec.walker_idx} (cycle {spec.cycle_idx}): its arguments cannot be sent to a "
+                        f"worker process: {type(exc).__name__}: {exc}"
+                    ) from exc
                 busy[idx] = (spec, None if timeout is None else time.monotonic() + timeout)
                 try:
-                    w.conn.send((spec.task_idx, spec.args, spec.kwargs))
-                except (OSError, ValueError):
+                    w.conn.send_bytes(payload)
+                except OSError:  # the worker died while idle (between cycles, say): not this walker's doing
+                    busy.pop(idx)
+                    pending.appendleft(spec)
                     lose(idx)
             deadlines = [d for _, d in busy.values() if d is not None]
             wait_for = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
@@ -180,6 +190,8 @@ class WorkerMapper(MapperBase):
             for idx, (spec, deadline) in list(busy.items()):
                 if deadline is not None and now >= deadline:
                     w = pool.workers[idx]
+                    if w.conn.poll(0):  # it finished; the manager was busy (starting a replacement, say)
+                        continue
                     limit = self.policy.timeout_for(first_segment=not w.extra.get("served"))
                     logger.error("%s ran walker %d of cycle %d past its %.3g s timeout; killing it",
                                  w.describe(), spec.walker_idx, spec.cycle_idx, limit)
