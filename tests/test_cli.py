@@ -70,3 +70,10 @@ def test_resolve_mapper():
 
 def test_table_of_no_cycles_is_just_the_header():
     assert format_cycle_table([]).splitlines()[0].split()[0] == "cycle"
+
+
+@pytest.mark.parametrize("flags", [["--seed", "0"], ["--bin-width", "0"], ["--bin-width", "-5"], ["--devices", ","],
+                                   ["--devices", "-1"]])
+def test_bad_demo_flags_are_usage_errors(flags):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", *flags])

@@ -327,3 +327,53 @@ def test_wepy_walkers_in_wepy_manager_recorded_by_hdf5_reporter(ala, tmp_path):
         assert traj["positions"].shape == (3, 22, 3)
         np.testing.assert_allclose(traj["time"][:, 0], [0.05, 0.10, 0.15])
         assert traj["segment_timings"].shape == (3, len(TIMING_FIELDS))
+
+
+def test_integrator_state_does_not_leak_between_walkers(ala):
+    """Nose-Hoover chain state and CustomIntegrator variables start fresh for every walker."""
+    a, b = ala.walkers(2, seed=5)
+    fresh = OpenMMRunner(ala.system, openmm.NoseHooverIntegrator(300, 50, 0.001), platform="Reference")
+    ref = fresh.run_segment(b, 300)
+    reused = OpenMMRunner(ala.system, openmm.NoseHooverIntegrator(300, 50, 0.001), platform="Reference")
+    reused.run_segment(a, 300)
+    got = reused.run_segment(b, 300)
+    np.testing.assert_allclose(got.state["positions"], ref.state["positions"], atol=1e-9)
+
+    counting = openmm.CustomIntegrator(0.001)
+    counting.addGlobalVariable("n", 0)
+    counting.addComputeGlobal("n", "n+1")
+    counting.addComputePerDof("v", "v+dt*f/m")
+    counting.addComputePerDof("x", "x+dt*v")
+    runner = OpenMMRunner(ala.system, counting, platform="Reference")
+    runner.run_segment(a, 100)
+    runner.run_segment(b, 100)
+    (live,) = runner.live_contexts()
+    assert live.integrator.getGlobalVariableByName("n") == 100
+    fresh.release(), reused.release(), runner.release()
+
+
+def test_walker_without_time_starts_at_zero(ala):
+    runner = OpenMMRunner(ala.system, openmm.VerletIntegrator(0.001), platform="Reference")
+    (w,) = ala.walkers(1, seed=2)
+    state = {k: v for k, v in w.state.items() if k != "time"}
+    first = runner.run_segment(wemap.Walker(state, 1.0), 50)
+    second = runner.run_segment(wemap.Walker(state, 1.0), 50)
+    assert float(first.state["time"]) == pytest.approx(0.05) == float(second.state["time"])
+    runner.release()
+
+
+def test_context_inherited_through_fork_is_not_used(ala):
+    """A Context built in the parent (an in-process run first) must not be reused by a forked worker."""
+    runner = OpenMMRunner(ala.system, openmm.VerletIntegrator(0.001), platform="CPU")
+    (w,) = ala.walkers(1, seed=3)
+    here = runner.run_segment(w, 10)
+    with wemap.WorkerMapper(segment_func=runner.run_segment, num_workers=1, start_method="fork",
+                            first_task_timeout=30, max_retries=0) as m:
+        (there,) = m.map([w], [10])
+    np.testing.assert_allclose(there.state["positions"], here.state["positions"], atol=1e-5)
+    runner.release()
+
+
+def test_empty_devices_list_is_refused():
+    with pytest.raises(ValueError, match="devices is empty"):
+        platform_properties_for("CUDA", 0, 2, devices=[])

@@ -42,11 +42,19 @@ def resolve_mapper(name: str) -> type:
 
 def _devices(text: str) -> list[int]:
     try:
-        return [int(d) for d in text.split(",") if d.strip()]
+        devices = [int(d) for d in text.split(",") if d.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--devices takes comma-separated GPU indices such as 0,1,2,3, got {text!r}"
-        ) from None
+        devices = []
+    if not devices or min(devices) < 0:
+        raise argparse.ArgumentTypeError(f"--devices takes comma-separated GPU indices such as 0,1,2,3, got {text!r}")
+    return devices
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -81,10 +89,11 @@ def add_demo_parser(subparsers: Any) -> None:
                    help="work mapper (default: %(default)s, WorkerMapper if it is unavailable)")
     p.add_argument("--coordinate", choices=("phi", "psi"), default="phi",
                    help="progress coordinate (default: %(default)s)")
-    p.add_argument("--bin-width", type=float, default=30.0, help="bin width in degrees (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed for velocities, integrators and resampling (default: fresh randomness); "
-                        "results repeat exactly only with one worker")
+    p.add_argument("--bin-width", type=_positive_float, default=30.0, help="bin width in degrees (default: %(default)s)")
+    p.add_argument("--seed", type=_positive, default=None,
+                   help="positive seed for velocities, integrators and resampling (default: fresh randomness; "
+                        "OpenMM reads 0 as 'random'); results repeat exactly only with one worker on the "
+                        "Reference platform (CPU sums in threads, so runs differ in the last digits)")
     p.add_argument("--out", type=Path, default=None, help="write the settings and per-cycle stats to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_demo)

@@ -144,6 +144,9 @@ def platform_properties_for(
     props = {k: str(v) for k, v in (base or {}).items()}
     if platform in GPU_PLATFORMS and "DeviceIndex" not in props:
         pool = list(devices) if devices is not None else visible_devices()
+        if devices is not None and not pool:
+            raise ValueError("devices is empty: give at least one GPU index (DeviceIndex, relative to "
+                             "CUDA_VISIBLE_DEVICES), or None to use the visible devices in turn")
         if pool is None and num_workers > 1:
             pool = list(range(num_workers))
         if pool:
@@ -185,12 +188,16 @@ class _LiveContext:
     properties: dict[str, str]
     seed: int | None
     worker_idx: int
+    pristine: Any = None  # the fresh Context's time, step count, box and integrator state
     pid: int = field(default_factory=os.getpid)
     segments: int = 0
 
 
 #: this process's contexts: (runner id, worker index) -> _LiveContext
 _LIVE: dict[tuple[str, int], _LiveContext] = {}
+#: contexts a forked child inherited: unusable here (their threads stayed in the parent), and
+#: destroying them may hang, so they are only kept out of the way
+_INHERITED: list[_LiveContext] = []
 
 
 class OpenMMRunner:
@@ -274,8 +281,10 @@ class OpenMMRunner:
         idx, n, attrs = (worker.worker_idx, worker.num_workers, worker.attributes) if worker else (0, 1, {})
         key = (self.runner_id, idx)
         live = _LIVE.get(key)
-        if live is not None:
+        if live is not None and live.pid == os.getpid():
             return live, 0.0
+        if live is not None:  # inherited through fork (a Mapper ran in the parent first)
+            _INHERITED.append(_LIVE.pop(key))
         t0 = time.perf_counter()
         props, seed = self.context_settings(idx, n, attrs)
         system, integrator = self.system, self.integrator
@@ -293,7 +302,8 @@ class OpenMMRunner:
                 f"properties {props}: {exc}. Check the platform, the devices list (DeviceIndex counts "
                 f"inside CUDA_VISIBLE_DEVICES) and the platform_properties."
             ) from exc
-        live = _LiveContext(context, integrator, system, self.platform, props, seed, idx)
+        pristine = context.getState(integratorParameters=True)
+        live = _LiveContext(context, integrator, system, self.platform, props, seed, idx, pristine)
         _LIVE[key] = live
         built = time.perf_counter() - t0
         logger.info(
@@ -318,6 +328,10 @@ class OpenMMRunner:
         t1 = time.perf_counter()
         state = walker.state
         ctx = live.context
+        # Nothing of the previous walker may leak into this one: time, step count (barostat
+        # schedules), the system's default box, and integrator state (Nose-Hoover chains,
+        # CustomIntegrator variables) all start as in a fresh Context; the random stream goes on.
+        ctx.setState(live.pristine)
         box = _optional(state, "box_vectors")
         if box is not None:
             b = np.asarray(box, dtype=np.float64).reshape(3, 3)
