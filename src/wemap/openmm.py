@@ -44,7 +44,13 @@ another on the same worker draw different noise, and clones on different workers
 because each worker's Context gets a different seed: seed 0 (OpenMM's default) lets OpenMM
 draw a unique seed per Context; an explicit seed ``s`` is kept for worker 0 and mixed with the
 worker index for the others (`worker_seed`). Results repeat exactly only with one worker
-(which walker runs on which worker, and in what order, is otherwise up to the scheduler).
+(which walker runs on which worker, and in what order, is otherwise up to the scheduler), and
+bit for bit only on the Reference platform (CPU sums forces in threads). A replacement for a
+worker that died starts that worker's stream again.
+
+Apart from the random stream, nothing carries over from one walker to the next on a reused
+Context: each segment first restores the fresh Context's time, step count, box and integrator
+state (Nose-Hoover chains, CustomIntegrator variables), then sets the walker's own.
 """
 
 from __future__ import annotations
