@@ -243,3 +243,27 @@ def test_arrays_survive(mapper_cls):
         out = m.map(arrays, [np.float32(1)] * 3)
     for a, o in zip(arrays, out):
         np.testing.assert_array_equal(o, a + 1)
+
+
+def test_current_worker_is_per_thread():
+    """Two threads running segments at once (a Dask worker with two threads) each see their own worker."""
+    import threading
+
+    from wemap.worker import _set_current
+
+    seen, barrier = {}, threading.Barrier(2)
+
+    def run(name):
+        w = wemap.Worker(len(seen), 2)
+        _set_current(w)
+        barrier.wait()
+        seen[name] = wemap.current_worker() is w
+        _set_current(None)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": True, "b": True}
+    assert wemap.current_worker() is None

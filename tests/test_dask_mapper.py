@@ -260,3 +260,60 @@ def test_signal_to_manager_during_map_ends_the_workers(signum):
     assert ("KeyboardInterrupt" if signum == signal.SIGINT else "SIGTERM") in err
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_map_with_every_worker_gone_raises_instead_of_hanging(user_cluster):
+    cluster, _ = user_cluster
+    with DaskMapper(cluster, segment_func=segfuncs.sleep_for, start_timeout=2.0, max_retries=0) as m:
+        threading_timer = __import__("threading").Timer(1.0, cluster.scale, args=(0,))
+        threading_timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(WorkerException, match=r"no Dask worker has been left to run walkers \[0, 1\] of cycle 0"):
+            m.map([1, 2], [30, 30])
+        threading_timer.join()
+    assert time.monotonic() - t0 < 20
+    cluster.scale(2)
+    cluster.wait_for_workers(2, timeout=30)
+
+
+def test_scheduler_file_that_never_appears_times_out(tmp_path):
+    m = DaskMapper(str(tmp_path / "never-written.json"), num_workers=1, start_timeout=1.0, segment_func=segfuncs.add)
+    t0 = time.monotonic()
+    with pytest.raises(WorkerException, match="did not appear"):
+        m.init()
+    assert time.monotonic() - t0 < 10
+    m.cleanup()
+
+
+def test_failed_init_leaves_no_client_of_ours():
+    cluster = distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None,
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    try:
+        m = DaskMapper(cluster.scheduler_address, start_timeout=1.0, segment_func=segfuncs.add)
+        with pytest.raises(WorkerException, match="could not start"):
+            m.init()
+        assert m.client is None
+        assert not cluster.scheduler.clients.keys() - {"fire-and-forget"}
+        m.cleanup()
+    finally:
+        cluster.close()
+
+
+def test_unpicklable_argument_names_the_walker(user_cluster):
+    cluster, _ = user_cluster
+    with DaskMapper(cluster, segment_func=segfuncs.echo) as m:
+        with pytest.raises(ValueError, match=r"walker 1 .*cannot be sent to a Dask worker"):
+            m.map([1, segfuncs.Unpicklable(), 3], [0, 0, 0])
+
+
+def test_several_segments_per_worker_are_warned_about(caplog):
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, resources={"GPU": 2},
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    try:
+        with caplog.at_level("WARNING", logger="wemap.dask_mapper"):
+            with DaskMapper(cluster, segment_func=segfuncs.add, resources={"GPU": 1}) as m:
+                assert m.map([1, 2], [3, 4]) == [4, 6]
+        assert "can run several segments at once" in caplog.text
+    finally:
+        cluster.close()

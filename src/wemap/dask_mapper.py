@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import pickle
 import re
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -74,6 +76,8 @@ EXIT_REPORT_WAIT = 2.0
 ABORT_CLOSE_TIMEOUT = 0.5
 #: seconds to wait for a finished walker straight from its worker before asking the scheduler
 DIRECT_GATHER_TIMEOUT = 3.0
+#: how often a map with nothing finishing checks that some worker is left to run its walkers
+WORKERS_CHECK_INTERVAL = 1.0
 #: seconds to let a nanny finish restarting a worker before closing it
 RESTART_SETTLE_TIMEOUT = 30.0
 
@@ -254,9 +258,15 @@ class DaskMapper(MapperBase):
     def _default_num_workers(self) -> int:
         if self.client_arg is None:
             return os.cpu_count() or 1
-        self._connect()
-        self.client.wait_for_workers(1, timeout=self.start_timeout)
-        return len(self.client.scheduler_info()["workers"])
+        try:
+            self._connect()
+            self.client.wait_for_workers(1, timeout=self.start_timeout)
+            return len(self.client.scheduler_info()["workers"])
+        except BaseException as exc:  # init fails here: leave no client of ours connected
+            self._stop(abort=True)
+            if isinstance(exc, Exception):
+                raise WorkerException(f"DaskMapper could not start: {type(exc).__name__}: {exc}") from exc
+            raise
 
     def _connect(self) -> None:
         if self.client is not None:
@@ -279,7 +289,7 @@ class DaskMapper(MapperBase):
             # results straight from the worker, not relayed by the scheduler (see _run)
             self.client = distributed.Client(self._cluster, direct_to_workers=True, **kw)
         elif isinstance(arg, (str, os.PathLike)) and (os.path.exists(arg) or str(arg).endswith(".json")):
-            self.client = distributed.Client(scheduler_file=os.fspath(arg), **kw)
+            self.client = distributed.Client(_scheduler_address(os.fspath(arg), self.start_timeout), **kw)
         else:
             self.client = distributed.Client(arg, **kw)
 
@@ -295,9 +305,11 @@ class DaskMapper(MapperBase):
             self._num_workers = len(names)
             self._worker_segment_times = {i: [] for i in range(self._num_workers)}
             self._slots()  # a cluster that cannot run a task is an error now, not a hang later
-            if not self.resources and any(w["nthreads"] > 1 for w in client.scheduler_info()["workers"].values()):
-                logger.warning("Dask workers with several threads run several segments at once on one "
-                               "wemap Worker; use --nthreads 1 or resources={'GPU': 1}")
+            shared = [w["name"] for w in client.scheduler_info()["workers"].values() if self._worker_slots(w) > 1]
+            if shared:
+                logger.warning("Dask worker(s) %s can run several segments at once on one wemap Worker (same "
+                               "worker index, same device): start them with --nthreads 1, or ask resources= "
+                               "that each worker has one of", ", ".join(map(str, shared)))
             self._lost.clear()
             # a handler the user had on this client keeps getting every event (see _on_event)
             self._user_handler = getattr(client, "_event_handlers", {}).get("all")
@@ -343,16 +355,18 @@ class DaskMapper(MapperBase):
     # -- map ---------------------------------------------------------------------------------
     def _slots(self) -> int:
         """Tasks the cluster can run at once: per worker, its threads or ``resources`` units."""
-        total = 0
-        for w in self.client.scheduler_info()["workers"].values():
-            n = w.get("nthreads", 1)
-            for r, need in (self.resources or {}).items():
-                n = min(n, int(w.get("resources", {}).get(r, 0) // need))
-            total += max(n, 0)
+        total = sum(self._worker_slots(w) for w in self.client.scheduler_info()["workers"].values())
         if total == 0:
             raise ValueError(f"no worker of the Dask cluster can run a task needing resources={self.resources}; "
                              f"start workers with e.g. `dask worker --resources GPU=1`")
         return total
+
+    def _worker_slots(self, w: dict) -> int:
+        """Tasks one worker (a ``scheduler_info`` entry) can run at once."""
+        n = w.get("nthreads", 1)
+        for r, need in (self.resources or {}).items():
+            n = min(n, int(w.get("resources", {}).get(r, 0) // need))
+        return max(n, 0)
 
     def _on_event(self, event: tuple) -> Any:
         """Scheduler events: count the walkers that were running on a worker that died."""
@@ -367,7 +381,7 @@ class DaskMapper(MapperBase):
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
         client, attempts, pending = self.client, Attempts(self.policy), deque(specs)
         in_flight: dict[distributed.Future, TaskSpec] = {}
-        done = distributed.as_completed(loop=client.loop)
+        any_done = threading.Event()  # set by the futures' done callbacks
         results: list[Any] = [None] * len(specs)
         slots, call, keys = self._slots(), self._cycle_counter, []
 
@@ -377,40 +391,67 @@ class DaskMapper(MapperBase):
                 # unique per map call, whatever cycle_idx says: Dask treats equal keys as equal results
                 key = f"wemap-segment-{self._token}-{call}-{spec.task_idx}-{attempts.counts[spec.task_idx]}"
                 # one walker per task is the design, not the repeated data Dask warns about
-                with dask.config.set({"distributed.admin.large-graph-warning-threshold": 2**62}):
-                    fut = client.submit(_run_segment, f"wemap-worker-{self._token}", self.segment_func,
-                                        self.policy.retry_on, spec.args, spec.kwargs, key=key,
-                                        resources=self.resources, pure=False)
+                try:
+                    with dask.config.set({"distributed.admin.large-graph-warning-threshold": 2**62}):
+                        fut = client.submit(_run_segment, f"wemap-worker-{self._token}", self.segment_func,
+                                            self.policy.retry_on, spec.args, spec.kwargs, key=key,
+                                            resources=self.resources, pure=False)
+                except Exception as exc:  # e.g. an argument that cannot be pickled
+                    raise ValueError(f"walker {spec.walker_idx} (cycle {spec.cycle_idx}): its arguments cannot be "
+                                     f"sent to a Dask worker: {type(exc).__name__}: {exc}") from exc
                 in_flight[fut] = spec
-                done.add(fut)
+                fut.add_done_callback(lambda _: any_done.set())
+
+        def finished() -> list[distributed.Future]:
+            """Futures done, waiting in slices; raises once no worker has been left for ``start_timeout``."""
+            alone_since = None
+            while True:
+                any_done.clear()
+                done = [f for f in in_flight if f.done()]
+                if done:
+                    return done
+                if any_done.wait(WORKERS_CHECK_INTERVAL):
+                    continue
+                if client.scheduler_info()["workers"]:
+                    alone_since = None
+                    continue
+                alone_since = alone_since or time.monotonic()
+                if time.monotonic() - alone_since < self.start_timeout:
+                    continue
+                waiting = sorted(in_flight.values(), key=lambda s: s.task_idx)
+                raise WorkerException(
+                    f"no Dask worker has been left to run walkers {[s.walker_idx for s in waiting]} of cycle "
+                    f"{waiting[0].cycle_idx} for {self.start_timeout:.3g} s (start_timeout): every worker "
+                    f"is gone and none came back", walker_idx=waiting[0].walker_idx, cycle_idx=waiting[0].cycle_idx)
 
         try:
             submit()
-            for fut in done:
-                spec = in_flight.pop(fut)
-                keys.append(fut.key)
-                try:  # at once, so that a worker dying later does not take this walker with it
-                    try:
-                        value = fut.result(timeout=DIRECT_GATHER_TIMEOUT)
-                    except (TimeoutError, asyncio.TimeoutError):
-                        # a gather straight from workers retries a dead holder's address for
-                        # 30 s or more; the scheduler knows where the result is now
-                        value = client.gather(fut, direct=False)
-                except Exception as exc:
-                    raise self._error(spec, exc) from None
-                fut.release()
-                kind, result, seconds, idx, pid = value
-                if kind == "no_worker":
-                    raise WorkerException(f"walker {spec.walker_idx} of cycle {spec.cycle_idx}: {result.exc_message}",
-                                          pid=pid, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
-                self._worker_segment_times.setdefault(idx, []).append(seconds)
-                if kind == "raised":
-                    attempts.failed(spec.task_idx, result, walker_idx=spec.walker_idx,
-                                    cycle_idx=spec.cycle_idx, worker_idx=idx, pid=pid)
-                    pending.appendleft(spec)  # the user opted in with retry_on
-                else:
-                    results[spec.task_idx] = result
-                submit()
+            while in_flight:
+                for fut in finished():
+                    spec = in_flight.pop(fut)
+                    keys.append(fut.key)
+                    try:  # at once, so that a worker dying later does not take this walker with it
+                        try:
+                            value = fut.result(timeout=DIRECT_GATHER_TIMEOUT)
+                        except (TimeoutError, asyncio.TimeoutError):
+                            # a gather straight from workers retries a dead holder's address for
+                            # 30 s or more; the scheduler knows where the result is now
+                            value = client.gather(fut, direct=False)
+                    except Exception as exc:
+                        raise self._error(spec, exc) from None
+                    fut.release()
+                    kind, result, seconds, idx, pid = value
+                    if kind == "no_worker":
+                        raise WorkerException(f"walker {spec.walker_idx} of cycle {spec.cycle_idx}: {result.exc_message}",
+                                              pid=pid, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
+                    self._worker_segment_times.setdefault(idx, []).append(seconds)
+                    if kind == "raised":
+                        attempts.failed(spec.task_idx, result, walker_idx=spec.walker_idx,
+                                        cycle_idx=spec.cycle_idx, worker_idx=idx, pid=pid)
+                        pending.appendleft(spec)  # the user opted in with retry_on
+                    else:
+                        results[spec.task_idx] = result
+                    submit()
         except BaseException:
             with contextlib.suppress(Exception):  # a user's cluster goes on: free it of our walkers
                 client.cancel(list(in_flight))
@@ -452,6 +493,20 @@ class DaskMapper(MapperBase):
                 return None
             time.sleep(0.05)
         return None
+
+
+def _scheduler_address(path: str, timeout: float) -> str:
+    """The address in a scheduler file, waiting up to ``timeout`` s for the file (Dask's own wait has no end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path) as f:
+                return json.load(f)["address"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):  # not there yet, or half written
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the scheduler file {path} did not appear (with an address) within {timeout} s: "
+                                   f"did the scheduler start? (start_timeout={timeout})") from None
+            time.sleep(0.2)
 
 
 def _check_picklable(what: str, obj: Any) -> None:

@@ -9,6 +9,7 @@ once; the segment function reaches it through `current_worker()`.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -19,7 +20,8 @@ from .errors import TaskException
 
 __all__ = ["Task", "Worker", "current_worker", "TaskFailure"]
 
-_current: Worker | None = None
+# per thread: a Dask worker with several threads runs several segments at once
+_local = threading.local()
 
 
 def current_worker() -> Worker | None:
@@ -28,12 +30,12 @@ def current_worker() -> Worker | None:
     This is how a segment function finds its worker index, device and persistent
     resources: ``w = wemap.current_worker(); ctx = w.resource``.
     """
-    return _current
+    return getattr(_local, "worker", None)
 
 
 def _set_current(worker: Worker | None) -> Worker | None:
-    global _current
-    previous, _current = _current, worker
+    previous = getattr(_local, "worker", None)
+    _local.worker = worker
     return previous
 
 
