@@ -342,6 +342,8 @@ const char *wm_status_str(int status)
     case WM_CLOSED: return "WM_CLOSED";
     case WM_INTERRUPTED: return "WM_INTERRUPTED";
     case WM_BAD_INDEX: return "WM_BAD_INDEX";
+    case WM_CORRUPT: return "WM_CORRUPT";
+    case WM_WAKE_FAILED: return "WM_WAKE_FAILED";
     case WM_BAD_MAGIC: return "WM_BAD_MAGIC";
     case WM_BAD_VERSION: return "WM_BAD_VERSION";
     case WM_BAD_LAYOUT: return "WM_BAD_LAYOUT";
@@ -561,7 +563,13 @@ static int wm_raw_push(wm_ring_ctl *r, uint64_t mask, uint64_t value)
                 return WM_FULL; /* stalled for WM_STALL_NS: it probably died there */
             pos = atomic_load_explicit(&r->tail, memory_order_relaxed); /* P0 */
         } else {
-            pos = atomic_load_explicit(&r->tail, memory_order_relaxed); /* P0 */
+            /* Another producer took pos.  Its P2 CAS is sequenced before the P3 store
+             * our P1 acquire read, so this P0 must see the tail past pos; one that does
+             * not means the cell was scribbled on: fail rather than spin for ever. */
+            uint64_t now = atomic_load_explicit(&r->tail, memory_order_relaxed); /* P0 */
+            if (now == pos)
+                return WM_CORRUPT;
+            pos = now;
         }
     }
     c->value = value;
@@ -589,7 +597,13 @@ static int wm_raw_pop(wm_ring_ctl *r, uint64_t mask, uint64_t *value)
         } else if (d < 0) {
             return WM_EMPTY;
         } else {
-            pos = atomic_load_explicit(&r->head, memory_order_relaxed); /* C0 */
+            /* Another consumer took pos (its C2 happens before the store our C1 read,
+             * directly or through the producer of a later lap): the head must have
+             * moved; if it has not, the cell was scribbled on. */
+            uint64_t now = atomic_load_explicit(&r->head, memory_order_relaxed); /* C0 */
+            if (now == pos)
+                return WM_CORRUPT;
+            pos = now;
         }
     }
 }
@@ -609,6 +623,8 @@ static int wm_pop_once(const wm_seg_t *seg, wm_ring_ctl *r, uint32_t *slot)
         if (st == WM_EMPTY)
             return WM_CLOSED;
     }
+    if (st != WM_OK)
+        return st;
     if (v >= seg->layout.nslots)
         return WM_BAD_INDEX;
     *slot = (uint32_t)v;
@@ -635,7 +651,9 @@ int wm_push(const wm_seg_t *seg, int ring, uint32_t slot)
 #if WM_HAVE_FUTEX
     if (atomic_fetch_add_explicit(&r->wait.waiters, 0, memory_order_acq_rel) != 0) { /* P4 */
         atomic_fetch_add_explicit(&r->wait.event, 1, memory_order_release); /* P5 */
-        return wm_futex_wake(&r->wait.event, 1);
+        /* The index is in the ring whatever the wake says: report a failed wake apart,
+         * so no caller pushes the slot a second time. */
+        return wm_futex_wake(&r->wait.event, 1) == WM_OK ? WM_OK : WM_WAKE_FAILED;
     }
 #endif
     return WM_OK;

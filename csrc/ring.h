@@ -65,7 +65,9 @@ enum wm_status {
     WM_BAD_LAYOUT,  /**< header's geometry is not what wm_layout() computes */
     WM_TRUNCATED,   /**< memory shorter than the header or the layout needs */
     WM_INVALID,     /**< bad argument (slot count, size, ring id, alignment) */
-    WM_SYSERR       /**< a system call failed; errno holds the reason */
+    WM_SYSERR,      /**< a system call failed; errno holds the reason */
+    WM_CORRUPT,     /**< a ring's cells contradict its positions (a stray write) */
+    WM_WAKE_FAILED  /**< wm_push() queued the index but waking a sleeper failed (errno) */
 };
 
 /**
@@ -195,8 +197,10 @@ int wm_seg_attach(wm_seg_t *seg, void *mem, size_t len);
  * @param ring ::WM_READY or ::WM_DONE
  * @param slot slot index, below nslots
  * @return WM_OK, WM_FULL (full, or stalled as above), WM_BAD_INDEX,
- *         WM_INVALID (bad ring id) or
- *         WM_SYSERR (the wake-up failed; the index is pushed regardless)
+ *         WM_INVALID (bad ring id), WM_CORRUPT (the ring's cells contradict
+ *         its positions) or WM_WAKE_FAILED (the index is pushed, but waking a
+ *         sleeping consumer failed; errno says why; it wakes at its next
+ *         timeout instead)
  */
 int wm_push(const wm_seg_t *seg, int ring, uint32_t slot);
 
@@ -205,9 +209,10 @@ int wm_push(const wm_seg_t *seg, int ring, uint32_t slot);
  * @param seg handle
  * @param ring ::WM_READY or ::WM_DONE
  * @param slot receives the index on WM_OK
- * @return WM_OK, WM_EMPTY, WM_CLOSED (empty and closed), WM_INVALID or
+ * @return WM_OK, WM_EMPTY, WM_CLOSED (empty and closed), WM_INVALID,
  *         WM_BAD_INDEX (the ring held an index >= nslots: memory corruption;
- *         the bad entry has been consumed)
+ *         the bad entry has been consumed) or WM_CORRUPT (a cell contradicts
+ *         the ring's positions)
  */
 int wm_try_pop(const wm_seg_t *seg, int ring, uint32_t *slot);
 
@@ -224,7 +229,7 @@ int wm_try_pop(const wm_seg_t *seg, int ring, uint32_t *slot);
  * @param slot receives the index on WM_OK
  * @param timeout_ns how long to wait; negative waits forever, 0 only tries
  * @return WM_OK, WM_TIMEOUT, WM_CLOSED, WM_INTERRUPTED, WM_INVALID,
- *         WM_BAD_INDEX (as for wm_try_pop()) or WM_SYSERR
+ *         WM_BAD_INDEX or WM_CORRUPT (as for wm_try_pop()) or WM_SYSERR
  */
 int wm_pop(const wm_seg_t *seg, int ring, uint32_t *slot, int64_t timeout_ns);
 

@@ -424,3 +424,26 @@ def test_now_ns_is_monotonic_clock():
     a = now_ns()
     b = time.monotonic_ns()
     assert abs(b - a) < 10_000_000
+
+
+def test_scribbled_cell_raises_instead_of_spinning():
+    """A stray write into a ring's cells: push and pop raise at once, they never spin with or without the GIL."""
+    lay = Ring.layout(4, 64)
+    buf = aligned(lay["total_size"])
+    ring = Ring(buf, create=True, nslots=4, region_size=64)
+    cells = lay["ring_bytes"] - 16 * lay["ring_capacity"]  # the control block comes first
+    ready_seq = buf[lay["ready_offset"] + cells :].view(np.uint64)
+    done_seq = buf[lay["done_offset"] + cells :].view(np.uint64)
+    ready_seq[0] = 5  # a pop at position 0 expects 0 (empty) or 1 (full)
+    done_seq[0] = 9  # a push at position 0 expects 0
+    t0 = time.monotonic()
+    with pytest.raises(RingCorruptError, match="cells contradict"):
+        ring.pop_ready(0.2)
+    with pytest.raises(RingCorruptError, match="cells contradict"):
+        ring.pop_ready(None)
+    with pytest.raises(RingCorruptError, match="cells contradict"):
+        ring.try_pop_ready()
+    with pytest.raises(RingCorruptError, match="cells contradict"):
+        ring.push_done(1)
+    assert time.monotonic() - t0 < 1.0
+    ring.release()

@@ -278,3 +278,20 @@ def test_segment_pickles_to_spawned_child(method, capfd):
         assert seg.ring.pop_done(timeout=1) == 0 and seg.ring.output_view(0)[0] == 99
     err = capfd.readouterr().err
     assert "leaked shared_memory" not in err, err
+
+
+def test_failed_attach_never_removes_the_owners_segment(monkeypatch):
+    """SharedMemory unlinks the name when mmap fails (a worker out of address space); ours must not."""
+    import mmap
+
+    with Segment.create(2, 4096) as seg:
+        def no_memory(*args, **kwargs):
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+        monkeypatch.setattr(mmap, "mmap", no_memory)
+        with pytest.raises(OSError, match="Cannot allocate memory"):
+            Segment.attach(seg.name)
+        monkeypatch.undo()
+        assert os.path.exists(f"/dev/shm/{seg.name}"), "a failed attach removed the segment"
+        again = Segment.attach(seg.name)  # a replacement worker can still attach
+        again.close()

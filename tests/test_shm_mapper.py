@@ -177,3 +177,18 @@ def test_structured_arrays_keep_their_fields(zero_copy):
         assert out.state["atoms"].dtype == atoms.dtype
         np.testing.assert_array_equal(out.state["atoms"], atoms)
         del out
+
+
+def test_worker_told_to_attach_a_segment_already_gone_says_detached_and_goes_on():
+    """The manager may renew a segment before a worker reads the message naming the old one."""
+    import multiprocessing as mp
+
+    from wemap.segment import segment_name
+    from wemap.shm_worker import ring_loop
+
+    here, there = mp.Pipe()
+    gone = segment_name()
+    here.send(("attach", gone))
+    here.send(None)
+    ring_loop(wemap.Worker(0, 1), there, segfuncs.echo, ())
+    assert here.recv() == ("detached", gone)

@@ -32,6 +32,8 @@ cdef extern from "ring.h" nogil:
         WM_TRUNCATED
         WM_INVALID
         WM_SYSERR
+        WM_CORRUPT
+        WM_WAKE_FAILED
 
     ctypedef struct wm_layout_t:
         uint32_t nslots

@@ -18,12 +18,15 @@ from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 
+import logging
 import os
 import queue
 
 import numpy as np
 
 from wemap.errors import RingCorruptError
+
+_log = logging.getLogger("wemap.ring")
 
 __all__ = [
     "Ring",
@@ -147,6 +150,8 @@ cdef int _check_status(int st) except -1:
     if st == WM_SYSERR:
         e = errno
         raise OSError(e, os.strerror(e))
+    if st == WM_CORRUPT:
+        raise RingCorruptError("a ring's cells contradict its positions: something wrote into the segment")
     raise RuntimeError(f"unknown ring status {st}")
 
 
@@ -383,6 +388,9 @@ cdef class Ring:
             raise queue.Full(
                 f"{'ready' if ring == WM_READY else 'done'} ring full "
                 f"({self._seg.layout.ring_capacity} cells), or a consumer died mid-pop")
+        if st == WM_WAKE_FAILED:  # pushed: a sleeping consumer finds it at its next wait slice
+            _log.warning("slot %d pushed, but waking a waiting process failed: %s", s, os.strerror(errno))
+            return 0
         return _check_status(st)
 
     cdef object _try_pop(self, int ring):

@@ -96,6 +96,18 @@ def _discard(shm: SharedMemory) -> None:
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
 
 
+class _Attached(SharedMemory):
+    """A segment this process only attached to: it never removes the name.
+
+    ``SharedMemory.__init__`` unlinks the name when mapping fails (``except OSError:
+    self.unlink()``), e.g. when an attaching worker runs out of address space; the
+    segment is the manager's, and its other workers and replacements still need it.
+    """
+
+    def unlink(self) -> None:
+        log.debug("not unlinking %s: this process only attached to it", self.name)
+
+
 def _open_untracked(name: str) -> SharedMemory:
     """Open an existing segment without telling the resource tracker (cpython #82300).
 
@@ -104,7 +116,7 @@ def _open_untracked(name: str) -> SharedMemory:
     process exits, although the segment belongs to the manager.
     """
     if sys.version_info >= (3, 13):
-        return SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+        return _Attached(name=name, track=False)  # type: ignore[call-arg]
     with _TRACKER_PATCH_LOCK:
         register = resource_tracker.register
 
@@ -114,7 +126,7 @@ def _open_untracked(name: str) -> SharedMemory:
 
         resource_tracker.register = _register  # type: ignore[assignment]
         try:
-            return SharedMemory(name=name)
+            return _Attached(name=name)
         finally:
             resource_tracker.register = register  # type: ignore[assignment]
 

@@ -151,7 +151,11 @@ def ring_loop(
     """Worker process main loop: attach to each segment the manager names, serve it, detach."""
     reg = CodecRegistry(codecs)
     for _, name in control_messages(conn):
-        seg = Segment.attach(name)
+        try:
+            seg = Segment.attach(name)
+        except FileNotFoundError:  # renewed before this worker got to it: the next message names the new one
+            conn.send(("detached", name))
+            continue
         try:
             serve_segment(worker, seg, segment_func, reg, retry_on)
         finally:

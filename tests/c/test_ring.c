@@ -648,6 +648,26 @@ static void test_mpmc(uint64_t items)
     free(mem);
 }
 
+/* A scribbled cell (its turn marker ahead of the ring's position) must make
+ * push and pop fail with WM_CORRUPT at once, timeouts included, never spin. */
+static void test_corrupt_cell(void)
+{
+    wm_seg_t seg;
+    uint32_t s = 99;
+    void *mem = seg_alloc(4, 64, &seg, NULL);
+    wm_cell *ready = (wm_cell *)(void *)((unsigned char *)mem + seg.layout.ready_offset + WM_RING_CTL_SIZE);
+    wm_cell *done = (wm_cell *)(void *)((unsigned char *)mem + seg.layout.done_offset + WM_RING_CTL_SIZE);
+
+    atomic_store(&ready[0].seq, 5); /* pop at head 0 expects 1 (full) or 0 (empty) */
+    CHECK_ST(wm_try_pop(&seg, WM_READY, &s), WM_CORRUPT);
+    CHECK_ST(wm_pop(&seg, WM_READY, &s, 20 * MS), WM_CORRUPT);
+    CHECK_ST(wm_pop(&seg, WM_READY, &s, -1), WM_CORRUPT);
+    atomic_store(&done[0].seq, 9); /* push at tail 0 expects 0 */
+    CHECK_ST(wm_push(&seg, WM_DONE, 1), WM_CORRUPT);
+    CHECK(s == 99);
+    free(mem);
+}
+
 int main(int argc, char **argv)
 {
     uint64_t items = 50000;
@@ -665,6 +685,7 @@ int main(int argc, char **argv)
     test_attach();
     test_wrap();
     test_busy_cell();
+    test_corrupt_cell();
     test_mpmc(items);
     printf("test_ring: all %d checks passed\n", atomic_load(&g_checks));
     return 0;
