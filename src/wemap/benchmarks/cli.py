@@ -90,8 +90,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"walkers per cycle (default {' '.join(map(str, FULL_WALKERS))})")
     m.add_argument("--workers", nargs="+", type=_positive, metavar="N",
                    help="worker processes (default 1 2, and 4 8 ... up to the cores here)")
-    m.add_argument("--workload", nargs="+", choices=("noop", "sleep"), metavar="{noop,sleep}",
-                   help="segment functions: noop (pure transport) and/or sleep (fixed duration); default both")
+    m.add_argument("--workload", nargs="+", choices=("noop", "sleep", "fresh"), metavar="{noop,sleep,fresh}",
+                   help="segment functions: noop (pure transport: hands the walker back), sleep (fixed duration), "
+                        "fresh (hands back new arrays, as MD does: no shortcut for a mapper that can refer to "
+                        "its input); default noop and sleep")
     m.add_argument("--sleep-ms", type=float, default=50.0, help="duration of the sleep segment (default: %(default)s)")
     m.add_argument("--repeats", type=_positive, help=f"timed cycles per cell (default {FULL_REPEATS}; --quick {QUICK_REPEATS})")
     m.add_argument("--warmup", type=int, default=1, help="untimed cycles per cell first (default: %(default)s)")

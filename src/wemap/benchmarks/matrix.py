@@ -115,7 +115,8 @@ def _finish(row: dict[str, Any], figures: dict[str, Any], moves_data: bool = Tru
     med = row["cycle_s_median"]
     row["ideal_s"] = math.ceil(row["walkers"] / row["processes"]) * row["segment_s"]
     row["overhead_s"] = med - row["ideal_s"]
-    row["gb_per_s"] = 2 * row["bytes_per_cycle"] / med / 1e9 if moves_data and med > 0 else None
+    # a cycle that is mostly sleep says nothing about bandwidth
+    row["gb_per_s"] = 2 * row["bytes_per_cycle"] / med / 1e9 if moves_data and med > 0 and not row["segment_s"] else None
     cpu = row.get("manager_cpu_s_median")
     row["manager_cpu_frac"] = cpu / med if cpu is not None and med > 0 else None
     return row

@@ -54,7 +54,10 @@ def plot_matrix(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | None
     sel = [r for r in rows if r["walkers"] == walkers and (r["workers"] == workers or r["key"] == "floor")]
     noop = [r for r in sel if r["workload"] == "noop"]
     sleep = [r for r in sel if r["workload"] == "sleep" and r["key"] != "floor"]
+    fresh = [r for r in sel if r["workload"] == "fresh" or r["key"] == "floor"]
     panels = [("no-op segment: overhead per cycle", noop, "overhead_s", "overhead s (cycle − ideal)")]
+    if any(r["key"] != "floor" for r in fresh):
+        panels.append(("new-arrays segment: overhead per cycle", fresh, "overhead_s", "overhead s (cycle − ideal)"))
     if sleep:
         ms = sleep[0]["segment_s"] * 1e3
         panels.append((f"{ms:g} ms segment: overhead per cycle", sleep, "overhead_s", "overhead s (cycle − ideal)"))

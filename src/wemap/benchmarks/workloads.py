@@ -16,7 +16,8 @@ import numpy as np
 
 from ..walker import Walker
 
-__all__ = ["Workload", "WORKLOADS", "noop_segment", "sleep_segment", "make_walkers", "walker_bytes", "bytes_per_walker"]
+__all__ = ["Workload", "WORKLOADS", "noop_segment", "sleep_segment", "fresh_segment", "make_walkers", "walker_bytes",
+           "bytes_per_walker"]
 
 
 def noop_segment(walker: Any, segment_length: Any = 0, **kwargs: Any) -> Any:
@@ -30,6 +31,30 @@ def sleep_segment(walker: Any, segment_length: float = 0.0, **kwargs: Any) -> An
     while it waits."""
     time.sleep(float(segment_length))
     return walker
+
+
+#: per process: the arrays `fresh_segment` hands back, made once per (field, shape, dtype)
+_FRESH: dict[tuple, np.ndarray] = {}
+
+
+def fresh_segment(walker: Any, segment_length: Any = 0, **kwargs: Any) -> Any:
+    """Hand back a walker whose arrays are new, not the input's, as an MD engine's are.
+
+    A no-op lets a mapper skip work a real segment never lets it skip (SharedMemWorkerMapper
+    refers to the input instead of writing a result); this one does no work either, since its
+    arrays are made once per worker process and reused, so what is left is transport with a
+    result that must travel back.
+    """
+    state = {}
+    for k, v in walker.state.items():
+        if isinstance(v, np.ndarray):
+            key = (k, v.shape, v.dtype.str)
+            out = _FRESH.get(key)
+            if out is None:
+                out = _FRESH[key] = np.array(v, copy=True)
+            v = out
+        state[k] = v
+    return Walker(state, walker.weight)
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,7 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     "noop": Workload("noop", noop_segment, "no-op segment (pure transport)"),
     "sleep": Workload("sleep", sleep_segment, "fixed-duration segment (sleep)"),
+    "fresh": Workload("fresh", fresh_segment, "segment returning new arrays (as MD does), no work"),
 }
 
 
