@@ -29,10 +29,30 @@ def our_children() -> list[psutil.Process]:
 
 
 def our_segments() -> set[str]:
+    """Segments named after this process, or after a process that is gone (a child manager's)."""
     try:
-        return {n for n in os.listdir(SHM_DIR) if n.startswith(f"wemap_{os.getpid()}_")}
+        names = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return set()
+    out = set()
+    for n in names:
+        parts = n.split("_")
+        if len(parts) == 3 and parts[0] == "wemap" and parts[1].isdigit():
+            pid = int(parts[1])
+            if pid == os.getpid() or not psutil.pid_exists(pid):
+                out.add(n)
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_in_the_session():
+    """What module fixtures (set up before a test's own check) leave is caught at the end."""
+    before = our_segments()
+    yield
+    leaked = our_segments() - before
+    for name in leaked:
+        os.unlink(os.path.join(SHM_DIR, name))
+    assert not leaked, f"shared-memory segments left behind by the session: {sorted(leaked)}"
 
 
 def wait_for_no_children(timeout: float = 5.0) -> list[psutil.Process]:
@@ -50,10 +70,16 @@ def no_leaks():
     before = our_segments()
     yield
     left = wait_for_no_children()
+    described = []
     for p in left:
-        p.kill()
-    assert not left, f"child processes left behind: {[(p.pid, p.name()) for p in left]}"
+        try:
+            described.append((p.pid, p.name()))
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     leaked = our_segments() - before
     for name in leaked:
         os.unlink(os.path.join(SHM_DIR, name))
-    assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
+    problems = [f"child processes left behind: {described}"] if left else []
+    problems += [f"shared-memory segments left behind: {sorted(leaked)}"] if leaked else []
+    assert not problems, "; ".join(problems)

@@ -22,7 +22,8 @@ from wemap.benchmarks.contenders import discover, select
 from wemap.benchmarks.matrix import goals
 from wemap.benchmarks.measure import CellTimeout, deadline
 
-pytestmark = pytest.mark.timeout(180)
+# the thread method: the bench's own --cell-timeout uses SIGALRM, which would cancel the signal method
+pytestmark = pytest.mark.timeout(180, method="thread")
 
 TINY = [
     "--atoms", "1000", "--walkers", "2", "--workers", "1", "--repeats", "2", "--warmup", "1",

@@ -16,10 +16,8 @@ SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 
 def wemap_cmd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run(
-        [sys.executable, "-m", "wemap", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    """``python -m wemap ...`` with the wemap this test imports (the installed one, compiled ring included)."""
+    return subprocess.run([sys.executable, "-m", "wemap", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.timeout(150)
@@ -32,6 +30,8 @@ def test_demo_tiny_run_prints_the_table(tmp_path, mapper):
         "--mapper", mapper, "--seed", "1", "--out", str(out),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"; {mapper} with " in proc.stdout, "the demo ran another mapper than the one asked for"
+    assert "not available" not in proc.stderr, proc.stderr
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.strip().startswith("cycle"))
     for column in ("walkers", "weight sum", "phi min", "phi max", "segments s", "per-worker busy s", "overhead s"):

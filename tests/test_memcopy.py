@@ -9,11 +9,19 @@ import numpy as np
 from wemap.memcopy import BlockPool, copy_into, copy_of
 
 
-def test_parallel_copy_matches_numpy():
+def test_parallel_copy_matches_numpy(monkeypatch):
+    import wemap.memcopy as memcopy
+
+    monkeypatch.setattr(memcopy, "_threads", lambda: 3)  # the threaded path, whatever this machine has
+    submitted = []
+    pool = memcopy._executor()
+    real_submit = pool.submit
+    monkeypatch.setattr(pool, "submit", lambda *a, **k: submitted.append(a) or real_submit(*a, **k))
     src = np.random.default_rng(0).random((700_000, 3))  # above the parallel threshold
     dst = np.empty_like(src)
     copy_into(dst, src)
     np.testing.assert_array_equal(dst, src)
+    assert len(submitted) == 3, "a large copy is split across the pool's threads"
     out = copy_of(src)
     assert out is not src and not np.shares_memory(out, src)
     np.testing.assert_array_equal(out, src)

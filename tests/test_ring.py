@@ -29,6 +29,10 @@ from wemap._ring import (
 from wemap.errors import RingCorruptError
 from wemap.segment import Segment
 
+# the thread method: some tests here use SIGALRM themselves, and a wait stuck in C (a lost
+# signal check, say) is out of reach of the signal method; a timeout ends the run loudly
+pytestmark = pytest.mark.timeout(60, method="thread")
+
 
 def aligned(nbytes: int, align: int = 64) -> np.ndarray:
     """A zeroed uint8 array whose data starts on an ``align``-byte boundary."""
@@ -208,7 +212,7 @@ def _in_thread(fn, *args):
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             out["error"] = exc
 
-    t = threading.Thread(target=run)
+    t = threading.Thread(target=run, daemon=True)  # a stuck one must not keep the interpreter from exiting
     t.start()
     return t, out
 
@@ -233,9 +237,11 @@ def test_interrupt_from_another_handle():
     ring, buf = make_ring()
     other = Ring(buf)  # same segment, attached, as the monitor thread would hold it
     t, out = _in_thread(ring.pop_done, None)
-    time.sleep(0.1)
-    other.interrupt_done()
-    t.join(5)
+    deadline = time.monotonic() + 10
+    while t.is_alive() and time.monotonic() < deadline:
+        # an interrupt wakes only a pop already waiting: repeat until the thread has been in one
+        other.interrupt_done()
+        t.join(0.05)
     assert not t.is_alive() and out == {"value": None}
     assert ring.pop_done(timeout=0.02) is None  # later pops are not affected
     ring.push_done(0)
@@ -259,8 +265,8 @@ def test_timeout_returns_on_time_without_spinning():
     wall0, cpu0 = time.perf_counter(), time.process_time()
     assert ring.pop_ready(timeout=0.5) is None
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    assert 0.5 <= wall < 0.8
-    assert cpu < 0.05, f"pop used {cpu:.3f} s of CPU in {wall:.3f} s"
+    assert 0.5 <= wall < 3.0  # a hang bound on a loaded machine, not a speed check
+    assert cpu < 0.1, f"pop used {cpu:.3f} s of CPU in {wall:.3f} s"
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), "x"])
@@ -423,7 +429,7 @@ def test_ring_does_not_pickle_but_segment_does():
 def test_now_ns_is_monotonic_clock():
     a = now_ns()
     b = time.monotonic_ns()
-    assert abs(b - a) < 10_000_000
+    assert abs(b - a) < 1_000_000_000  # the same clock: within a second even when descheduled
 
 
 def test_scribbled_cell_raises_instead_of_spinning():

@@ -150,13 +150,16 @@ def test_finished_walker_waiting_to_be_collected_is_not_timed_out():
         def _collect(self, *args):
             import time
 
-            time.sleep(0.25)
+            time.sleep(1.2)
             return super()._collect(*args)
 
+    # walkers 0 and 1 end at ~1 s; the second one popped is collected only after the first one's slow
+    # collect, at ~2.2 s: past the 2 s timeout counted from its start, while its worker runs walker 2
+    # or 3 (1.5 s, ending at ~2.5 s), which must not be killed for it
     ws = walkers(4, 50)
-    with SlowCollect(segment_func=segfuncs.sleep_then_displace, num_workers=2, task_timeout=1.0,
-                     first_task_timeout=1.0, max_retries=0) as m:
-        out = m.map(ws, [0.85, 0.85, 0.3, 0.3])
+    with SlowCollect(segment_func=segfuncs.sleep_then_displace, num_workers=2, task_timeout=2.0,
+                     first_task_timeout=2.0, max_retries=0) as m:
+        out = m.map(ws, [1.0, 1.0, 1.5, 1.5])
     assert out == [segfuncs.displace(w, 1) for w in ws]
 
 
