@@ -170,8 +170,11 @@ def test_long_exception_message_is_cut_to_fit_the_slot():
     assert info.value.walker_idx == 4 and info.value.cycle_idx == 2
 
 
-@pytest.mark.parametrize("zero_copy", [False, True])
-def test_structured_arrays_keep_their_fields(zero_copy):
+@pytest.mark.parametrize("zero_copy, shared", [(False, False), (True, False), (False, True)])
+def test_structured_arrays_keep_their_fields(zero_copy, shared, monkeypatch):
+    from wemap import shm_mapper
+
+    monkeypatch.setattr(shm_mapper, "SHARED_RESULTS_MIN_BYTES", 0 if shared else 2**40)
     atoms = np.zeros(3, dtype=[("x", "<f8"), ("id", "<i4")])
     atoms["x"], atoms["id"] = [1.5, 2.5, 3.5], [7, 8, 9]
     w = wemap.Walker({"atoms": atoms, "positions": np.ones((3, 3))}, 1.0)
@@ -195,3 +198,80 @@ def test_worker_told_to_attach_a_segment_already_gone_says_detached_and_goes_on(
     here.send(None)
     ring_loop(wemap.Worker(0, 1), there, segfuncs.echo, ())
     assert here.recv() == ("detached", gone)
+
+
+@pytest.fixture
+def shared_results_for_any_size(monkeypatch):
+    """Result blocks for the small walkers of these tests too (by default only from 1 MiB)."""
+    from wemap import shm_mapper
+
+    monkeypatch.setattr(shm_mapper, "SHARED_RESULTS_MIN_BYTES", 0)
+
+
+def _arena_holds(m, arr) -> bool:
+    base = m._arena._blocks[0].__array_interface__["data"][0]
+    addr = arr.__array_interface__["data"][0]
+    return base <= addr < base + m._arena.size
+
+
+def test_results_are_written_by_the_workers_into_shared_blocks(shared_results_for_any_size):
+    ws = walkers(4, 1000)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        out = m.map(ws, [2] * 4)
+        arena = m._arena.name
+        assert os.path.exists(f"/dev/shm/{arena}")
+        for o in out:
+            assert _arena_holds(m, o.state["positions"]) and o.state["positions"].flags.writeable
+    assert out == [segfuncs.displace(w, 2) for w in ws]
+    assert not os.path.exists(f"/dev/shm/{arena}"), "the arena's name goes with cleanup"
+    out[0].state["positions"][0, 0] = 42.0  # still the caller's memory after cleanup
+    assert out[0].state["positions"][0, 0] == 42.0
+
+
+def test_result_blocks_are_reused_only_once_dropped(shared_results_for_any_size):
+    ws = walkers(3, 500)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        kept = [m.map(ws, [c] * 3) for c in range(4)]  # more cycles than the arena's two cycles of blocks
+        copies = [[o.state["positions"].copy() for o in out] for out in kept]
+        for c, out in enumerate(kept):
+            assert out == [segfuncs.displace(w, c) for w in ws], f"cycle {c}'s results were overwritten"
+            for o, before in zip(out, copies[c]):
+                np.testing.assert_array_equal(o.state["positions"], before)
+        in_blocks = [sum(_arena_holds(m, o.state["positions"]) for o in out) for out in kept]
+        assert in_blocks[:2] == [3, 3] and in_blocks[2:] == [0, 0], "blocks in use are not handed out again"
+        del kept, copies, out, o
+        again = m.map(ws, [9] * 3)
+        assert all(_arena_holds(m, o.state["positions"]) for o in again), "dropped blocks are reused"
+        del again
+
+
+def test_killed_worker_with_shared_results(shared_results_for_any_size, tmp_path):
+    ws = walkers(6, 300)
+    with SharedMemWorkerMapper(segment_func=segfuncs.kill_once, num_workers=2) as m:
+        out = m.map(ws, [1] * 6, marker_dir=[str(tmp_path)] * 6, victim=[3] * 6, walker_idx=range(6))
+        assert m.recovered_segments == 1
+    assert out == [segfuncs.displace(w, 1) for w in ws]
+
+
+def test_walkers_of_a_mebibyte_use_shared_blocks_by_default():
+    ws = walkers(2, 30_000)  # 1.4 MB of arrays each
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        out = m.map(ws, [1, 1])
+        assert m._arena is not None and all(_arena_holds(m, o.state["velocities"]) for o in out)
+        small = m.map(walkers(2, 100), [1, 1])
+        assert not any(_arena_holds(m, o.state["velocities"]) for o in small), "small results are copied"
+    assert out == [segfuncs.displace(w, 1) for w in ws]
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1, shared_results=False) as m:
+        assert m.map(ws, [1, 1]) == out and m._arena is None
+
+
+def test_outgrown_arena_loses_its_name_and_its_results_live_on(shared_results_for_any_size):
+    small, large = walkers(2, 200), walkers(2, 5000, seed0=10)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        first = m.map(small, [1, 1])
+        old = m._arena.name
+        second = m.map(large, [1, 1])
+        assert m._arena.name != old and not os.path.exists(f"/dev/shm/{old}")
+        third = m.map(small, [1, 1])
+    assert first == third == [segfuncs.displace(w, 1) for w in small]
+    assert second == [segfuncs.displace(w, 1) for w in large]

@@ -17,12 +17,16 @@ shapes) is pickled. Built in, chosen by type:
 Region format (input and output regions alike, all offsets from the region start)::
 
     0      u64 descriptor offset, u64 descriptor length   (first 64-byte line)
+    16     input region only: the result block, u64 offset, u64 size, u8 name length,
+           the result arena's name (up to 30 bytes); size 0 = no block
     64     array 0 (64-byte aligned) | array 1 | ...
     D      descriptor: pickle of {"args": [...], "kwargs": {...}} where each entry is
            (codec name, codec metadata, [(field, dtype, shape, region, offset), ...])
 
-``region`` is 0 for the input region, 1 for the output region: a result array that is
-still a view of the slot's input (a no-op segment) is referenced there, not copied.
+``region`` is 0 for the input region, 1 for the output region, 2 for the result block (a
+piece of the manager's result arena, see `wemap.result_arena`, offsets from its start): a
+result array that is still a view of the slot's input (a no-op segment) is referenced
+there, not copied; a result written straight into its block needs no copy by the manager.
 """
 
 from __future__ import annotations
@@ -51,14 +55,21 @@ __all__ = [
     "EncodedCall",
     "encode_call",
     "decode_call",
+    "write_call",
+    "write_split",
+    "read_descriptor",
+    "pack_target",
+    "read_target",
     "ALIGN",
 ]
 
 ALIGN = 64
 _HEAD = struct.Struct("<QQ")
+_TARGET = struct.Struct("<QQB")
+TARGET_NAME_MAX = ALIGN - _HEAD.size - _TARGET.size
 DATA_START = ALIGN
 
-IN_REGION, OUT_REGION = 0, 1
+IN_REGION, OUT_REGION, RESULT_REGION = 0, 1, 2
 
 
 def align(n: int) -> int:
@@ -226,8 +237,9 @@ class EncodedCall:
     arrays: list[np.ndarray]  # in layout order, matched with the offsets in the entries
     offsets: list[int]
     descriptor: bytes
-    nbytes: int
+    nbytes: int  # arrays and descriptor, laid out from the region start
     largest_field: tuple[str, int]  # (name, bytes) of the biggest array, for error messages
+    data_end: int  # end of the last array: what a result block must hold when laid out from 0
 
 
 class _Layout:
@@ -235,8 +247,8 @@ class _Layout:
 
     __slots__ = ("cursor", "arrays", "offsets", "region", "local_ref", "largest")
 
-    def __init__(self, region: int, local_ref) -> None:
-        self.cursor = DATA_START
+    def __init__(self, region: int, local_ref, start: int = DATA_START) -> None:
+        self.cursor = start
         self.arrays: list[np.ndarray] = []
         self.offsets: list[int] = []
         self.region = region
@@ -277,25 +289,69 @@ def encode_call(
     where: str,
     region: int,
     local_ref: Callable[[np.ndarray], tuple[int, int] | None] | None = None,
+    start: int = DATA_START,
 ) -> EncodedCall:
     """Lay out ``args``/``kwargs`` for a region without writing anything yet.
 
+    Arrays are laid out from ``start`` (0 for a result block, which has no head).
     Raises ``ValueError`` naming ``where`` and the field for anything the codecs can't carry.
     """
-    lay = _Layout(region, local_ref)
+    lay = _Layout(region, local_ref, start)
     e_args = [lay.value(reg, f"{where}, argument {i}", a) for i, a in enumerate(args)]
     e_kwargs = {k: lay.value(reg, f"{where}, argument {k!r}", v) for k, v in kwargs.items()}
     descriptor = pickle.dumps({"args": e_args, "kwargs": e_kwargs}, protocol=5)
-    return EncodedCall(lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor), lay.largest)
+    return EncodedCall(lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor), lay.largest, lay.cursor)
 
 
-def write_call(enc: EncodedCall, region: np.ndarray) -> None:
-    """Copy the arrays and descriptor into ``region`` (a uint8 view): the one copy a walker gets."""
+def _write_arrays(enc: EncodedCall, region: np.ndarray) -> None:
     for arr, off in zip(enc.arrays, enc.offsets):
         copy_into(np.ndarray(arr.shape, arr.dtype, buffer=region, offset=off), arr)
+
+
+def write_call(enc: EncodedCall, region: np.ndarray, target: bytes | None = None) -> None:
+    """Copy the arrays and descriptor into ``region`` (a uint8 view): the one copy a walker gets.
+
+    ``target`` (from `pack_target`, input regions only) names the block the result goes to.
+    """
+    _write_arrays(enc, region)
     d_off = enc.nbytes - len(enc.descriptor)
     region[d_off : enc.nbytes] = np.frombuffer(enc.descriptor, dtype=np.uint8)
-    region[:16] = np.frombuffer(_HEAD.pack(d_off, len(enc.descriptor)), dtype=np.uint8)
+    head = _HEAD.pack(d_off, len(enc.descriptor)) + (target or _NO_TARGET)
+    region[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+
+
+def write_split(enc: EncodedCall, block: np.ndarray, region: np.ndarray) -> None:
+    """Arrays laid out from 0 (``start=0``) into ``block``, the descriptor into ``region``.
+
+    The caller checks first that ``enc.data_end <= block.nbytes`` and that the descriptor
+    fits ``region`` after its head.
+    """
+    _write_arrays(enc, block)
+    n = len(enc.descriptor)
+    region[DATA_START : DATA_START + n] = np.frombuffer(enc.descriptor, dtype=np.uint8)
+    region[: _HEAD.size] = np.frombuffer(_HEAD.pack(DATA_START, n), dtype=np.uint8)
+
+
+def pack_target(name: str, offset: int, size: int) -> bytes:
+    """The input-region field that tells a worker where to write the walker's result arrays."""
+    raw = name.encode()
+    if len(raw) > TARGET_NAME_MAX:
+        raise ValueError(f"result arena name {name!r} is longer than {TARGET_NAME_MAX} bytes")
+    return _TARGET.pack(offset, size, len(raw)) + raw
+
+
+_NO_TARGET = _TARGET.pack(0, 0, 0)
+
+
+def read_target(region: np.ndarray) -> tuple[str, int, int] | None:
+    """(arena name, block offset, block size) written by `pack_target`, or None when there is none."""
+    raw = region[_HEAD.size : ALIGN].tobytes()
+    offset, size, n = _TARGET.unpack_from(raw)
+    if size == 0:
+        return None
+    if n > TARGET_NAME_MAX:
+        raise ValueError(f"result block name length {n} is out of range")
+    return raw[_TARGET.size : _TARGET.size + n].decode(), offset, size
 
 
 def read_descriptor(region: np.ndarray) -> dict:
@@ -308,7 +364,7 @@ def read_descriptor(region: np.ndarray) -> dict:
 def decode_call(
     reg: CodecRegistry,
     desc: dict,
-    regions: tuple[np.ndarray, np.ndarray],
+    regions: tuple[np.ndarray, ...],
     *,
     copy: bool,
     readonly: bool,
@@ -316,7 +372,10 @@ def decode_call(
 ) -> tuple[list, dict]:
     """Rebuild the arguments from a descriptor: zero-copy views, or one copy with ``copy=True``.
 
-    With a `BlockPool`, the copies of one call are carved from one reusable block.
+    ``regions`` are the input and output regions, and the result block when there is one:
+    fields in the result block are already the caller's own memory, so they are returned
+    as writable views whatever ``copy`` and ``readonly`` say. With a `BlockPool`, the
+    copies of one call are carved from one reusable block.
     """
     try:
         entries = [*desc["args"], *desc["kwargs"].values()]
@@ -325,7 +384,7 @@ def decode_call(
         raise ValueError(f"malformed slot descriptor ({type(exc).__name__}: {exc})") from exc
     block, cursor = None, 0
     if copy and pool is not None:
-        total = sum(align(f[4]) for _, fields in checked for f in fields)
+        total = sum(align(f[4]) for _, fields in checked for f in fields if f[5] != RESULT_REGION)
         if total >= pool.MIN_BYTES:
             block = pool.take(total)
 
@@ -333,8 +392,10 @@ def decode_call(
         nonlocal cursor
         name, meta, _ = entry
         arrays = {}
-        for field, dt, shape, view, nbytes in fields:
-            if block is not None:
+        for field, dt, shape, view, nbytes, region in fields:
+            if region == RESULT_REGION:
+                pass  # already the caller's memory: a writable view
+            elif block is not None:
                 dst = np.ndarray(shape, dt, buffer=block, offset=cursor)
                 copy_into(dst, view)
                 cursor = align(cursor + nbytes)
@@ -354,7 +415,7 @@ def decode_call(
 def _check_entry(reg: CodecRegistry, entry: tuple, regions: tuple[np.ndarray, ...]) -> tuple[str, list]:
     """Validate one descriptor entry against the regions: ``ValueError`` naming what is wrong, before any copy.
 
-    Returns (codec name, [(field, dtype, shape, view, nbytes), ...]) with views into the regions.
+    Returns (codec name, [(field, dtype, shape, view, nbytes, region), ...]) with views into the regions.
     """
     name, _, fields = entry
     if name not in reg.by_name:
@@ -373,9 +434,10 @@ def _check_entry(reg: CodecRegistry, entry: tuple, regions: tuple[np.ndarray, ..
             raise ValueError(f"field {field!r} claims dtype {dt}, which holds Python objects, not raw bytes")
         nbytes = math.prod(shape) * dt.itemsize
         buf = regions[region]
-        if type(offset) is not int or offset < DATA_START or offset + nbytes > buf.nbytes:
+        lowest = 0 if region == RESULT_REGION else DATA_START
+        if type(offset) is not int or offset < lowest or offset + nbytes > buf.nbytes:
             raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
-        out.append((field, dt, shape, np.ndarray(shape, dt, buffer=buf, offset=offset), nbytes))
+        out.append((field, dt, shape, np.ndarray(shape, dt, buffer=buf, offset=offset), nbytes, region))
     return name, out
 
 

@@ -10,12 +10,14 @@
                                                                                              segment_func(walker, ...)
                                                                                              result → output region
     pop_done → k ◀───────────────────────  done ring  ◀─────────────────────────────────────  push_done(k)
-    rebuild walker (one copy, or views)
+    rebuild walker (views of its result block, or of the slot)
 
 Slots are sized from the largest walker of the first cycle (or ``slot_size``, a hard limit)
 and regrown between cycles; more walkers than slots stream through them. Workers block in a
 futex on the ready ring; the manager blocks on the done ring in slices that also check
-worker liveness. A worker never writes a slot's input region, so a walker can always be
+worker liveness. Results are written by the workers straight into blocks of a shared
+*result arena* (`wemap.result_arena`) that the manager returns views of, so the manager copies
+each walker once, in, and the copies out run in the workers, in parallel. A worker never writes a slot's input region, so a walker can always be
 re-run. Each worker also keeps its control pipe: ``("attach", name)`` when the segment is
 (re)made, ``None`` to stop.
 
@@ -36,13 +38,25 @@ from multiprocessing.connection import wait
 from typing import Any
 
 
-from .codec import IN_REGION, OUT_REGION, Codec, CodecRegistry, decode_call, encode_call, read_descriptor, write_call
+from .codec import (
+    DATA_START,
+    IN_REGION,
+    OUT_REGION,
+    Codec,
+    CodecRegistry,
+    decode_call,
+    encode_call,
+    read_descriptor,
+    write_call,
+)
 from .errors import WorkerException
 from .mapper import MapperBase, TaskSpec
 from .memcopy import BlockPool
 from .pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, default_start_method, describe_exitcode
 from ._ring import now_ns
+from .errors import ShmSpaceError
 from .faults import Attempts
+from .result_arena import ResultArena
 from .segment import Segment, remove_stale_segments
 from .shm_worker import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_OVERFLOW, read_failure, ring_loop
 from .worker import Worker
@@ -57,6 +71,9 @@ AUTO_EXTRA = 64 * 1024
 #: automatic slot count: at most this share of the free /dev/shm, and at most this many bytes
 SLOT_BUDGET_FRACTION = 0.25
 SLOT_BUDGET_MAX = 4 * 2**30
+#: walkers with fewer array bytes than this have their results copied by the manager: for small
+#: walkers the workers' extra copy costs more in contention than it saves (bench/README.md)
+SHARED_RESULTS_MIN_BYTES = 2**20
 
 
 class SharedMemWorkerMapper(MapperBase):
@@ -74,6 +91,11 @@ class SharedMemWorkerMapper(MapperBase):
     - ``zero_copy``: return results as read-only views into the segment, valid until the next
       ``map`` call, instead of one copy each. With more walkers than slots, a result whose slot
       is needed again in the same ``map`` is copied out first.
+    - ``shared_results``: (default) for walkers of 1 MiB or more, the workers write each result
+      into a block of shared memory that the manager returns views of (writable, valid for as
+      long as they are referenced; a block is reused once nothing refers to it), so a result
+      is copied once, by a worker, instead of twice. ``False``, smaller walkers, or results the
+      blocks cannot take: the manager copies each result out of its slot into private memory.
 
     The segment function receives read-only views of the walker's arrays (copy them before
     modifying them in place).
@@ -90,6 +112,7 @@ class SharedMemWorkerMapper(MapperBase):
         slot_size: int | None = None,
         num_slots: int | None = None,
         zero_copy: bool = False,
+        shared_results: bool = True,
         start_method: str | None = None,
         start_timeout: float = 120.0,
         stop_timeout: float = 5.0,
@@ -114,6 +137,9 @@ class SharedMemWorkerMapper(MapperBase):
         self.slot_size = slot_size
         self.num_slots = num_slots
         self.zero_copy = zero_copy
+        self.shared_results = shared_results
+        self._arena: ResultArena | None = None
+        self._result_blocks: list = []  # per task of the running cycle: (block, target field) or None
         self.start_method = start_method or default_start_method()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -158,6 +184,10 @@ class SharedMemWorkerMapper(MapperBase):
 
     def _stop(self, abort: bool) -> None:
         self._blocks.clear()
+        self._result_blocks = []
+        arena, self._arena = self._arena, None
+        if arena is not None:
+            arena.retire()
         seg, self._segment, self._views = self._segment, None, []
         if seg is not None:
             seg.ring.close_ready()
@@ -229,6 +259,45 @@ class SharedMemWorkerMapper(MapperBase):
         fit = max(1, budget // (2 * region + 4096))
         return max(1, min(n_tasks, max(fit, 2 * self._worker_count())))
 
+    def _ensure_arena(self, block_needed: int, n_tasks: int) -> ResultArena | None:
+        """The result arena, made or outgrown here: two cycles of blocks within the shared-memory budget."""
+        arena = self._arena
+        want = 2 * n_tasks
+        if arena is not None and arena.block_size >= block_needed and arena.nblocks >= want:
+            return arena
+        try:
+            st = os.statvfs("/dev/shm")
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = SLOT_BUDGET_MAX
+        budget = min(SLOT_BUDGET_MAX, int(free * SLOT_BUDGET_FRACTION))
+        nblocks = min(want, budget // max(1, block_needed))
+        if arena is not None and arena.block_size >= block_needed and arena.nblocks >= nblocks:
+            return arena  # as large as the budget allows
+        if nblocks < 1:
+            logger.info("no room in /dev/shm for result blocks of %d bytes: results are copied by the manager",
+                        block_needed)
+            return arena if arena is not None and arena.block_size >= block_needed else None
+        if arena is not None:
+            self._arena = None
+            arena.retire()
+        try:
+            self._arena = ResultArena(nblocks, block_needed)
+        except ShmSpaceError as exc:
+            logger.info("%s: results are copied by the manager", exc)
+            return None
+        return self._arena
+
+    def _take_result_blocks(self, encoded) -> list:
+        """Per task, a result block for the worker to write into (None: the output region, copied here)."""
+        need = max(e.data_end for e in encoded) - DATA_START
+        if self.zero_copy or not self.shared_results or need < SHARED_RESULTS_MIN_BYTES:
+            return [None] * len(encoded)
+        arena = self._ensure_arena(need + AUTO_EXTRA, len(encoded))
+        if arena is None:
+            return [None] * len(encoded)
+        return [arena.take() for _ in encoded]
+
     # -- map ---------------------------------------------------------------------------------
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
         try:
@@ -255,6 +324,7 @@ class SharedMemWorkerMapper(MapperBase):
     def _run_cycle(self, specs: list[TaskSpec]) -> list[Any]:
         encoded = self._encode(specs)  # every walker checked before anything is written
         self._ensure_segment(max(e.nbytes for e in encoded), len(specs))
+        self._result_blocks = self._take_result_blocks(encoded)
         results: list[Any] = [None] * len(specs)
         attempts = Attempts(self.policy)
         todo = list(range(len(specs)))
@@ -279,6 +349,7 @@ class SharedMemWorkerMapper(MapperBase):
                     self._ensure_segment(self._segment.ring.region_size, len(todo), fresh=True)
         finally:
             self.recovered_segments += attempts.recovered
+            self._result_blocks = []  # the results hold the blocks they use; the rest are free again
         # keep about one cycle of idle result blocks: the next cycle's results reuse them
         self._blocks.trim(keep_bytes=2 * sum(e.nbytes for e in encoded))
         return results
@@ -290,6 +361,7 @@ class SharedMemWorkerMapper(MapperBase):
         """
         ring = self._segment.ring
         views = self._views
+        blocks = self._result_blocks
         pending = deque(todo)
         free = deque(range(ring.nslots))
         in_flight: dict[int, int] = {}
@@ -305,7 +377,8 @@ class SharedMemWorkerMapper(MapperBase):
                 slot, i = free.popleft(), pending.popleft()
                 spec = specs[i]
                 hdr, inp, _ = views[slot]
-                write_call(encoded[i], inp)
+                target = blocks[i]
+                write_call(encoded[i], inp, target[1] if target is not None else None)
                 # task_id, cycle, walker_idx, worker_idx, worker_pid, t_start, t_end, in_nbytes, out_nbytes,
                 # status, flags: one assignment, in the order of the C struct wm_slot_header
                 hdr[()] = (i, spec.cycle_idx, spec.walker_idx, -1, 0, 0, 0, encoded[i].nbytes, 0, -1, 0)
@@ -343,7 +416,8 @@ class SharedMemWorkerMapper(MapperBase):
                 walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
         self._served.add(pid)
         self._worker_segment_times[widx].append(max(0, t1 - t0) * 1e-9)
-        regions = (inp, out)
+        target = self._result_blocks[i]
+        regions = (inp, out) if target is None else (inp, out, target[0])
         try:
             if status == STATUS_CORRUPT:
                 failure = read_failure(regions[OUT_REGION])

@@ -17,6 +17,7 @@ read: the transport, not the segment function, is at fault).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -25,8 +26,22 @@ from typing import Any
 import numpy as np
 
 from ._ring import RingClosed, now_ns
-from .codec import IN_REGION, OUT_REGION, Codec, CodecRegistry, decode_call, encode_call, read_descriptor, write_call
+from .codec import (
+    DATA_START,
+    IN_REGION,
+    OUT_REGION,
+    RESULT_REGION,
+    Codec,
+    CodecRegistry,
+    decode_call,
+    encode_call,
+    read_descriptor,
+    read_target,
+    write_call,
+    write_split,
+)
 from .pool import control_messages
+from .result_arena import ArenaMaps
 from .segment import Segment
 from .worker import Task, TaskFailure, Worker, run_timed
 
@@ -34,6 +49,8 @@ __all__ = ["ring_loop", "serve_segment", "read_failure", "STATUS_OK", "STATUS_FA
            "STATUS_CORRUPT"]
 
 STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW, STATUS_CORRUPT = 0, 1, 2, 3
+
+logger = logging.getLogger(__name__)
 
 
 def _base_address(a: np.ndarray) -> int:
@@ -84,14 +101,38 @@ def read_failure(out: np.ndarray) -> TaskFailure:
     return pickle.loads(out[8 : 8 + n])
 
 
+def _write_result(reg: CodecRegistry, result: Any, where: str, regions, local_ref, target, arenas: ArenaMaps):
+    """Write ``result``: arrays into its result block when it has one that holds them, else into the
+    output region. Returns (status, bytes used in the output region or needed there)."""
+    out = regions[OUT_REGION]
+    block = None
+    if target is not None:
+        try:
+            block = arenas.block(*target)
+        except (OSError, ValueError) as exc:  # the transport's problem: the output region still works
+            logger.warning("cannot write %s into result block %s: %s; using the slot's output region", where, target, exc)
+    if block is not None:
+        enc = encode_call(reg, (result,), {}, where=where, region=RESULT_REGION, start=0)
+        if enc.data_end <= block.nbytes and DATA_START + len(enc.descriptor) <= out.nbytes:
+            write_split(enc, block, out)
+            return STATUS_OK, DATA_START + len(enc.descriptor)
+    enc = encode_call(reg, (result,), {}, where=where, region=OUT_REGION, local_ref=local_ref)
+    if enc.nbytes > out.nbytes:
+        return STATUS_OVERFLOW, enc.nbytes
+    write_call(enc, out)
+    return STATUS_OK, enc.nbytes
+
+
 def serve_segment(
     worker: Worker,
     seg: Segment,
     segment_func: Callable[..., Any],
     reg: CodecRegistry,
     retry_on: tuple[type[BaseException], ...] = (),
+    arenas: ArenaMaps | None = None,
 ) -> None:
     """Worker side: pop a slot, run its walker, write the result, push it back, until the ring closes."""
+    arenas = arenas if arenas is not None else ArenaMaps()
 
     ring = seg.ring
     views = []
@@ -111,8 +152,9 @@ def serve_segment(
         hdr["t_start_ns"] = now_ns()
         hdr["t_end_ns"] = 0
         out = regions[OUT_REGION]
-        corrupt = False
+        corrupt, target = False, None
         try:
+            target = read_target(regions[IN_REGION])
             args, kwargs = decode_call(reg, read_descriptor(regions[IN_REGION]), regions, copy=False, readonly=True)
         except Exception as exc:  # the transport, not the segment function, is at fault
             ok, result, t0, t1, corrupt = False, TaskFailure.capture(exc), 0, 0, True
@@ -122,13 +164,8 @@ def serve_segment(
         status = STATUS_OK
         if ok:
             try:
-                enc = encode_call(reg, (result,), {}, where=f"result of walker {int(hdr['walker_idx'])}",
-                                  region=OUT_REGION, local_ref=local_ref)
-                if enc.nbytes > out.nbytes:
-                    status, nbytes = STATUS_OVERFLOW, enc.nbytes
-                else:
-                    write_call(enc, out)
-                    nbytes = enc.nbytes
+                status, nbytes = _write_result(reg, result, f"result of walker {int(hdr['walker_idx'])}", regions,
+                                               local_ref, target, arenas)
             except Exception as exc:  # the result itself can't be carried: the segment's problem
                 status, nbytes = STATUS_FAILED, _write_failure(out, TaskFailure.capture(exc))
         else:
@@ -150,14 +187,18 @@ def ring_loop(
 ) -> None:
     """Worker process main loop: attach to each segment the manager names, serve it, detach."""
     reg = CodecRegistry(codecs)
-    for _, name in control_messages(conn):
-        try:
-            seg = Segment.attach(name)
-        except FileNotFoundError:  # renewed before this worker got to it: the next message names the new one
-            conn.send(("detached", name))
-            continue
-        try:
-            serve_segment(worker, seg, segment_func, reg, retry_on)
-        finally:
-            seg.close()
-        conn.send(("detached", name))  # the manager may now trust every slot header it reads
+    arenas = ArenaMaps()
+    try:
+        for _, name in control_messages(conn):
+            try:
+                seg = Segment.attach(name)
+            except FileNotFoundError:  # renewed before this worker got to it: the next message names the new one
+                conn.send(("detached", name))
+                continue
+            try:
+                serve_segment(worker, seg, segment_func, reg, retry_on, arenas)
+            finally:
+                seg.close()
+            conn.send(("detached", name))  # the manager may now trust every slot header it reads
+    finally:
+        arenas.close()

@@ -1,0 +1,159 @@
+"""Shared memory for result walkers, written by the workers, owned by whoever keeps the results.
+
+Copying every result out of its slot is the manager's largest cost after the copy in, and
+it is serial: one manager, many workers. So the manager hands each walker a *result block*
+of a shared-memory arena; the worker writes the result's arrays straight into it (the one
+copy a result gets, done by the workers in parallel), and the manager returns views of the
+block. The views are the caller's: writable, valid for as long as they are referenced.
+
+A block is handed out again only when nothing refers to any array of it (numpy views keep
+their block as ``base``, so its reference count tells, as in `wemap.memcopy.BlockPool`).
+The arena holds two cycles of blocks, what a WE loop keeps alive (the walkers going in and
+the ones coming out); a caller keeping more gets plain copies for the rest. A retired arena
+(outgrown, or its mapper cleaned up) loses its name at once and its memory when the last
+view of it goes.
+
+Arena names follow the segments' (``wemap_<pid>_<16 hex>``), so the stale-segment sweep and
+the resource tracker clean up after a manager that died.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+from .codec import TARGET_NAME_MAX, pack_target
+from .errors import ShmSpaceError
+from .segment import _SHM_FIX, _discard, _free_bytes, _open_untracked, _reserve, segment_name
+
+__all__ = ["ResultArena", "ArenaMaps"]
+
+logger = logging.getLogger(__name__)
+
+#: references to an idle block seen from `ResultArena.take`: the arena's list, the loop
+#: variable and getrefcount's argument; every array carved from the block adds one
+_IDLE_REFS = 3
+
+
+class ResultArena:
+    """Manager side: ``nblocks`` blocks of ``block_size`` bytes in one shared-memory segment."""
+
+    def __init__(self, nblocks: int, block_size: int, *, shm_dir: str = "/dev/shm") -> None:
+        """Create and reserve the arena; `ShmSpaceError` (leaving nothing behind) when it does not fit."""
+        if nblocks <= 0 or block_size <= 0:
+            raise ValueError(f"a result arena needs blocks: got {nblocks} blocks of {block_size} bytes")
+        block_size = (block_size + 4095) & ~4095  # page-aligned blocks: no false sharing between workers
+        size = nblocks * block_size
+        free = _free_bytes(shm_dir)
+        if free is not None and size > free:
+            raise ShmSpaceError(f"the result arena needs {size:,} bytes but {shm_dir} has {free:,} free; {_SHM_FIX}")
+        name = segment_name()
+        assert len(name.encode()) <= TARGET_NAME_MAX, name
+        shm = SharedMemory(name=name, create=True, size=size)
+        try:
+            _reserve(shm, size)
+        except OSError as exc:
+            _discard(shm)
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                raise ShmSpaceError(f"the result arena needs {size:,} bytes: {exc}; {_SHM_FIX}") from exc
+            raise
+        self._shm: SharedMemory | None = shm
+        self.name = name
+        self.block_size = block_size
+        self.nblocks = nblocks
+        self.size = size
+        # each block over its own memoryview: numpy collapses a view's ``base`` to the first
+        # array that does not view another array, so views of a block count on the block itself
+        mem = shm.buf
+        self._blocks = [np.frombuffer(mem[k * block_size : (k + 1) * block_size], dtype=np.uint8)
+                        for k in range(nblocks)]
+        self._targets = [pack_target(name, k * block_size, block_size) for k in range(nblocks)]
+        del mem
+        logger.debug("result arena %s: %d blocks x %d bytes", name, nblocks, block_size)
+
+    def take(self) -> tuple[np.ndarray, bytes] | None:
+        """An idle block and the input-region field naming it, or None when every block is in use.
+
+        The caller holds the returned block while the cycle runs, which keeps it from being
+        handed out twice.
+        """
+        blocks = self._blocks
+        for k in range(len(blocks)):  # not enumerate: its reused result tuple would hold a reference
+            block = blocks[k]
+            if sys.getrefcount(block) <= _IDLE_REFS:
+                return block, self._targets[k]
+        return None
+
+    def in_use(self) -> int:
+        """How many blocks something still refers to."""
+        return sum(sys.getrefcount(b) > _IDLE_REFS for b in self._blocks)
+
+    def retire(self) -> None:
+        """Remove the name now; the memory goes with the last view of it. Idempotent."""
+        shm, self._shm = self._shm, None
+        if shm is None:
+            return
+        self._blocks, self._targets = [], []
+        try:
+            shm.unlink()
+        except FileNotFoundError:  # swept by someone else: still drop the tracker's registration
+            from multiprocessing import resource_tracker
+
+            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        try:
+            shm.close()
+        except BufferError:  # results still refer to it: the mapping goes with them
+            shm._buf = None  # type: ignore[attr-defined]
+            shm._mmap = None  # type: ignore[attr-defined]
+            if shm._fd >= 0:  # type: ignore[attr-defined]
+                os.close(shm._fd)  # type: ignore[attr-defined]
+                shm._fd = -1  # type: ignore[attr-defined]
+        logger.debug("result arena %s retired", self.name)
+
+    def __repr__(self) -> str:
+        state = "retired" if self._shm is None else f"{self.in_use()} in use"
+        return f"<ResultArena {self.name} {self.nblocks} x {self.block_size} bytes, {state}>"
+
+
+class ArenaMaps:
+    """Worker side: the arenas this worker writes results into, attached once, untracked.
+
+    The manager uses one arena at a time, so a worker keeps the newest two mapped and drops
+    older ones (a retired arena's memory is freed only once no process maps it).
+    """
+
+    KEEP = 2
+
+    def __init__(self) -> None:
+        self._maps: dict[str, tuple[SharedMemory, np.ndarray]] = {}
+
+    def block(self, name: str, offset: int, size: int) -> np.ndarray:
+        """A writable uint8 view of ``size`` bytes at ``offset`` of arena ``name``."""
+        entry = self._maps.get(name)
+        if entry is None:
+            shm = _open_untracked(name)
+            entry = (shm, np.frombuffer(shm.buf, dtype=np.uint8))
+            self._maps[name] = entry
+            while len(self._maps) > self.KEEP:
+                self._drop(next(iter(self._maps)))
+        buf = entry[1]
+        if offset + size > buf.nbytes:
+            raise ValueError(f"result block ({offset}, {size} bytes) lies outside arena {name} ({buf.nbytes} bytes)")
+        return buf[offset : offset + size]
+
+    def _drop(self, name: str) -> None:
+        shm, buf = self._maps.pop(name)
+        del buf  # our own view would keep the mapping exported
+        try:
+            shm.close()
+        except BufferError as exc:  # a view is still alive somewhere in this worker
+            logger.debug("arena %s still has views in this worker: %s", name, exc)
+
+    def close(self) -> None:
+        for name in list(self._maps):
+            self._drop(name)
