@@ -194,3 +194,15 @@ def test_fresh_segment_hands_back_new_arrays_with_the_same_contents():
         np.testing.assert_array_equal(out.state[k], v)
     assert out.weight == w.weight
     assert fresh_segment(w).state["positions"] is out.state["positions"], "made once per process, then reused"
+
+
+def test_memory_budget_follows_a_cgroup_limit(tmp_path):
+    from wemap.benchmarks.matrix import _cgroup_room
+
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    assert _cgroup_room(str(tmp_path)) is None
+    (tmp_path / "memory.max").write_text(f"{8 * 2**30}\n")
+    (tmp_path / "memory.current").write_text(f"{3 * 2**30}\n")
+    assert _cgroup_room(str(tmp_path)) == 5 * 2**30
+    assert _cgroup_room(str(tmp_path / "nothing-here")) is None

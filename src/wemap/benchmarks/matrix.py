@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import shutil
 import statistics
 import traceback
@@ -67,9 +68,30 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's memory cgroup still allows (a container's --memory, a SLURM job's), or None."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),  # cgroup v2
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):  # v1
+        try:
+            with open(os.path.join(root, limit_file)) as f:
+                limit = f.read().strip()
+            with open(os.path.join(root, usage_file)) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:  # no limit
+            return None
+        return max(0, int(limit) - usage)
+    return None
+
+
 def _budget(spec: MatrixSpec) -> tuple[int, int | None]:
-    """(RAM bytes a cell may plan for, free /dev/shm bytes or None)."""
-    ram = int(psutil.virtual_memory().available * MEMORY_HEADROOM)
+    """(RAM bytes a cell may plan for, free /dev/shm bytes or None); a cgroup limit counts too."""
+    available = psutil.virtual_memory().available
+    room = _cgroup_room()
+    if room is not None:
+        available = min(available, room)
+    ram = int(available * MEMORY_HEADROOM)
     if spec.memory_budget_bytes is not None:
         ram = min(ram, spec.memory_budget_bytes)
     try:
