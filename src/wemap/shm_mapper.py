@@ -76,6 +76,16 @@ SLOT_BUDGET_MAX = 4 * 2**30
 SHARED_RESULTS_MIN_BYTES = 2**20
 
 
+def _shm_budget() -> int:
+    """Bytes of ``/dev/shm`` one pool of slots or of result blocks may plan for (a share of what is free)."""
+    try:
+        st = os.statvfs("/dev/shm")
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = SLOT_BUDGET_MAX
+    return min(SLOT_BUDGET_MAX, int(free * SLOT_BUDGET_FRACTION))
+
+
 class SharedMemWorkerMapper(MapperBase):
     """Persistent worker processes fed through a shared-memory slot ring; nothing large is pickled.
 
@@ -250,12 +260,7 @@ class SharedMemWorkerMapper(MapperBase):
         The budget (``SLOT_BUDGET_FRACTION`` of free ``/dev/shm``, at most ``SLOT_BUDGET_MAX``)
         keeps large systems streaming through fewer slots; never fewer than two per worker.
         """
-        try:
-            st = os.statvfs("/dev/shm")
-            free = st.f_bavail * st.f_frsize
-        except OSError:
-            free = SLOT_BUDGET_MAX
-        budget = min(SLOT_BUDGET_MAX, int(free * SLOT_BUDGET_FRACTION))
+        budget = _shm_budget()
         fit = max(1, budget // (2 * region + 4096))
         return max(1, min(n_tasks, max(fit, 2 * self._worker_count())))
 
@@ -265,12 +270,7 @@ class SharedMemWorkerMapper(MapperBase):
         want = 2 * n_tasks
         if arena is not None and arena.block_size >= block_needed and arena.nblocks >= want:
             return arena
-        try:
-            st = os.statvfs("/dev/shm")
-            free = st.f_bavail * st.f_frsize
-        except OSError:
-            free = SLOT_BUDGET_MAX
-        budget = min(SLOT_BUDGET_MAX, int(free * SLOT_BUDGET_FRACTION))
+        budget = _shm_budget()
         nblocks = min(want, budget // max(1, block_needed))
         if arena is not None and arena.block_size >= block_needed and arena.nblocks >= nblocks:
             return arena  # as large as the budget allows
