@@ -275,3 +275,15 @@ def test_outgrown_arena_loses_its_name_and_its_results_live_on(shared_results_fo
         third = m.map(small, [1, 1])
     assert first == third == [segfuncs.displace(w, 1) for w in small]
     assert second == [segfuncs.displace(w, 1) for w in large]
+
+
+def test_no_room_for_result_blocks_falls_back_to_copies(shared_results_for_any_size, monkeypatch):
+    """A small /dev/shm (Docker's 64 MB) leaves no room for the arena: results are copied, nothing fails."""
+    from wemap import shm_mapper
+
+    monkeypatch.setattr(shm_mapper, "_shm_budget", lambda: 10_000)
+    ws = walkers(3, 1000)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        out = m.map(ws, [1] * 3)
+        assert m._arena is None
+    assert out == [segfuncs.displace(w, 1) for w in ws]
