@@ -209,9 +209,7 @@ def shared_results_for_any_size(monkeypatch):
 
 
 def _arena_holds(m, arr) -> bool:
-    base = m._arena._blocks[0].__array_interface__["data"][0]
-    addr = arr.__array_interface__["data"][0]
-    return base <= addr < base + m._arena.size
+    return m._arena.holds(arr)
 
 
 def test_results_are_written_by_the_workers_into_shared_blocks(shared_results_for_any_size):
@@ -287,3 +285,20 @@ def test_no_room_for_result_blocks_falls_back_to_copies(shared_results_for_any_s
         out = m.map(ws, [1] * 3)
         assert m._arena is None
     assert out == [segfuncs.displace(w, 1) for w in ws]
+
+
+def test_retired_arena_is_unmapped_everywhere_once_its_results_go(shared_results_for_any_size):
+    """A retired arena's pages are freed only when no process maps it: workers must let go too."""
+    def mapped(pid, name):
+        with open(f"/proc/{pid}/maps") as f:
+            return name in f.read()
+
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        first = m.map(walkers(2, 200), [1, 1])
+        old = m._arena.name
+        m.map(walkers(2, 5000), [1, 1])  # outgrows the arena: a new one, the old one retired
+        pids = [w.pid for w in m._pool.workers]
+        assert mapped(os.getpid(), old), "the kept results still map the retired arena"
+        del first
+        assert not mapped(os.getpid(), old)
+        assert not any(mapped(pid, old) for pid in pids), "a worker still maps the retired arena"

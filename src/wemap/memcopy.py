@@ -9,8 +9,8 @@ they do.
 from __future__ import annotations
 
 import os
-import sys
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -71,36 +71,35 @@ def copy_of(src: np.ndarray) -> np.ndarray:
     return dst
 
 
-#: references to an idle block seen from a loop over the pool: the pool's list, the loop
-#: variable and getrefcount's own argument; any array carved from it adds one (its ``base``)
-_IDLE_REFS = 3
-
-
 class BlockPool:
     """Reusable memory for result walkers, so a steady WE loop stops paying page faults.
 
     Copying a result out of shared memory into freshly allocated arrays costs about as much
     again as the copy itself: glibc hands large freed blocks back to the kernel, and the next
     cycle faults and zeroes them anew. Each result walker's arrays are instead carved from one
-    block; once nothing refers to any array of a block (numpy views keep their block as
-    ``base``, so its reference count tells), the block is handed out again. One block per
-    walker bounds what a kept array can pin: the rest of its own walker, never a whole cycle.
+    block; once nothing refers to any array of a block, the block is handed out again. Each
+    time, the caller gets a new array over the block's memory (through a memoryview, so numpy
+    makes that array the ``base`` of every view carved from it) and the pool keeps only a weak
+    reference to it, which dies with the last view. One block per walker bounds what a kept
+    array can pin: the rest of its own walker, never a whole cycle.
     """
 
     #: results smaller than this are plain copies: a block would not pay for itself
     MIN_BYTES = 64 * 1024
 
     def __init__(self) -> None:
-        self._blocks: dict[int, list[np.ndarray]] = {}
+        # per size: [memory, weak reference to the array last handed out over it]
+        self._blocks: dict[int, list[list]] = {}
 
     def take(self, nbytes: int) -> np.ndarray:
         """A uint8 block of exactly ``nbytes`` that no live array uses."""
         bucket = self._blocks.setdefault(nbytes, [])
-        for block in bucket:
-            if sys.getrefcount(block) <= _IDLE_REFS:
-                return block
-        block = np.empty(nbytes, dtype=np.uint8)
-        bucket.append(block)
+        entry = next((e for e in bucket if e[1] is None or e[1]() is None), None)
+        if entry is None:
+            entry = [memoryview(np.empty(nbytes, dtype=np.uint8)), None]
+            bucket.append(entry)
+        block = np.frombuffer(entry[0], dtype=np.uint8)
+        entry[1] = weakref.ref(block)
         return block
 
     def trim(self, keep_bytes: int) -> None:
@@ -108,12 +107,12 @@ class BlockPool:
         kept = 0
         for size, bucket in list(self._blocks.items()):
             live = []
-            for block in bucket:
-                if sys.getrefcount(block) > _IDLE_REFS:
-                    live.append(block)
+            for entry in bucket:
+                if entry[1] is not None and entry[1]() is not None:
+                    live.append(entry)
                 elif kept + size <= keep_bytes:
                     kept += size
-                    live.append(block)
+                    live.append(entry)
             if live:
                 self._blocks[size] = live
             else:

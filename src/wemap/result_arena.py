@@ -6,8 +6,10 @@ of a shared-memory arena; the worker writes the result's arrays straight into it
 copy a result gets, done by the workers in parallel), and the manager returns views of the
 block. The views are the caller's: writable, valid for as long as they are referenced.
 
-A block is handed out again only when nothing refers to any array of it (numpy views keep
-their block as ``base``, so its reference count tells, as in `wemap.memcopy.BlockPool`).
+A block is handed out again only when nothing refers to any array of it: each time a block is
+handed out it is a new array over the block's memory, numpy views keep that array as their
+``base``, and the arena keeps only a weak reference to it, which dies with the last view (as in
+`wemap.memcopy.BlockPool`; no reference counts, whose meaning changes between Pythons).
 The arena holds two cycles of blocks, what a WE loop keeps alive (the walkers going in and
 the ones coming out); a caller keeping more gets plain copies for the rest. A retired arena
 (outgrown, or its mapper cleaned up) loses its name at once and its memory when the last
@@ -22,7 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import sys
+import weakref
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
@@ -34,11 +36,6 @@ from .segment import _SHM_FIX, _discard, _free_bytes, _open_untracked, _reserve,
 __all__ = ["ResultArena", "ArenaMaps"]
 
 logger = logging.getLogger(__name__)
-
-#: references to an idle block seen from `ResultArena.take`: the arena's list, the loop
-#: variable and getrefcount's argument; every array carved from the block adds one
-_IDLE_REFS = 3
-
 
 class ResultArena:
     """Manager side: ``nblocks`` blocks of ``block_size`` bytes in one shared-memory segment."""
@@ -67,11 +64,12 @@ class ResultArena:
         self.block_size = block_size
         self.nblocks = nblocks
         self.size = size
-        # each block over its own memoryview: numpy collapses a view's ``base`` to the first
-        # array that does not view another array, so views of a block count on the block itself
+        # each block's memory as its own memoryview: an array over it is not a view of another
+        # array, so numpy makes it the ``base`` of every view carved from it
         mem = shm.buf
-        self._blocks = [np.frombuffer(mem[k * block_size : (k + 1) * block_size], dtype=np.uint8)
-                        for k in range(nblocks)]
+        self._base = np.frombuffer(mem, dtype=np.uint8, count=1).__array_interface__["data"][0]
+        self._mems = [mem[k * block_size : (k + 1) * block_size] for k in range(nblocks)]
+        self._handed: list[weakref.ref | None] = [None] * nblocks  # the array last handed out per block
         self._targets = [pack_target(name, k * block_size, block_size) for k in range(nblocks)]
         del mem
         logger.debug("result arena %s: %d blocks x %d bytes", name, nblocks, block_size)
@@ -82,23 +80,28 @@ class ResultArena:
         The caller holds the returned block while the cycle runs, which keeps it from being
         handed out twice.
         """
-        blocks = self._blocks
-        for k in range(len(blocks)):  # not enumerate: its reused result tuple would hold a reference
-            block = blocks[k]
-            if sys.getrefcount(block) <= _IDLE_REFS:
+        for k, handed in enumerate(self._handed):
+            if handed is None or handed() is None:
+                block = np.frombuffer(self._mems[k], dtype=np.uint8)
+                self._handed[k] = weakref.ref(block)
                 return block, self._targets[k]
         return None
 
+    def holds(self, arr: np.ndarray) -> bool:
+        """Whether ``arr``'s data lies in this arena."""
+        addr = arr.__array_interface__["data"][0]
+        return self._base <= addr < self._base + self.size
+
     def in_use(self) -> int:
         """How many blocks something still refers to."""
-        return sum(sys.getrefcount(b) > _IDLE_REFS for b in self._blocks)
+        return sum(h is not None and h() is not None for h in self._handed)
 
     def retire(self) -> None:
         """Remove the name now; the memory goes with the last view of it. Idempotent."""
         shm, self._shm = self._shm, None
         if shm is None:
             return
-        self._blocks, self._targets = [], []
+        self._mems, self._handed, self._targets = [], [], []
         try:
             shm.unlink()
         except FileNotFoundError:  # swept by someone else: still drop the tracker's registration
@@ -121,13 +124,14 @@ class ResultArena:
 
 
 class ArenaMaps:
-    """Worker side: the arenas this worker writes results into, attached once, untracked.
+    """Worker side: the arena this worker writes results into, attached once, untracked.
 
-    The manager uses one arena at a time, so a worker keeps the newest two mapped and drops
-    older ones (a retired arena's memory is freed only once no process maps it).
+    The manager uses one arena at a time, so a worker keeps only the one it last wrote into
+    and drops the others (a retired arena's memory is freed only once no process maps it);
+    `close` drops them all, as a worker does whenever it leaves a segment.
     """
 
-    KEEP = 2
+    KEEP = 1
 
     def __init__(self) -> None:
         self._maps: dict[str, tuple[SharedMemory, np.ndarray]] = {}

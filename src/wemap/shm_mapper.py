@@ -54,7 +54,6 @@ from .mapper import MapperBase, TaskSpec
 from .memcopy import BlockPool
 from .pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, default_start_method, describe_exitcode
 from ._ring import now_ns
-from .errors import ShmSpaceError
 from .faults import Attempts
 from .result_arena import ResultArena
 from .segment import Segment, remove_stale_segments
@@ -76,14 +75,18 @@ SLOT_BUDGET_MAX = 4 * 2**30
 SHARED_RESULTS_MIN_BYTES = 2**20
 
 
-def _shm_budget() -> int:
-    """Bytes of ``/dev/shm`` one pool of slots or of result blocks may plan for (a share of what is free)."""
+def _shm_free() -> int:
+    """Bytes free in ``/dev/shm`` (``SLOT_BUDGET_MAX`` when it cannot be read)."""
     try:
         st = os.statvfs("/dev/shm")
-        free = st.f_bavail * st.f_frsize
+        return st.f_bavail * st.f_frsize
     except OSError:
-        free = SLOT_BUDGET_MAX
-    return min(SLOT_BUDGET_MAX, int(free * SLOT_BUDGET_FRACTION))
+        return SLOT_BUDGET_MAX
+
+
+def _shm_budget() -> int:
+    """Bytes of ``/dev/shm`` one pool of slots or of result blocks may plan for (a share of what is free)."""
+    return min(SLOT_BUDGET_MAX, int(_shm_free() * SLOT_BUDGET_FRACTION))
 
 
 class SharedMemWorkerMapper(MapperBase):
@@ -196,8 +199,11 @@ class SharedMemWorkerMapper(MapperBase):
         self._blocks.clear()
         self._result_blocks = []
         arena, self._arena = self._arena, None
-        if arena is not None:
-            arena.retire()
+        try:
+            if arena is not None:
+                arena.retire()
+        except Exception as exc:  # the workers and the segment must go whatever happened here
+            logger.warning("could not retire result arena %s: %s", arena.name, exc)
         seg, self._segment, self._views = self._segment, None, []
         if seg is not None:
             seg.ring.close_ready()
@@ -270,21 +276,26 @@ class SharedMemWorkerMapper(MapperBase):
         want = 2 * n_tasks
         if arena is not None and arena.block_size >= block_needed and arena.nblocks >= want:
             return arena
-        budget = _shm_budget()
+        # the slots come first: leave them room to be made again twice as large (results that
+        # overflow, walkers that grow), so the arena never turns a regrow into a ShmSpaceError
+        seg_size = self._segment.size if self._segment is not None else 0
+        budget = min(_shm_budget(), max(0, _shm_free() - 3 * seg_size))
+        if arena is not None:
+            budget += arena.size  # it goes if it is replaced
         nblocks = min(want, budget // max(1, block_needed))
         if arena is not None and arena.block_size >= block_needed and arena.nblocks >= nblocks:
             return arena  # as large as the budget allows
-        if nblocks < 1:
-            logger.info("no room in /dev/shm for result blocks of %d bytes: results are copied by the manager",
-                        block_needed)
-            return arena if arena is not None and arena.block_size >= block_needed else None
         if arena is not None:
             self._arena = None
             arena.retire()
+        if nblocks < 1:
+            logger.info("no room in /dev/shm for result blocks of %d bytes: results are copied by the manager",
+                        block_needed)
+            return None
         try:
             self._arena = ResultArena(nblocks, block_needed)
-        except ShmSpaceError as exc:
-            logger.info("%s: results are copied by the manager", exc)
+        except Exception as exc:  # only an optimisation: never a reason for a map to fail
+            logger.warning("no result arena (%s: %s): results are copied by the manager", type(exc).__name__, exc)
             return None
         return self._arena
 

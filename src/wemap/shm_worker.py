@@ -199,6 +199,7 @@ def ring_loop(
                 serve_segment(worker, seg, segment_func, reg, retry_on, arenas)
             finally:
                 seg.close()
+                arenas.close()  # the manager may retire its arena next: hold none of its pages
             conn.send(("detached", name))  # the manager may now trust every slot header it reads
     finally:
         arenas.close()
