@@ -157,7 +157,8 @@ def serve_segment(
             target = read_target(regions[IN_REGION])
             args, kwargs = decode_call(reg, read_descriptor(regions[IN_REGION]), regions, copy=False, readonly=True)
         except Exception as exc:  # the transport, not the segment function, is at fault
-            ok, result, t0, t1, corrupt = False, TaskFailure.capture(exc), 0, 0, True
+            now = now_ns()  # a finished slot, for a salvage that reads the headers
+            ok, result, t0, t1, corrupt = False, TaskFailure.capture(exc), now, now, True
         else:
             ok, result, _, t0, t1 = run_timed(worker, Task(segment_func, *args, **kwargs), retry_on)
             del args, kwargs
