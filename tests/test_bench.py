@@ -206,3 +206,29 @@ def test_memory_budget_follows_a_cgroup_limit(tmp_path):
     (tmp_path / "memory.current").write_text(f"{3 * 2**30}\n")
     assert _cgroup_room(str(tmp_path)) == 5 * 2**30
     assert _cgroup_room(str(tmp_path / "nothing-here")) is None
+
+
+def test_wepy_runner_gets_each_workers_device(monkeypatch):
+    """In the OpenMM section wepy's runner, like wemap's, runs each worker on that worker's device."""
+    import wemap
+    from wemap.benchmarks.openmm_section import TimedWepySegment
+    from wemap.worker import _set_current
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    seen = []
+
+    class Runner:
+        _last_cycle_segments_split_times = [{"steps_time": 0.0}]
+
+        def run_segment(self, walker, segment_length, platform_kwargs=None):
+            seen.append(platform_kwargs)
+            return type("W", (), {})()
+
+    segment = TimedWepySegment(Runner(), "CUDA", num_workers=2, devices=[4, 6])
+    for idx in (0, 1):
+        previous = _set_current(wemap.Worker(idx, 2))
+        try:
+            segment(object(), 10)
+        finally:
+            _set_current(previous)
+    assert seen == [{"DeviceIndex": "4"}, {"DeviceIndex": "6"}]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["run_openmm_section", "TimedWepySegment", "availability"]
@@ -36,13 +37,26 @@ def availability() -> str | None:
 
 
 class TimedWepySegment:
-    """wepy's ``run_segment``, with that segment's split times carried back on the walker it returns."""
+    """wepy's ``run_segment``, with that segment's split times carried back on the walker it returns.
 
-    def __init__(self, runner: Any) -> None:
+    Each worker passes its own platform properties (its ``DeviceIndex`` on a GPU), as wepy's GPU
+    workers do and as wemap's runner gets them, so both runners spread over the same devices.
+    """
+
+    def __init__(self, runner: Any, platform: str = "CPU", num_workers: int = 1,
+                 devices: Sequence[int] | None = None) -> None:
         self.runner = runner
+        self.platform = platform
+        self.num_workers = num_workers
+        self.devices = devices
 
     def __call__(self, walker: Any, segment_length: int, **kwargs: Any) -> Any:
-        out = self.runner.run_segment(walker, segment_length)
+        from wemap.openmm import platform_properties_for
+        from wemap.worker import current_worker
+
+        w = current_worker()
+        props = platform_properties_for(self.platform, w.worker_idx if w else 0, self.num_workers, self.devices)
+        out = self.runner.run_segment(walker, segment_length, platform_kwargs=props)
         out.segment_split_times = dict(self.runner._last_cycle_segments_split_times[-1])
         return out
 
@@ -153,7 +167,8 @@ def run_openmm_section(
         props = platform_properties_for(platform, 0, n_workers, devices=devices)
         wepy_runner, wepy_walkers = _wepy_runner_and_walkers(box, platform, props, start[0], walkers)
         rows.append(_drive(
-            "wepy OpenMMRunner", mapper, n_workers, processes, TimedWepySegment(wepy_runner), wepy_walkers, steps,
+            "wepy OpenMMRunner", mapper, n_workers, processes,
+            TimedWepySegment(wepy_runner, platform, n_workers, devices), wepy_walkers, steps,
             cycles, lambda stats, out: sum(w.segment_split_times["steps_time"] for w in out),
         ))
     ref = next((r for r in rows if r["runner"] == "wepy OpenMMRunner"), None)
