@@ -25,12 +25,13 @@ try:
     MAPPERS["SharedMemWorkerMapper"] = wemap.SharedMemWorkerMapper
 except ImportError as exc:  # the compiled ring is part of every install; say why it is missing
     pytest.fail(f"wemap.SharedMemWorkerMapper could not be imported: {exc}", pytrace=False)
-try:  # optional extra: the suite runs without dask
+try:  # optional extra: the suite runs without dask, but a dask that is there and broken is a failure
     from wemap.dask_mapper import DaskMapper
 
     MAPPERS["DaskMapper"] = DaskMapper
-except ImportError:
-    pass
+except ModuleNotFoundError as exc:
+    if exc.name not in ("dask", "distributed"):
+        raise
 PROCESS_MAPPERS = [name for name in MAPPERS if name != "Mapper"]
 
 pytestmark = pytest.mark.timeout(60)

@@ -56,7 +56,9 @@ try:
     import distributed
     from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(f"wemap.DaskMapper needs dask.distributed: pip install 'wemap[dask]' ({exc})") from exc
+    # same type and module name (ModuleNotFoundError when it is missing), a message saying what to install
+    raise type(exc)(f"wemap.DaskMapper needs dask.distributed: pip install 'wemap[dask]' ({exc})",
+                    name=exc.name) from exc
 
 from .errors import WorkerException
 from .faults import Attempts
