@@ -49,4 +49,4 @@ def test_trim_frees_idle_blocks_beyond_the_budget_and_keeps_live_ones():
     pool.trim(keep_bytes=1 << 16)
     kept = pool._blocks[1 << 16]
     assert len(kept) == 2, "the live block and one idle block within the budget"
-    assert any(np.shares_memory(np.frombuffer(memory, np.uint8), held) for memory, _ in kept)
+    assert any(np.shares_memory(np.frombuffer(k.memory, np.uint8), held) for k in kept)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["copy_into", "copy_of", "BlockPool", "PARALLEL_MIN_BYTES"]
+__all__ = ["copy_into", "copy_of", "BlockPool", "ReusableMemory", "PARALLEL_MIN_BYTES"]
 
 #: arrays smaller than this are copied by the calling thread
 PARALLEL_MIN_BYTES = 4 * 2**20
@@ -71,48 +71,66 @@ def copy_of(src: np.ndarray) -> np.ndarray:
     return dst
 
 
+class ReusableMemory:
+    """Memory handed out as a new uint8 array each time, reusable once nothing refers to that array.
+
+    The array is made over a memoryview, so it is not a view of another array and numpy makes
+    it the ``base`` of every view carved from it; a weak reference to it dies with the last
+    such view. (Reference counts would tell too, but what they count changes between Pythons.)
+    """
+
+    __slots__ = ("memory", "_handed")
+
+    def __init__(self, memory: memoryview) -> None:
+        self.memory = memory
+        self._handed: weakref.ref | None = None
+
+    def idle(self) -> bool:
+        return self._handed is None or self._handed() is None
+
+    def hand_out(self) -> np.ndarray:
+        array = np.frombuffer(self.memory, dtype=np.uint8)
+        self._handed = weakref.ref(array)
+        return array
+
+
 class BlockPool:
     """Reusable memory for result walkers, so a steady WE loop stops paying page faults.
 
     Copying a result out of shared memory into freshly allocated arrays costs about as much
     again as the copy itself: glibc hands large freed blocks back to the kernel, and the next
     cycle faults and zeroes them anew. Each result walker's arrays are instead carved from one
-    block; once nothing refers to any array of a block, the block is handed out again. Each
-    time, the caller gets a new array over the block's memory (through a memoryview, so numpy
-    makes that array the ``base`` of every view carved from it) and the pool keeps only a weak
-    reference to it, which dies with the last view. One block per walker bounds what a kept
-    array can pin: the rest of its own walker, never a whole cycle.
+    block (a `ReusableMemory`), handed out again once nothing refers to any array of it. One
+    block per walker bounds what a kept array can pin: the rest of its own walker, never a
+    whole cycle.
     """
 
     #: results smaller than this are plain copies: a block would not pay for itself
     MIN_BYTES = 64 * 1024
 
     def __init__(self) -> None:
-        # per size: [memory, weak reference to the array last handed out over it]
-        self._blocks: dict[int, list[list]] = {}
+        self._blocks: dict[int, list[ReusableMemory]] = {}
 
     def take(self, nbytes: int) -> np.ndarray:
         """A uint8 block of exactly ``nbytes`` that no live array uses."""
         bucket = self._blocks.setdefault(nbytes, [])
-        entry = next((e for e in bucket if e[1] is None or e[1]() is None), None)
-        if entry is None:
-            entry = [memoryview(np.empty(nbytes, dtype=np.uint8)), None]
-            bucket.append(entry)
-        block = np.frombuffer(entry[0], dtype=np.uint8)
-        entry[1] = weakref.ref(block)
-        return block
+        block = next((b for b in bucket if b.idle()), None)
+        if block is None:
+            block = ReusableMemory(memoryview(np.empty(nbytes, dtype=np.uint8)))
+            bucket.append(block)
+        return block.hand_out()
 
     def trim(self, keep_bytes: int) -> None:
         """Free idle blocks beyond ``keep_bytes`` (call after each cycle)."""
         kept = 0
         for size, bucket in list(self._blocks.items()):
             live = []
-            for entry in bucket:
-                if entry[1] is not None and entry[1]() is not None:
-                    live.append(entry)
+            for block in bucket:
+                if not block.idle():
+                    live.append(block)
                 elif kept + size <= keep_bytes:
                     kept += size
-                    live.append(entry)
+                    live.append(block)
             if live:
                 self._blocks[size] = live
             else:

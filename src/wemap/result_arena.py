@@ -6,10 +6,8 @@ of a shared-memory arena; the worker writes the result's arrays straight into it
 copy a result gets, done by the workers in parallel), and the manager returns views of the
 block. The views are the caller's: writable, valid for as long as they are referenced.
 
-A block is handed out again only when nothing refers to any array of it: each time a block is
-handed out it is a new array over the block's memory, numpy views keep that array as their
-``base``, and the arena keeps only a weak reference to it, which dies with the last view (as in
-`wemap.memcopy.BlockPool`; no reference counts, whose meaning changes between Pythons).
+A block is handed out again only when nothing refers to any array of it (each block is a
+`wemap.memcopy.ReusableMemory`, as `BlockPool`'s are).
 The arena holds two cycles of blocks, what a WE loop keeps alive (the walkers going in and
 the ones coming out); a caller keeping more gets plain copies for the rest. A retired arena
 (outgrown, or its mapper cleaned up) loses its name at once and its memory when the last
@@ -21,17 +19,14 @@ the resource tracker clean up after a manager that died.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import weakref
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
 from .codec import TARGET_NAME_MAX, pack_target
-from .errors import ShmSpaceError
-from .segment import _SHM_FIX, _discard, _free_bytes, _open_untracked, _reserve, segment_name
+from .memcopy import ReusableMemory
+from .segment import _open_untracked, close_or_hand_over, create_reserved, unlink_owned
 
 __all__ = ["ResultArena", "ArenaMaps"]
 
@@ -46,30 +41,17 @@ class ResultArena:
             raise ValueError(f"a result arena needs blocks: got {nblocks} blocks of {block_size} bytes")
         block_size = (block_size + 4095) & ~4095  # page-aligned blocks: no false sharing between workers
         size = nblocks * block_size
-        free = _free_bytes(shm_dir)
-        if free is not None and size > free:
-            raise ShmSpaceError(f"the result arena needs {size:,} bytes but {shm_dir} has {free:,} free; {_SHM_FIX}")
-        name = segment_name()
+        shm = create_reserved(size, f"the result arena ({nblocks} blocks of {block_size:,} bytes)", shm_dir)
+        name = shm.name
         assert len(name.encode()) <= TARGET_NAME_MAX, name
-        shm = SharedMemory(name=name, create=True, size=size)
-        try:
-            _reserve(shm, size)
-        except OSError as exc:
-            _discard(shm)
-            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
-                raise ShmSpaceError(f"the result arena needs {size:,} bytes: {exc}; {_SHM_FIX}") from exc
-            raise
         self._shm: SharedMemory | None = shm
         self.name = name
         self.block_size = block_size
         self.nblocks = nblocks
         self.size = size
-        # each block's memory as its own memoryview: an array over it is not a view of another
-        # array, so numpy makes it the ``base`` of every view carved from it
         mem = shm.buf
         self._base = np.frombuffer(mem, dtype=np.uint8, count=1).__array_interface__["data"][0]
-        self._mems = [mem[k * block_size : (k + 1) * block_size] for k in range(nblocks)]
-        self._handed: list[weakref.ref | None] = [None] * nblocks  # the array last handed out per block
+        self._blocks = [ReusableMemory(mem[k * block_size : (k + 1) * block_size]) for k in range(nblocks)]
         self._targets = [pack_target(name, k * block_size, block_size) for k in range(nblocks)]
         del mem
         logger.debug("result arena %s: %d blocks x %d bytes", name, nblocks, block_size)
@@ -80,11 +62,9 @@ class ResultArena:
         The caller holds the returned block while the cycle runs, which keeps it from being
         handed out twice.
         """
-        for k, handed in enumerate(self._handed):
-            if handed is None or handed() is None:
-                block = np.frombuffer(self._mems[k], dtype=np.uint8)
-                self._handed[k] = weakref.ref(block)
-                return block, self._targets[k]
+        for block, target in zip(self._blocks, self._targets):
+            if block.idle():
+                return block.hand_out(), target
         return None
 
     def holds(self, arr: np.ndarray) -> bool:
@@ -94,28 +74,16 @@ class ResultArena:
 
     def in_use(self) -> int:
         """How many blocks something still refers to."""
-        return sum(h is not None and h() is not None for h in self._handed)
+        return sum(not b.idle() for b in self._blocks)
 
     def retire(self) -> None:
         """Remove the name now; the memory goes with the last view of it. Idempotent."""
         shm, self._shm = self._shm, None
         if shm is None:
             return
-        self._mems, self._handed, self._targets = [], [], []
-        try:
-            shm.unlink()
-        except FileNotFoundError:  # swept by someone else: still drop the tracker's registration
-            from multiprocessing import resource_tracker
-
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        try:
-            shm.close()
-        except BufferError:  # results still refer to it: the mapping goes with them
-            shm._buf = None  # type: ignore[attr-defined]
-            shm._mmap = None  # type: ignore[attr-defined]
-            if shm._fd >= 0:  # type: ignore[attr-defined]
-                os.close(shm._fd)  # type: ignore[attr-defined]
-                shm._fd = -1  # type: ignore[attr-defined]
+        self._blocks, self._targets = [], []
+        unlink_owned(shm)
+        close_or_hand_over(shm)  # results still using it keep the mapping until they go
         logger.debug("result arena %s retired", self.name)
 
     def __repr__(self) -> str:

@@ -34,7 +34,8 @@ except ImportError as _exc:  # pragma: no cover - depends on the build
         f"from the wemap source tree ({_exc})"
     ) from _exc
 
-__all__ = ["SEGMENT_PREFIX", "Segment", "segment_name", "remove_stale_segments"]
+__all__ = ["SEGMENT_PREFIX", "Segment", "segment_name", "remove_stale_segments", "create_reserved", "unlink_owned",
+           "close_or_hand_over"]
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,10 @@ def _free_bytes(shm_dir: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def _space_error(needed: int, free: int | None, shm_dir: str, nslots: int, region_size: int) -> ShmSpaceError:
+def _space_error(needed: int, free: int | None, shm_dir: str, what: str) -> ShmSpaceError:
     have = "an unknown number of" if free is None else f"{free:,}"
     err = ShmSpaceError(
-        f"not enough shared memory for the slot ring: it needs {needed:,} bytes "
-        f"({nslots} slots x 2 x {region_size:,} bytes + header) but {shm_dir} has {have} bytes free; "
+        f"not enough shared memory for {what}: it needs {needed:,} bytes but {shm_dir} has {have} bytes free; "
         f"{_SHM_FIX}"
     )
     err.needed = needed  # type: ignore[attr-defined]
@@ -82,6 +82,62 @@ def _reserve(shm: SharedMemory, size: int) -> None:
         log.debug("cannot reserve shared memory pages on this platform; skipping")
         return
     os.posix_fallocate(fd, 0, size)
+
+
+def create_reserved(size: int, what: str, shm_dir: str = "/dev/shm") -> SharedMemory:
+    """A new segment ``wemap_<pid>_<token>`` of ``size`` bytes, every page reserved now.
+
+    ``what`` names it in the `ShmSpaceError` (leaving nothing behind) raised when ``shm_dir``
+    cannot hold it. The caller owns it: `unlink_owned` and `close_or_hand_over` end it.
+    """
+    free = _free_bytes(shm_dir)
+    if free is not None and size > free:
+        raise _space_error(size, free, shm_dir, what)
+    shm = SharedMemory(name=segment_name(), create=True, size=size)
+    try:
+        _reserve(shm, size)
+    except OSError as exc:
+        if exc.errno in _SPACE_ERRNOS:
+            _discard(shm)
+            raise _space_error(size, _free_bytes(shm_dir), shm_dir, what) from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            _discard(shm)
+            raise
+        log.debug("%s cannot reserve pages (%s); continuing unreserved", shm_dir, exc)
+    except BaseException:
+        _discard(shm)
+        raise
+    return shm
+
+
+def unlink_owned(shm: SharedMemory) -> None:
+    """Remove the name of a segment this process created (and its resource-tracker entry)."""
+    try:
+        shm.unlink()  # shm_unlink + resource-tracker unregister
+    except FileNotFoundError:
+        # Someone (a stale-segment sweep, a user) removed the name first; still drop our
+        # tracker registration so it does not warn about a leak at exit.
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+
+
+def close_or_hand_over(shm: SharedMemory) -> bool:
+    """Unmap now (True), or, while numpy views still use the mapping, leave it to them (False).
+
+    The views keep the mmap object alive through their buffers; dropping our references lets
+    it unmap itself when the last of them goes, and keeps ``SharedMemory.__del__`` from
+    retrying (and failing noisily) at garbage collection.
+    """
+    try:
+        shm.close()
+        return True
+    except BufferError:
+        shm._buf = None  # type: ignore[attr-defined]
+        shm._mmap = None  # type: ignore[attr-defined]
+        fd = getattr(shm, "_fd", -1)
+        if fd >= 0:
+            os.close(fd)
+            shm._fd = -1  # type: ignore[attr-defined]
+        return False
 
 
 def _discard(shm: SharedMemory) -> None:
@@ -164,19 +220,8 @@ class Segment:
         Raises `ShmSpaceError` (leaving nothing behind) when ``shm_dir`` cannot hold it.
         """
         size = Ring.required_size(nslots, region_size)
-        free = _free_bytes(shm_dir)
-        if free is not None and size > free:
-            raise _space_error(size, free, shm_dir, nslots, region_size)
-        shm = SharedMemory(name=segment_name(), create=True, size=size)
+        shm = create_reserved(size, f"the slot ring ({nslots} slots x 2 x {region_size:,} bytes + header)", shm_dir)
         try:
-            try:
-                _reserve(shm, size)
-            except OSError as exc:
-                if exc.errno in _SPACE_ERRNOS:
-                    raise _space_error(size, _free_bytes(shm_dir), shm_dir, nslots, region_size) from exc
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
-                log.debug("%s cannot reserve pages (%s); continuing unreserved", shm_dir, exc)
             ring = Ring(shm.buf, create=True, nslots=nslots, region_size=region_size, creator_pid=os.getpid())
         except BaseException:
             _discard(shm)
@@ -215,36 +260,16 @@ class Segment:
         except BufferError as exc:
             log.warning("segment %s not closed: %s", self.name, exc)
             return
-        try:
-            self._shm.close()
-        except BufferError as exc:
-            log.debug("segment %s still has views in use; unmapped when they go (%s)", self.name, exc)
-            self._detach_mapping()
+        if not close_or_hand_over(self._shm):
+            log.debug("segment %s still has views in use; unmapped when they go", self.name)
         self._closed = True
-
-    def _detach_mapping(self) -> None:
-        # The views keep the mmap object alive through their buffers; dropping our
-        # references lets it unmap itself when they go, and keeps SharedMemory.__del__
-        # from retrying (and failing noisily) at garbage collection.
-        shm = self._shm
-        shm._buf = None  # type: ignore[attr-defined]
-        shm._mmap = None  # type: ignore[attr-defined]
-        fd = getattr(shm, "_fd", -1)
-        if fd >= 0:
-            os.close(fd)
-            shm._fd = -1  # type: ignore[attr-defined]
 
     def unlink(self) -> None:
         """Remove the segment's name (creator only; a no-op anywhere else). Idempotent."""
         if not self._created or self._unlinked or os.getpid() != self.owner_pid:
             return
         self._unlinked = True
-        try:
-            self._shm.unlink()  # shm_unlink + resource-tracker unregister
-        except FileNotFoundError:
-            # Someone (a stale-segment sweep, a user) removed the name first; still drop
-            # our tracker registration so it does not warn about a leak at exit.
-            resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
+        unlink_owned(self._shm)
         log.debug("unlinked segment %s", self.name)
 
     @property

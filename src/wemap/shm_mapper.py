@@ -29,7 +29,6 @@ exit code or signal. Any exception out of ``map`` stops every worker and unlinks
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import time
 from collections import deque
@@ -56,7 +55,7 @@ from .pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, default_start_m
 from ._ring import now_ns
 from .faults import Attempts
 from .result_arena import ResultArena
-from .segment import Segment, remove_stale_segments
+from .segment import Segment, _free_bytes, remove_stale_segments
 from .shm_worker import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_OVERFLOW, read_failure, ring_loop
 from .worker import Worker
 
@@ -77,11 +76,8 @@ SHARED_RESULTS_MIN_BYTES = 2**20
 
 def _shm_free() -> int:
     """Bytes free in ``/dev/shm`` (``SLOT_BUDGET_MAX`` when it cannot be read)."""
-    try:
-        st = os.statvfs("/dev/shm")
-        return st.f_bavail * st.f_frsize
-    except OSError:
-        return SLOT_BUDGET_MAX
+    free = _free_bytes("/dev/shm")
+    return SLOT_BUDGET_MAX if free is None else free
 
 
 def _shm_budget() -> int:
