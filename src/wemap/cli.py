@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .argtypes import positive_float, positive_int
 from .benchmarks import add_bench_parser
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "resolve_mapper", "format_cycle_table"]
@@ -50,20 +51,6 @@ def _devices(text: str) -> list[int]:
     return devices
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 # -- wemap demo ------------------------------------------------------------------------------------
 def add_demo_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -75,11 +62,11 @@ def add_demo_parser(subparsers: Any) -> None:
             "progress coordinate and where the segment-stage time went. About a minute on 2 cores by default."
         ),
     )
-    p.add_argument("--walkers", type=_positive, default=8, help="initial walkers (default: %(default)s)")
-    p.add_argument("--per-bin", type=_positive, default=4, help="walkers kept per occupied bin (default: %(default)s)")
-    p.add_argument("--cycles", type=_positive, default=40, help="WE cycles (default: %(default)s)")
-    p.add_argument("--steps", type=_positive, default=1000, help="2 fs steps per segment (default: %(default)s)")
-    p.add_argument("--workers", type=_positive, default=2, help="worker processes (default: %(default)s)")
+    p.add_argument("--walkers", type=positive_int, default=8, help="initial walkers (default: %(default)s)")
+    p.add_argument("--per-bin", type=positive_int, default=4, help="walkers kept per occupied bin (default: %(default)s)")
+    p.add_argument("--cycles", type=positive_int, default=40, help="WE cycles (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="2 fs steps per segment (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=2, help="worker processes (default: %(default)s)")
     p.add_argument("--platform", default="CPU",
                    help="OpenMM platform: CPU, Reference, CUDA, OpenCL, HIP (default: %(default)s)")
     p.add_argument("--devices", type=_devices, default=None,
@@ -89,8 +76,8 @@ def add_demo_parser(subparsers: Any) -> None:
                    help="work mapper (default: %(default)s, WorkerMapper if it is unavailable)")
     p.add_argument("--coordinate", choices=("phi", "psi"), default="phi",
                    help="progress coordinate (default: %(default)s)")
-    p.add_argument("--bin-width", type=_positive_float, default=30.0, help="bin width in degrees (default: %(default)s)")
-    p.add_argument("--seed", type=_positive, default=None,
+    p.add_argument("--bin-width", type=positive_float, default=30.0, help="bin width in degrees (default: %(default)s)")
+    p.add_argument("--seed", type=positive_int, default=None,
                    help="positive seed for velocities, integrators and resampling (default: fresh randomness; "
                         "OpenMM reads 0 as 'random'); results repeat exactly only with one worker on the "
                         "Reference platform (CPU sums in threads, so runs differ in the last digits)")

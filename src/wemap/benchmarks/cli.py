@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import positive_int
+
 __all__ = ["add_bench_parser", "add_bench_arguments", "build_parser", "run_bench", "collect", "format_report", "main",
            "parse_atoms"]
 
@@ -45,13 +47,6 @@ def parse_atoms(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an atom count: {text!r} (e.g. 1000, 10k, 1M)") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"atoms must be positive, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
@@ -86,16 +81,16 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "DaskMapper wepy ray processpool")
     m.add_argument("--atoms", nargs="+", type=parse_atoms, metavar="N",
                    help=f"atoms per walker (default {' '.join(f'{a:,}' for a in FULL_ATOMS)}); 10k, 1M accepted")
-    m.add_argument("--walkers", nargs="+", type=_positive, metavar="N",
+    m.add_argument("--walkers", nargs="+", type=positive_int, metavar="N",
                    help=f"walkers per cycle (default {' '.join(map(str, FULL_WALKERS))})")
-    m.add_argument("--workers", nargs="+", type=_positive, metavar="N",
+    m.add_argument("--workers", nargs="+", type=positive_int, metavar="N",
                    help="worker processes (default 1 2, and 4 8 ... up to the cores here)")
     m.add_argument("--workload", nargs="+", choices=("noop", "sleep", "fresh"), metavar="{noop,sleep,fresh}",
                    help="segment functions: noop (pure transport: hands the walker back), sleep (fixed duration), "
                         "fresh (hands back new arrays, as MD does: no shortcut for a mapper that can refer to "
                         "its input); default noop and sleep")
     m.add_argument("--sleep-ms", type=float, default=50.0, help="duration of the sleep segment (default: %(default)s)")
-    m.add_argument("--repeats", type=_positive, help=f"timed cycles per cell (default {FULL_REPEATS}; --quick {QUICK_REPEATS})")
+    m.add_argument("--repeats", type=positive_int, help=f"timed cycles per cell (default {FULL_REPEATS}; --quick {QUICK_REPEATS})")
     m.add_argument("--warmup", type=int, default=1, help="untimed cycles per cell first (default: %(default)s)")
     m.add_argument("--memory-budget", type=float, metavar="GIB",
                    help="plan cells within this many GiB (default: 85%% of the memory available)")
@@ -107,12 +102,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--openmm-only", action="store_true", help="run only the OpenMM section")
     o.add_argument("--platform", default="CPU", help="OpenMM platform: CPU, CUDA, OpenCL, HIP, Reference (default: %(default)s)")
     o.add_argument("--openmm-atoms", type=parse_atoms, default=3000, help="water box atoms (default: %(default)s)")
-    o.add_argument("--openmm-walkers", type=_positive, default=4, help="walkers (default: %(default)s)")
-    o.add_argument("--openmm-workers", type=_positive, default=None, help="workers (default: 2, at most the cores)")
-    o.add_argument("--openmm-steps", type=_positive, default=100, help="2 fs steps per segment (default: %(default)s)")
+    o.add_argument("--openmm-walkers", type=positive_int, default=4, help="walkers (default: %(default)s)")
+    o.add_argument("--openmm-workers", type=positive_int, default=None, help="workers (default: 2, at most the cores)")
+    o.add_argument("--openmm-steps", type=positive_int, default=100, help="2 fs steps per segment (default: %(default)s)")
     o.add_argument("--openmm-devices", type=lambda v: [int(d) for d in v.split(",")], default=None,
                    help="GPU DeviceIndex per worker, relative to CUDA_VISIBLE_DEVICES, e.g. 0,1 (default: the visible ones)")
-    o.add_argument("--openmm-cycles", type=_positive, default=4, help="cycles; the first is reported apart (default: %(default)s)")
+    o.add_argument("--openmm-cycles", type=positive_int, default=4, help="cycles; the first is reported apart (default: %(default)s)")
     o.add_argument("--openmm-mapper", choices=("Mapper", "WorkerMapper", "SharedMemWorkerMapper"), default="WorkerMapper",
                    help="mapper both runners go through (default: %(default)s)")
     w = p.add_argument_group("output")
