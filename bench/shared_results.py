@@ -1,0 +1,77 @@
+"""How SharedMemWorkerMapper's three ways of returning results compare, size by size.
+
+``shared_results`` (workers write results into the shared result arena; on from 1 MiB a
+walker), the manager's copy out of the slot (``shared_results=False``) and ``zero_copy=True``
+(views of the slots, valid until the next map), with a no-op segment and with one that hands
+back new arrays (as MD does). The modes take turns cycle by cycle, so they share the machine's
+noise. The arena is forced on at every size here (its 1 MiB threshold is what this measures).
+
+    python bench/shared_results.py --atoms 10000 100000 1000000 --walkers 8 --workers 2 --cycles 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import wemap
+from wemap import shm_mapper
+from wemap.benchmarks.report import machine, markdown_table, write_json
+from wemap.benchmarks.workloads import fresh_segment, make_walkers, noop_segment
+
+MODES = {
+    "shared results": {},
+    "copy (shared_results=False)": {"shared_results": False},
+    "zero_copy": {"zero_copy": True},
+}
+SEGMENTS = {"no-op": noop_segment, "new arrays": fresh_segment}
+
+
+def measure(atoms: int, walkers: int, workers: int, cycles: int) -> list[dict]:
+    ws = make_walkers(walkers, atoms)
+    rows = []
+    for seg_name, seg in SEGMENTS.items():
+        mappers = {k: wemap.SharedMemWorkerMapper(num_workers=workers, segment_func=seg, **kw) for k, kw in MODES.items()}
+        times: dict[str, list[float]] = {k: [] for k in mappers}
+        try:
+            for m in mappers.values():
+                m.init()
+                m.map(ws, [0] * walkers)  # warm-up: workers up, slots and blocks made
+            for _ in range(cycles):
+                for k, m in mappers.items():
+                    t0 = time.perf_counter()
+                    out = m.map(ws, [0] * walkers)
+                    times[k].append(time.perf_counter() - t0)
+                    del out
+        finally:
+            for m in mappers.values():
+                m.cleanup()
+        for k, v in times.items():
+            med = statistics.median(v)
+            rows.append({"atoms": atoms, "segment": seg_name, "mode": k, "cycle_s": med, "us_per_task": 1e6 * med / walkers,
+                         "cycles_s": v})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--atoms", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--walkers", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cycles", type=int, default=40)
+    ap.add_argument("--out", default="bench/results/shared_results.json")
+    args = ap.parse_args(argv)
+    shm_mapper.SHARED_RESULTS_MIN_BYTES = 0  # the arena at every size: its threshold is what is measured
+    rows = [r for a in args.atoms for r in measure(a, args.walkers, args.workers, args.cycles)]
+    print(f"\n{args.walkers} walkers, {args.workers} workers, median of {args.cycles} cycles (modes interleaved):\n")
+    print(markdown_table(rows, [("atoms", "atoms", ",d"), ("segment", "segment", "s"), ("mode", "results", "s"),
+                                ("cycle_s", "cycle s", ".5f"), ("us_per_task", "µs / task", ".1f")]))
+    path = write_json(args.out, {"benchmark": "shared_results", "args": vars(args), "machine": machine(), "rows": rows})
+    print(f"\nraw figures: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
