@@ -1,10 +1,12 @@
-"""Per-task cost of SharedMemWorkerMapper at small sizes, beside two memcpy floors.
+"""Per-task cost of SharedMemWorkerMapper at small sizes, beside three memcpy floors.
 
 The transport table's per-task figure at 10k atoms moves with how the cycles are run, so this
 measures it both ways in one run: *interleaved* (the mappers take turns, cycle by cycle, so no
 CPU idles between a mapper's cycles) and *alone* (one mapper's cycles back to back, with the
-idle gaps a VM's vCPUs may halt in). Floors: copy in + copy out into arrays that exist, and
-the same with the copy out into fresh arrays (what returning new walkers costs in page faults).
+idle gaps a VM's vCPUs may halt in). Floors: copy in + copy out into arrays that exist, each
+array out right after it went in (the issue's floor: the bytes are still in cache); the same
+in a mapper's order, every walker in before any comes out (a walker must pass a worker between
+its two copies); and with the copy out into fresh arrays (what new walkers cost in page faults).
 
     python bench/per_task.py --atoms 10000 --walkers 8 --workers 2 --cycles 60
 """
@@ -28,7 +30,7 @@ def floors(walkers, cycles: int) -> dict[str, float]:
     src = [v for w in walkers for v in w.state.values() if isinstance(v, np.ndarray)]
     slots = [np.empty_like(a) for a in src]
     back = [np.empty_like(a) for a in src]
-    warm, fresh = [], []
+    warm, ordered, fresh = [], [], []
     for _ in range(cycles):
         t0 = time.perf_counter()
         for a, s, b in zip(src, slots, back):
@@ -38,10 +40,20 @@ def floors(walkers, cycles: int) -> dict[str, float]:
         t0 = time.perf_counter()
         for a, s in zip(src, slots):
             np.copyto(s, a)
+        for s, b in zip(slots, back):
+            np.copyto(b, s)
+        ordered.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for a, s in zip(src, slots):
+            np.copyto(s, a)
         out = [s.copy() for s in slots]
         fresh.append(time.perf_counter() - t0)
         del out
-    return {"memcpy floor": statistics.median(warm), "memcpy floor, fresh output": statistics.median(fresh)}
+    return {
+        "memcpy floor": statistics.median(warm),
+        "memcpy floor, all in then all out": statistics.median(ordered),
+        "memcpy floor, fresh output": statistics.median(fresh),
+    }
 
 
 def cycle(m, walkers) -> tuple[float, float]:

@@ -1,10 +1,10 @@
 """How SharedMemWorkerMapper's three ways of returning results compare, size by size.
 
-``shared_results`` (workers write results into the shared result arena; on from 1 MiB a
+``shared_results`` (workers write results into the shared result arena; on from 256 KiB a
 walker), the manager's copy out of the slot (``shared_results=False``) and ``zero_copy=True``
 (views of the slots, valid until the next map), with a no-op segment and with one that hands
 back new arrays (as MD does). The modes take turns cycle by cycle, so they share the machine's
-noise. The arena is forced on at every size here (its 1 MiB threshold is what this measures).
+noise. The arena is forced on at every size here (its 256 KiB threshold is what this measures).
 
     python bench/shared_results.py --atoms 10000 100000 1000000 --walkers 8 --workers 2 --cycles 40
 """

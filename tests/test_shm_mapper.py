@@ -251,8 +251,20 @@ def test_killed_worker_with_shared_results(shared_results_for_any_size, tmp_path
     assert out == [segfuncs.displace(w, 1) for w in ws]
 
 
-def test_walkers_of_a_mebibyte_use_shared_blocks_by_default():
-    ws = walkers(2, 30_000)  # 1.4 MB of arrays each
+def test_no_op_results_are_copied_once_by_the_manager_not_into_blocks(shared_results_for_any_size):
+    """A result still in its slot (no-op) is referenced there: the worker does not copy it into a block."""
+    ws = walkers(3, 400)
+    with SharedMemWorkerMapper(segment_func=segfuncs.echo, num_workers=2) as m:
+        out = m.map(ws, [1] * 3)
+        assert m._arena is not None, "the arena was made for these walkers"
+        assert not any(_arena_holds(m, o.state["positions"]) for o in out)
+        assert out == ws and all(o.state["positions"].flags.writeable for o in out)
+        assert all(o.state["positions"] is not w.state["positions"] for o, w in zip(out, ws)), "copies, not the inputs"
+        del out
+
+
+def test_walkers_of_a_quarter_mebibyte_use_shared_blocks_by_default():
+    ws = walkers(2, 10_000)  # 480 kB of arrays each
     with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
         out = m.map(ws, [1, 1])
         assert m._arena is not None and all(_arena_holds(m, o.state["velocities"]) for o in out)

@@ -112,7 +112,9 @@ def _write_result(reg: CodecRegistry, result: Any, where: str, regions, local_re
         except (OSError, ValueError) as exc:  # the transport's problem: the output region still works
             logger.warning("cannot write %s into result block %s: %s; using the slot's output region", where, target, exc)
     if block is not None:
-        enc = encode_call(reg, (result,), {}, where=where, region=RESULT_REGION, start=0)
+        # arrays still in the slot (a no-op, an in-place runner) are referenced there, not copied:
+        # the manager's one copy out of the slot is then the only copy, as without a block
+        enc = encode_call(reg, (result,), {}, where=where, region=RESULT_REGION, local_ref=local_ref, start=0)
         if enc.data_end <= block.nbytes and DATA_START + len(enc.descriptor) <= out.nbytes:
             write_split(enc, block, out)
             return STATUS_OK, DATA_START + len(enc.descriptor)
