@@ -13,6 +13,7 @@ openmm = pytest.importorskip("openmm")
 
 import wemap  # noqa: E402
 from test_contract import MAPPERS as ALL_MAPPERS  # noqa: E402
+from wemap import openmm as wemap_openmm  # noqa: E402
 from wemap import systems  # noqa: E402
 from wemap.openmm import (  # noqa: E402
     TIMING_FIELDS,
@@ -20,6 +21,7 @@ from wemap.openmm import (  # noqa: E402
     WEPY_FEATURE_SHAPES,
     OpenMMRunner,
     json_topology,
+    nvidia_gpu_count,
     platform_properties_for,
     visible_devices,
     walkers_from_pdb,
@@ -221,9 +223,24 @@ def test_device_defaults_follow_the_visible_set(monkeypatch):
     assert visible_devices() == [0, 1, 2, 3]
     assert [platform_properties_for("CUDA", i, 8)["DeviceIndex"] for i in range(8)] == list("01230123")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert visible_devices({}) is None
+    monkeypatch.setattr(wemap_openmm, "NVIDIA_GPUS_DIR", "/nonexistent/nvidia/gpus")  # a node without the driver
+    assert visible_devices({}) is None and nvidia_gpu_count() is None
     assert "DeviceIndex" not in platform_properties_for("CUDA", 0, 1)  # one worker: OpenMM picks
     assert platform_properties_for("CUDA", 1, 2)["DeviceIndex"] == "1"
+
+
+def test_without_a_mask_cuda_workers_share_the_nodes_gpus_in_turn(monkeypatch, tmp_path):
+    """8 workers on a 4-GPU node with no CUDA_VISIBLE_DEVICES: DeviceIndex 0-3 twice, never 4-7."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("HIP_VISIBLE_DEVICES", raising=False)
+    for bus in ("0000:17:00.0", "0000:65:00.0", "0000:ca:00.0", "0000:e3:00.0"):
+        (tmp_path / bus).mkdir()  # what the NVIDIA driver lists, one directory per GPU
+    monkeypatch.setattr(wemap_openmm, "NVIDIA_GPUS_DIR", str(tmp_path))
+    assert nvidia_gpu_count() == 4
+    assert [platform_properties_for("CUDA", i, 8)["DeviceIndex"] for i in range(8)] == list("01230123")
+    assert platform_properties_for("OpenCL", 5, 8)["DeviceIndex"] == "5", "OpenCL counts its own devices"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")  # a mask still wins
+    assert {platform_properties_for("CUDA", i, 3)["DeviceIndex"] for i in range(3)} == {"0"}
 
 
 def test_explicit_properties_win_and_cpu_threads_split(monkeypatch):

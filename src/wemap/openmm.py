@@ -26,7 +26,9 @@ one GPU (``devices=[0, 0, 1, 1]``). On the CPU platform each worker instead gets
   ``num_workers=16, devices=[0, 0, 1, 1, ..., 7, 7]``;
 * under SLURM (``--gres=gpu:4`` or ``--gpus-per-node=4``) SLURM sets ``CUDA_VISIBLE_DEVICES``
   to the GPUs it granted, whatever their physical numbers: use ``devices=visible_devices()``
-  (``[0, 1, 2, 3]`` there), never the physical ids.
+  (``[0, 1, 2, 3]`` there), never the physical ids;
+* with no ``devices`` and no mask, CUDA workers take the node's NVIDIA GPUs in turn (counted
+  in ``/proc/driver/nvidia/gpus``), so 8 workers on a 4-GPU node share them two by two.
 
 Random numbers
 --------------
@@ -82,6 +84,7 @@ __all__ = [
     "OpenMMRunner",
     "platform_properties_for",
     "visible_devices",
+    "nvidia_gpu_count",
     "state_fields",
     "make_walker",
     "walkers_from_state",
@@ -124,6 +127,19 @@ def visible_devices(env: dict[str, str] | None = None) -> list[int] | None:
     return None
 
 
+#: one directory per GPU the NVIDIA driver has bound, whatever CUDA_VISIBLE_DEVICES says
+NVIDIA_GPUS_DIR = "/proc/driver/nvidia/gpus"
+
+
+def nvidia_gpu_count(path: str | None = None) -> int | None:
+    """How many NVIDIA GPUs the node's driver shows (entries of ``/proc/driver/nvidia/gpus``), or
+    None where that is not there (no NVIDIA driver, not Linux): the device count without CUDA."""
+    try:
+        return len(os.listdir(NVIDIA_GPUS_DIR if path is None else path)) or None
+    except OSError:
+        return None
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))  # respects cpusets (SLURM, taskset)
@@ -143,7 +159,9 @@ def platform_properties_for(
 
     GPU platforms get ``DeviceIndex = devices[worker_idx % len(devices)]``, relative to
     ``CUDA_VISIBLE_DEVICES``. With no ``devices``: the visible devices in turn when a mask is
-    set, else the worker index (none for a single worker: OpenMM picks the fastest GPU).
+    set; else, on CUDA, the node's NVIDIA GPUs in turn (`nvidia_gpu_count`), so more workers
+    than GPUs share them rather than ask for a device that is not there; else the worker index
+    (none for a single worker: OpenMM picks the fastest GPU).
     CPU gets ``Threads = cores // num_workers`` (at least 1).
     A property already in ``base`` is never overridden.
     """
@@ -154,7 +172,8 @@ def platform_properties_for(
             raise ValueError("devices is empty: give at least one GPU index (DeviceIndex, relative to "
                              "CUDA_VISIBLE_DEVICES), or None to use the visible devices in turn")
         if pool is None and num_workers > 1:
-            pool = list(range(num_workers))
+            gpus = nvidia_gpu_count() if platform == "CUDA" else None
+            pool = list(range(gpus if gpus else num_workers))
         if pool:
             props["DeviceIndex"] = str(pool[worker_idx % len(pool)])
     elif platform == "CPU" and "Threads" not in props and "OPENMM_CPU_THREADS" not in os.environ:
