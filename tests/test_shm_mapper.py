@@ -314,3 +314,71 @@ def test_retired_arena_is_unmapped_everywhere_once_its_results_go(shared_results
         del first
         assert not mapped(os.getpid(), old)
         assert not any(mapped(pid, old) for pid in pids), "a worker still maps the retired arena"
+
+
+def _count_copies_in(monkeypatch) -> list[int]:
+    """Sizes of the arrays the manager copies into slots from now on."""
+    from wemap import codec
+
+    seen: list[int] = []
+    real = codec.copy_into
+
+    def counting(dst, src):
+        seen.append(src.nbytes)
+        real(dst, src)
+
+    monkeypatch.setattr(codec, "copy_into", counting)
+    return seen
+
+
+def test_results_fed_back_go_to_the_workers_by_reference(shared_results_for_any_size, monkeypatch):
+    """A WE loop maps last cycle's results: their arrays are in the arena already, so nothing is copied in."""
+    ws = walkers(4, 1000)
+    copies = _count_copies_in(monkeypatch)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        first = m.map(ws, [1] * 4)
+        assert sorted(copies) == sorted(a.nbytes for w in ws for a in w.state.values() if isinstance(a, np.ndarray))
+        copies.clear()
+        clones = [first[0], first[0], first[1], first[2]]  # resampling shares a clone's arrays
+        second = m.map(clones, [2] * 4)
+        assert copies == [72] * 4, "only the box (handed back from the slot, so copied out) is copied in"
+        assert all(_arena_holds(m, o.state["positions"]) for o in second)
+        expect1 = [segfuncs.displace(w, 1) for w in ws]
+        assert first == expect1, "the walkers fed back are unchanged"
+        expect2 = [segfuncs.displace(expect1[k], 2) for k in (0, 0, 1, 2)]
+        assert second == expect2
+        del first, clones  # the arena holds two cycles: what goes in and what comes out
+        third = m.map(second, [3] * 4)
+        assert copies == [72] * 8 and all(_arena_holds(m, o.state["positions"]) for o in third)
+    assert third == [segfuncs.displace(w, 3) for w in expect2]
+
+
+def test_walkers_fed_back_survive_a_killed_worker(shared_results_for_any_size, tmp_path):
+    ws = walkers(6, 300)
+    with SharedMemWorkerMapper(segment_func=segfuncs.kill_once, num_workers=2) as m:
+        kw = {"marker_dir": [str(tmp_path)] * 6, "victim": [3] * 6, "walker_idx": range(6)}
+        first = m.map(ws, [0] * 6, marker_dir=[str(tmp_path / "none")] * 6, victim=[-1] * 6, walker_idx=range(6))
+        second = m.map(first, [1] * 6, **kw)  # the victim's input is read again from the arena
+        assert m.recovered_segments == 1
+    assert second == [segfuncs.displace(segfuncs.displace(w, 0), 1) for w in ws]
+
+
+def test_walkers_from_an_outgrown_arena_or_strided_are_copied(shared_results_for_any_size, monkeypatch):
+    ws = walkers(3, 200)
+    copies = _count_copies_in(monkeypatch)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        first = m.map(ws, [1] * 3)
+        old_arena = m._arena.name
+        big = [segfuncs.grow(w, 5000) for w in first]  # arrays of the first arena plus a new, larger one
+        copies.clear()
+        second = m.map(big, [1] * 3)
+        assert m._arena.name != old_arena, "outgrown"
+        assert len(copies) == 3 * 4, "arrays of a retired arena are copied, not referenced"
+        strided = [wemap.Walker({**o.state, "positions": o.state["positions"][::2]}, o.weight) for o in second]
+        copies.clear()
+        third = m.map(strided, [1] * 3)
+        # the strided positions, and the box and extra that displace handed back from the slot (copied
+        # out by the manager, so private); only the velocities go by reference
+        assert len(copies) == 3 * 3
+    assert second == [segfuncs.displace(w, 1) for w in big]
+    assert third == [segfuncs.displace(w, 1) for w in strided]

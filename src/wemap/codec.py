@@ -24,9 +24,12 @@ Region format (input and output regions alike, all offsets from the region start
            (codec name, codec metadata, [(field, dtype, shape, region, offset), ...])
 
 ``region`` is 0 for the input region, 1 for the output region, 2 for the result block (a
-piece of the manager's result arena, see `wemap.result_arena`, offsets from its start): a
-result array that is still a view of the slot's input (a no-op segment) is referenced
-there, not copied; a result written straight into its block needs no copy by the manager.
+piece of the manager's result arena, see `wemap.result_arena`, offsets from its start), 3
+for the whole result arena (input regions only, offsets from the arena's start): a result
+array that is still a view of the slot's input (a no-op segment) is referenced there, not
+copied; a result written straight into its block needs no copy by the manager; an input
+array that is a result of an earlier cycle, still in the arena, goes by reference (region 3)
+instead of being copied into the slot.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ __all__ = [
     "pack_target",
     "read_target",
     "ALIGN",
+    "IN_REGION",
+    "OUT_REGION",
+    "RESULT_REGION",
+    "ARENA_REGION",
 ]
 
 ALIGN = 64
@@ -69,7 +76,7 @@ _TARGET = struct.Struct("<QQB")
 TARGET_NAME_MAX = ALIGN - _HEAD.size - _TARGET.size
 DATA_START = ALIGN
 
-IN_REGION, OUT_REGION, RESULT_REGION = 0, 1, 2
+IN_REGION, OUT_REGION, RESULT_REGION, ARENA_REGION = 0, 1, 2, 3
 
 
 def align(n: int) -> int:
@@ -239,13 +246,14 @@ class EncodedCall:
     descriptor: bytes
     nbytes: int  # arrays and descriptor, laid out from the region start
     largest_field: tuple[str, int]  # (name, bytes) of the biggest array, for error messages
-    data_end: int  # end of the last array: what a result block must hold when laid out from 0
+    data_end: int  # end of the last array written into the region
+    array_bytes: int  # every array, referenced ones too, laid out from 0: what a result block must hold
 
 
 class _Layout:
     """Running state while one call's values are laid out in a region."""
 
-    __slots__ = ("cursor", "arrays", "offsets", "region", "local_ref", "largest")
+    __slots__ = ("cursor", "arrays", "offsets", "region", "local_ref", "largest", "total")
 
     def __init__(self, region: int, local_ref, start: int = DATA_START) -> None:
         self.cursor = start
@@ -254,6 +262,7 @@ class _Layout:
         self.region = region
         self.local_ref = local_ref
         self.largest = ("", 0)
+        self.total = 0
 
     def value(self, reg: CodecRegistry, where: str, value: Any) -> tuple:
         codec = reg.for_object(value)
@@ -268,6 +277,7 @@ class _Layout:
             nbytes = arr.nbytes
             if nbytes > self.largest[1]:
                 self.largest = (field, nbytes)
+            self.total = (self.total + nbytes + ALIGN - 1) & ~(ALIGN - 1)
             ref = self.local_ref(arr) if self.local_ref is not None else None
             if ref is not None:
                 region, offset = ref
@@ -300,7 +310,8 @@ def encode_call(
     e_args = [lay.value(reg, f"{where}, argument {i}", a) for i, a in enumerate(args)]
     e_kwargs = {k: lay.value(reg, f"{where}, argument {k!r}", v) for k, v in kwargs.items()}
     descriptor = pickle.dumps({"args": e_args, "kwargs": e_kwargs}, protocol=5)
-    return EncodedCall(lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor), lay.largest, lay.cursor)
+    return EncodedCall(lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor), lay.largest, lay.cursor,
+                       lay.total)
 
 
 def _write_arrays(enc: EncodedCall, region: np.ndarray) -> None:
@@ -434,7 +445,7 @@ def _check_entry(reg: CodecRegistry, entry: tuple, regions: tuple[np.ndarray, ..
             raise ValueError(f"field {field!r} claims dtype {dt}, which holds Python objects, not raw bytes")
         nbytes = math.prod(shape) * dt.itemsize
         buf = regions[region]
-        lowest = 0 if region == RESULT_REGION else DATA_START
+        lowest = 0 if region >= RESULT_REGION else DATA_START  # blocks and the arena have no head
         if type(offset) is not int or offset < lowest or offset + nbytes > buf.nbytes:
             raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
         out.append((field, dt, shape, np.ndarray(shape, dt, buffer=buf, offset=offset), nbytes, region))

@@ -7,7 +7,11 @@ copy a result gets, done by the workers in parallel), and the manager returns vi
 block. The views are the caller's: writable, valid for as long as they are referenced.
 
 A block is handed out again only when nothing refers to any array of it (each block is a
-`wemap.memcopy.ReusableMemory`, as `BlockPool`'s are).
+`wemap.memcopy.ReusableMemory`, as `BlockPool`'s are). Results fed back into the next
+`map` (what a WE loop does with its walkers, clones included) are already in shared memory:
+their arrays go to the workers by reference (`ResultArena.ref`), not copied into a slot, so
+such a cycle copies each walker once, when a worker writes its result. The caller holds the
+walkers it passes to `map`, which keeps their blocks from being handed out meanwhile.
 The arena holds two cycles of blocks, what a WE loop keeps alive (the walkers going in and
 the ones coming out); a caller keeping more gets plain copies for the rest. A retired arena
 (outgrown, or its mapper cleaned up) loses its name at once and its memory when the last
@@ -24,7 +28,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from .codec import TARGET_NAME_MAX, pack_target
+from .codec import ARENA_REGION, TARGET_NAME_MAX, pack_target
 from .memcopy import ReusableMemory
 from .segment import _open_untracked, close_or_hand_over, create_reserved, unlink_owned
 
@@ -72,6 +76,16 @@ class ResultArena:
         addr = arr.__array_interface__["data"][0]
         return self._base <= addr < self._base + self.size
 
+    def ref(self, arr: np.ndarray) -> tuple[int, int] | None:
+        """``(ARENA_REGION, offset)`` for a contiguous array wholly inside this live arena, else None
+        (a `wemap.codec.encode_call` ``local_ref``: such an array is referenced, not copied)."""
+        if self._shm is None or not arr.flags.c_contiguous:
+            return None
+        offset = arr.__array_interface__["data"][0] - self._base
+        if 0 <= offset and offset + arr.nbytes <= self.size:
+            return ARENA_REGION, offset
+        return None
+
     def in_use(self) -> int:
         """How many blocks something still refers to."""
         return sum(not b.idle() for b in self._blocks)
@@ -104,8 +118,8 @@ class ArenaMaps:
     def __init__(self) -> None:
         self._maps: dict[str, tuple[SharedMemory, np.ndarray]] = {}
 
-    def block(self, name: str, offset: int, size: int) -> np.ndarray:
-        """A writable uint8 view of ``size`` bytes at ``offset`` of arena ``name``."""
+    def whole(self, name: str) -> np.ndarray:
+        """A uint8 view of all of arena ``name``, mapped here once (inputs referenced in it are read from it)."""
         entry = self._maps.get(name)
         if entry is None:
             shm = _open_untracked(name)
@@ -113,7 +127,11 @@ class ArenaMaps:
             self._maps[name] = entry
             while len(self._maps) > self.KEEP:
                 self._drop(next(iter(self._maps)))
-        buf = entry[1]
+        return entry[1]
+
+    def block(self, name: str, offset: int, size: int) -> np.ndarray:
+        """A writable uint8 view of ``size`` bytes at ``offset`` of arena ``name``."""
+        buf = self.whole(name)
         if offset + size > buf.nbytes:
             raise ValueError(f"result block ({offset}, {size} bytes) lies outside arena {name} ({buf.nbytes} bytes)")
         return buf[offset : offset + size]

@@ -38,7 +38,6 @@ from typing import Any
 
 
 from .codec import (
-    DATA_START,
     IN_REGION,
     OUT_REGION,
     Codec,
@@ -299,13 +298,28 @@ class SharedMemWorkerMapper(MapperBase):
 
     def _take_result_blocks(self, encoded) -> list:
         """Per task, a result block for the worker to write into (None: the output region, copied here)."""
-        need = max(e.data_end for e in encoded) - DATA_START
+        need = max(e.array_bytes for e in encoded)
         if self.zero_copy or not self.shared_results or need < SHARED_RESULTS_MIN_BYTES:
             return [None] * len(encoded)
         arena = self._ensure_arena(need + AUTO_EXTRA, len(encoded))
         if arena is None:
             return [None] * len(encoded)
         return [arena.take() for _ in encoded]
+
+    def _refer_to_arena(self, specs: list[TaskSpec], encoded: list) -> None:
+        """Walkers whose arrays are earlier results still in the arena send those by reference.
+
+        Only walkers with a result block: its field names the arena to the worker. The arena is
+        settled for this cycle by now, so no reference can outlive the arena it points into.
+        """
+        arena = self._arena
+        if arena is None:
+            return
+        for i, (enc, block) in enumerate(zip(encoded, self._result_blocks)):
+            if block is not None and any(arena.holds(a) for a in enc.arrays):
+                spec = specs[i]
+                encoded[i] = encode_call(self._registry, spec.args, spec.kwargs, region=IN_REGION, local_ref=arena.ref,
+                                         where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")
 
     # -- map ---------------------------------------------------------------------------------
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
@@ -334,6 +348,7 @@ class SharedMemWorkerMapper(MapperBase):
         encoded = self._encode(specs)  # every walker checked before anything is written
         self._ensure_segment(max(e.nbytes for e in encoded), len(specs))
         self._result_blocks = self._take_result_blocks(encoded)
+        self._refer_to_arena(specs, encoded)
         results: list[Any] = [None] * len(specs)
         attempts = Attempts(self.policy)
         todo = list(range(len(specs)))

@@ -73,6 +73,18 @@ def _region_ref(regions: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray]
     return ref
 
 
+_NO_REGION = np.empty(0, dtype=np.uint8)  # a region index a descriptor may not use
+
+
+def _arena_of(arenas: ArenaMaps, name: str) -> np.ndarray:
+    """The result arena a walker's input arrays may be referenced in (earlier results fed back)."""
+    try:
+        return arenas.whole(name)
+    except (OSError, ValueError) as exc:  # only inputs that refer to it fail, as corrupt, naming this
+        logger.warning("cannot map result arena %s: %s", name, exc)
+        return _NO_REGION
+
+
 def _fit_failure(failure: TaskFailure, room: int) -> bytes:
     """Pickle ``failure`` in at most ``room`` bytes: trim the traceback (keeping its end) first, then the message."""
     data = pickle.dumps(failure)
@@ -157,7 +169,8 @@ def serve_segment(
         corrupt, target = False, None
         try:
             target = read_target(regions[IN_REGION])
-            args, kwargs = decode_call(reg, read_descriptor(regions[IN_REGION]), regions, copy=False, readonly=True)
+            in_regions = regions if target is None else (*regions, _NO_REGION, _arena_of(arenas, target[0]))
+            args, kwargs = decode_call(reg, read_descriptor(regions[IN_REGION]), in_regions, copy=False, readonly=True)
         except Exception as exc:  # the transport, not the segment function, is at fault
             now = now_ns()  # a finished slot, for a salvage that reads the headers
             ok, result, t0, t1, corrupt = False, TaskFailure.capture(exc), now, now, True
