@@ -2,8 +2,9 @@
 
 ``shared_results`` (workers write results into the shared result arena; on from 256 KiB a
 walker), the manager's copy out of the slot (``shared_results=False``) and ``zero_copy=True``
-(views of the slots, valid until the next map), with a no-op segment and with one that hands
-back new arrays (as MD does). The modes take turns cycle by cycle, so they share the machine's
+(views of the slots, valid until the next map), with a no-op segment, with one that hands
+back new arrays (as MD does), and with that one in a loop that maps each cycle's results in
+the next (as a WE run does; not for zero_copy, whose results end with the next map). The modes take turns cycle by cycle, so they share the machine's
 noise. The arena is forced on at every size here (its 256 KiB threshold is what this measures).
 
     python bench/shared_results.py --atoms 10000 100000 1000000 --walkers 8 --workers 2 --cycles 40
@@ -26,24 +27,35 @@ MODES = {
     "copy (shared_results=False)": {"shared_results": False},
     "zero_copy": {"zero_copy": True},
 }
-SEGMENTS = {"no-op": noop_segment, "new arrays": fresh_segment}
+#: segment name -> (segment function, whether each cycle maps the previous cycle's results, as a WE loop does)
+SEGMENTS = {"no-op": (noop_segment, False), "new arrays": (fresh_segment, False),
+            "new arrays, fed back": (fresh_segment, True)}
+#: zero_copy results live only until the next map: they are not fed back
+FED_BACK_MODES = ("shared results", "copy (shared_results=False)")
 
 
 def measure(atoms: int, walkers: int, workers: int, cycles: int) -> list[dict]:
     ws = make_walkers(walkers, atoms)
     rows = []
-    for seg_name, seg in SEGMENTS.items():
-        mappers = {k: wemap.SharedMemWorkerMapper(num_workers=workers, segment_func=seg, **kw) for k, kw in MODES.items()}
+    for seg_name, (seg, fed_back) in SEGMENTS.items():
+        mappers = {k: wemap.SharedMemWorkerMapper(num_workers=workers, segment_func=seg, **kw) for k, kw in MODES.items()
+                   if not fed_back or k in FED_BACK_MODES}
         times: dict[str, list[float]] = {k: [] for k in mappers}
+        inputs = {k: ws for k in mappers}
         try:
-            for m in mappers.values():
+            for k, m in mappers.items():
                 m.init()
-                m.map(ws, [0] * walkers)  # warm-up: workers up, slots and blocks made
+                out = m.map(ws, [0] * walkers)  # warm-up: workers up, slots and blocks made
+                if fed_back:
+                    inputs[k] = out
+                del out
             for _ in range(cycles):
                 for k, m in mappers.items():
                     t0 = time.perf_counter()
-                    out = m.map(ws, [0] * walkers)
+                    out = m.map(inputs[k], [0] * walkers)
                     times[k].append(time.perf_counter() - t0)
+                    if fed_back:
+                        inputs[k] = out  # the last cycle's walkers go now, this one's stay until the next
                     del out
         finally:
             for m in mappers.values():

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(180, method="thread")
 
 TINY = [
     "--atoms", "1000", "--walkers", "2", "--workers", "1", "--repeats", "2", "--warmup", "1",
-    "--workload", "noop", "sleep", "fresh", "--sleep-ms", "5", "--no-openmm", "--no-progress",
+    "--workload", "noop", "sleep", "fresh", "loop", "--sleep-ms", "5", "--no-openmm", "--no-progress",
     "--mappers", "Mapper", "WorkerMapper", "SharedMemWorkerMapper", "processpool",
 ]
 ROW_KEYS = {
@@ -85,7 +85,7 @@ def test_json_schema(tiny_run):
     assert MACHINE_KEYS <= data["machine"].keys()
     assert {c["key"] for c in data["contenders"]} >= {"Mapper", "WorkerMapper", "SharedMemWorkerMapper", "processpool"}
     rows = data["rows"]
-    assert {r["workload"] for r in rows} == {"noop", "sleep", "fresh"}
+    assert {r["workload"] for r in rows} == {"noop", "sleep", "fresh", "loop"}
     assert sum(r["key"] == "floor" for r in rows) == 1
     for r in rows:
         assert ROW_KEYS <= r.keys(), ROW_KEYS - r.keys()
@@ -232,3 +232,32 @@ def test_wepy_runner_gets_each_workers_device(monkeypatch):
         finally:
             _set_current(previous)
     assert seen == [{"DeviceIndex": "4"}, {"DeviceIndex": "6"}]
+
+
+def test_loop_workload_maps_each_cycles_results_in_the_next():
+    """The WE-loop cell must time what a WE run does: the walkers going in are last cycle's results."""
+    import wemap
+    from wemap.benchmarks.contenders import Contender
+    from wemap.benchmarks.measure import time_mapper
+    from wemap.benchmarks.workloads import WORKLOADS, make_walkers
+
+    seen: list[list[int]] = []
+
+    class Recording(wemap.Mapper):
+        def map(self, *args, **kwargs):
+            walkers = list(args[0])
+            seen.append([id(w) for w in walkers])
+            out = super().map(walkers, *args[1:], **kwargs)
+            returned.append([id(o) for o in out])
+            return out
+
+    returned: list[list[int]] = []
+    recorder = Contender("rec", "recording Mapper", "wemap", lambda k, f: Recording(segment_func=f), in_process=True)
+    ws = make_walkers(3, 20)
+    time_mapper(recorder, ws, WORKLOADS["loop"], 0.0, 1, repeats=3, warmup=1)
+    assert seen[0] == [id(w) for w in ws], "the first cycle maps the made walkers"
+    assert all(seen[c + 1] == returned[c] for c in range(3)), "every later cycle maps the previous results"
+    seen.clear()
+    returned.clear()
+    time_mapper(recorder, ws, WORKLOADS["fresh"], 0.0, 1, repeats=2, warmup=1)
+    assert all(s == [id(w) for w in ws] for s in seen), "the other workloads map the same walkers every cycle"

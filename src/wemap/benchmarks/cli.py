@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..argtypes import positive_int
+from .workloads import WORKLOADS
 
 __all__ = ["add_bench_parser", "add_bench_arguments", "build_parser", "run_bench", "collect", "format_report", "main",
            "parse_atoms"]
@@ -85,10 +86,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"walkers per cycle (default {' '.join(map(str, FULL_WALKERS))})")
     m.add_argument("--workers", nargs="+", type=positive_int, metavar="N",
                    help="worker processes (default 1 2, and 4 8 ... up to the cores here)")
-    m.add_argument("--workload", nargs="+", choices=("noop", "sleep", "fresh"), metavar="{noop,sleep,fresh}",
+    m.add_argument("--workload", nargs="+", choices=tuple(WORKLOADS), metavar="{" + ",".join(WORKLOADS) + "}",
                    help="segment functions: noop (pure transport: hands the walker back), sleep (fixed duration), "
                         "fresh (hands back new arrays, as MD does: no shortcut for a mapper that can refer to "
-                        "its input); default noop and sleep")
+                        "its input), loop (fresh, each cycle mapping the last cycle's results, as a WE run "
+                        "does); default noop and sleep")
     m.add_argument("--sleep-ms", type=float, default=50.0, help="duration of the sleep segment (default: %(default)s)")
     m.add_argument("--repeats", type=positive_int, help=f"timed cycles per cell (default {FULL_REPEATS}; --quick {QUICK_REPEATS})")
     m.add_argument("--warmup", type=int, default=1, help="untimed cycles per cell first (default: %(default)s)")

@@ -197,6 +197,8 @@ def _run_group(spec: MatrixSpec, phase: Sequence[Contender], atoms: int, n_walke
             for c in phase:
                 row = _base_row(c.label, c.key, c.kind, workload, spec.sleep_s, atoms, n_walkers, k, c.processes(k), spec)
                 ram_need, shm_need = c.estimate(cycle_bytes, wb, k)
+                if WORKLOADS[workload].fed_back:
+                    ram_need += cycle_bytes  # the made walkers stay while last cycle's results go in
                 row["estimate_ram_bytes"], row["estimate_shm_bytes"] = ram_need, shm_need
                 why = _why_not(ram_need, shm_need, ram, shm)
                 if why:

@@ -51,7 +51,8 @@ def matrix_tables(rows: Sequence[dict[str, Any]]) -> str:
     parts = []
     for (workload, walkers, workers), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != "noop", *kv[0][1:])):
         seg = group[0]["segment_s"]
-        what = {"noop": "no-op segment", "fresh": "new-arrays segment (no work)"}.get(workload, f"{seg * 1e3:g} ms sleep segment")
+        what = {"noop": "no-op segment", "fresh": "new-arrays segment (no work)",
+                "loop": "new-arrays segment, results fed back (a WE loop)"}.get(workload, f"{seg * 1e3:g} ms sleep segment")
         reps = group[0]["repeats"]
         parts.append(f"### {what}, {walkers} walkers, {workers} workers (median of {reps} cycles)\n")
         shown = []

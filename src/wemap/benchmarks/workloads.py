@@ -64,6 +64,8 @@ class Workload:
     name: str
     func: Callable[..., Any]
     description: str
+    #: each cycle maps the previous cycle's results, as a WE loop does (the first maps the made walkers)
+    fed_back: bool = False
 
     def segment_length(self, sleep_s: float) -> float:
         return sleep_s if self.name == "sleep" else 0.0
@@ -77,6 +79,8 @@ WORKLOADS: dict[str, Workload] = {
     "noop": Workload("noop", noop_segment, "no-op segment (pure transport)"),
     "sleep": Workload("sleep", sleep_segment, "fixed-duration segment (sleep)"),
     "fresh": Workload("fresh", fresh_segment, "segment returning new arrays (as MD does), no work"),
+    "loop": Workload("loop", fresh_segment, "new arrays, each cycle mapping the last one's results (a WE loop)",
+                     fed_back=True),
 }
 
 
