@@ -382,3 +382,46 @@ def test_walkers_from_an_outgrown_arena_or_strided_are_copied(shared_results_for
         assert len(copies) == 3 * 3
     assert second == [segfuncs.displace(w, 1) for w in big]
     assert third == [segfuncs.displace(w, 1) for w in strided]
+
+
+def test_a_worker_maps_the_whole_arena_at_once():
+    """Populated at attach: writing every page afterwards takes (almost) no page faults."""
+    import resource
+    from multiprocessing.shared_memory import SharedMemory
+
+    from wemap import result_arena
+    from wemap.segment import _open_untracked
+
+    if result_arena._MADV_POPULATE_WRITE is None:
+        pytest.skip("no MADV_POPULATE_WRITE on this platform")
+    owner = SharedMemory(create=True, size=16 * 2**20)
+    try:
+        def faults_writing(populate: bool) -> int:
+            shm = _open_untracked(owner.name)
+            if populate:
+                try:
+                    shm._mmap.madvise(result_arena._MADV_POPULATE_WRITE)
+                except OSError:
+                    shm.close()
+                    pytest.skip("this kernel has no MADV_POPULATE_WRITE (Linux < 5.14)")
+                shm.close()
+                maps = result_arena.ArenaMaps()
+                buf = maps.whole(owner.name)
+            else:
+                maps, buf = None, np.frombuffer(shm.buf, dtype=np.uint8)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            buf[::4096] = 1
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            del buf
+            if maps is not None:
+                maps.close()
+            else:
+                shm.close()
+            return after - before
+
+        pages = owner.size // 4096
+        assert faults_writing(populate=False) >= pages // 2, "unpopulated: a fault a page (the control)"
+        assert faults_writing(populate=True) < pages // 20
+    finally:
+        owner.close()
+        owner.unlink()
