@@ -202,10 +202,12 @@ def test_worker_told_to_attach_a_segment_already_gone_says_detached_and_goes_on(
 
 @pytest.fixture
 def shared_results_for_any_size(monkeypatch):
-    """Result blocks for the small walkers of these tests too (by default only from 1 MiB)."""
+    """Result blocks, and inputs by reference, for the small walkers of these tests too (by default
+    from 256 KiB and 1 MiB)."""
     from wemap import shm_mapper
 
     monkeypatch.setattr(shm_mapper, "SHARED_RESULTS_MIN_BYTES", 0)
+    monkeypatch.setattr(shm_mapper, "REFER_MIN_BYTES", 0)
 
 
 def _arena_holds(m, arr) -> bool:
@@ -425,3 +427,15 @@ def test_a_worker_maps_the_whole_arena_at_once():
     finally:
         owner.close()
         owner.unlink()
+
+
+def test_by_default_only_walkers_of_a_mebibyte_go_by_reference(monkeypatch):
+    copies = _count_copies_in(monkeypatch)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
+        for n_atoms, referenced in ((30_000, True), (10_000, False)):  # 1.4 MB and 480 kB of arrays
+            first = m.map(walkers(2, n_atoms), [1, 1])
+            copies.clear()
+            second = m.map(first, [1, 1])
+            assert all(_arena_holds(m, o.state["positions"]) for o in second)
+            assert (copies == [72, 72]) == referenced, (n_atoms, copies)
+            del first, second

@@ -72,6 +72,10 @@ SLOT_BUDGET_MAX = 4 * 2**30
 #: their results copied by the manager: below it a result block saves nothing measurable
 #: (bench/shared_results.py, bench/README.md)
 SHARED_RESULTS_MIN_BYTES = 256 * 1024
+#: walkers fed back from the arena send their arrays by reference from this size on: below it the
+#: second encoding costs more than the copy it saves (10k atoms: 134.5 vs 120.7 µs a task; 30k atoms:
+#: 171.6 vs 302.7 µs; bench/README.md)
+REFER_MIN_BYTES = 2**20
 
 
 def _shm_free() -> int:
@@ -307,7 +311,8 @@ class SharedMemWorkerMapper(MapperBase):
         return [arena.take() for _ in encoded]
 
     def _refer_to_arena(self, specs: list[TaskSpec], encoded: list) -> None:
-        """Walkers whose arrays are earlier results still in the arena send those by reference.
+        """Walkers (of ``REFER_MIN_BYTES`` or more) whose arrays are earlier results still in the arena
+        send those by reference.
 
         Only walkers with a result block: its field names the arena to the worker. The arena is
         settled for this cycle by now, so no reference can outlive the arena it points into.
@@ -316,7 +321,7 @@ class SharedMemWorkerMapper(MapperBase):
         if arena is None:
             return
         for i, (enc, block) in enumerate(zip(encoded, self._result_blocks)):
-            if block is not None and any(arena.holds(a) for a in enc.arrays):
+            if block is not None and enc.array_bytes >= REFER_MIN_BYTES and any(arena.holds(a) for a in enc.arrays):
                 spec = specs[i]
                 encoded[i] = encode_call(self._registry, spec.args, spec.kwargs, region=IN_REGION, local_ref=arena.ref,
                                          where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")
