@@ -1,11 +1,11 @@
 """How SharedMemWorkerMapper's three ways of returning results compare, size by size.
 
-``shared_results`` (workers write results into the shared result arena; on from 256 KiB a
+``shared_results`` (workers write results into the shared result arena; on from 1 MiB a
 walker), the manager's copy out of the slot (``shared_results=False``) and ``zero_copy=True``
 (views of the slots, valid until the next map), with a no-op segment, with one that hands
 back new arrays (as MD does), and with that one in a loop that maps each cycle's results in
 the next (as a WE run does; not for zero_copy, whose results end with the next map). The modes take turns cycle by cycle, so they share the machine's
-noise. The arena is forced on at every size here (its 256 KiB threshold is what this measures).
+noise. The arena is forced on at every size here (its 1 MiB threshold is what this measures).
 
     python bench/shared_results.py --atoms 10000 100000 1000000 --walkers 8 --workers 2 --cycles 40
 """

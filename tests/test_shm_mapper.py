@@ -203,7 +203,7 @@ def test_worker_told_to_attach_a_segment_already_gone_says_detached_and_goes_on(
 @pytest.fixture
 def shared_results_for_any_size(monkeypatch):
     """Result blocks, and inputs by reference, for the small walkers of these tests too (by default
-    from 256 KiB and 1 MiB)."""
+    from 1 MiB)."""
     from wemap import shm_mapper
 
     monkeypatch.setattr(shm_mapper, "SHARED_RESULTS_MIN_BYTES", 0)
@@ -265,8 +265,8 @@ def test_no_op_results_are_copied_once_by_the_manager_not_into_blocks(shared_res
         del out
 
 
-def test_walkers_of_a_quarter_mebibyte_use_shared_blocks_by_default():
-    ws = walkers(2, 10_000)  # 480 kB of arrays each
+def test_walkers_of_a_mebibyte_use_shared_blocks_by_default():
+    ws = walkers(2, 30_000)  # 1.4 MB of arrays each
     with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
         out = m.map(ws, [1, 1])
         assert m._arena is not None and all(_arena_holds(m, o.state["velocities"]) for o in out)
@@ -430,6 +430,9 @@ def test_a_worker_maps_the_whole_arena_at_once():
 
 
 def test_by_default_only_walkers_of_a_mebibyte_go_by_reference(monkeypatch):
+    from wemap import shm_mapper
+
+    monkeypatch.setattr(shm_mapper, "SHARED_RESULTS_MIN_BYTES", 0)  # result blocks for both sizes
     copies = _count_copies_in(monkeypatch)
     with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
         for n_atoms, referenced in ((30_000, True), (10_000, False)):  # 1.4 MB and 480 kB of arrays

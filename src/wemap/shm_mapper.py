@@ -68,13 +68,14 @@ AUTO_EXTRA = 64 * 1024
 #: automatic slot count: at most this share of the free /dev/shm, and at most this many bytes
 SLOT_BUDGET_FRACTION = 0.25
 SLOT_BUDGET_MAX = 4 * 2**30
-#: walkers with fewer array bytes than this (about 5,000 atoms of positions and velocities) have
-#: their results copied by the manager: below it a result block saves nothing measurable
-#: (bench/shared_results.py, bench/README.md)
-SHARED_RESULTS_MIN_BYTES = 256 * 1024
-#: walkers fed back from the arena send their arrays by reference from this size on: below it the
-#: second encoding costs more than the copy it saves (10k atoms: 134.5 vs 120.7 µs a task; 30k atoms:
-#: 171.6 vs 302.7 µs; bench/README.md)
+#: walkers with fewer array bytes than this (about 22,000 atoms of positions and velocities) have
+#: their results copied by the manager, and are copied in even when fed back from the arena: at
+#: 10k atoms the arena wins only where every process has a core of its own, and loses a WE loop
+#: on 2 vCPUs shared by three processes (bench/shared_results.py, bench/README.md)
+SHARED_RESULTS_MIN_BYTES = 2**20
+#: fed-back walkers send their arrays by reference from this size on: below it the second
+#: encoding costs more than the copy it saves (10k atoms: 134.5 vs 120.7 µs a task; 30k atoms:
+#: 171.6 vs 302.7 µs)
 REFER_MIN_BYTES = 2**20
 
 
@@ -104,12 +105,14 @@ class SharedMemWorkerMapper(MapperBase):
     - ``zero_copy``: return results as read-only views into the segment, valid until the next
       ``map`` call, instead of one copy each. With more walkers than slots, a result whose slot
       is needed again in the same ``map`` is copied out first.
-    - ``shared_results``: (default) for walkers of 256 KiB or more, the workers write each result
+    - ``shared_results``: (default) for walkers of 1 MiB or more, the workers write each result
       into a block of shared memory that the manager returns views of (writable, valid for as
       long as they are referenced; a block is reused once nothing refers to it), so a result
       is copied once, by a worker, instead of twice. ``False``, smaller walkers, results the
       blocks cannot take, or result arrays that are still the slot's input (a no-op segment):
-      the manager copies each result out of its slot into private memory.
+      the manager copies each result out of its slot into private memory. Walkers of 1 MiB or
+      more that are results of an earlier ``map`` still in the arena (a WE loop feeding its
+      walkers back, clones included) are not copied in: the worker reads them where they are.
 
     The segment function receives read-only views of the walker's arrays (copy them before
     modifying them in place).
