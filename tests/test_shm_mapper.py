@@ -442,3 +442,44 @@ def test_by_default_only_walkers_of_a_mebibyte_go_by_reference(monkeypatch):
             assert all(_arena_holds(m, o.state["positions"]) for o in second)
             assert (copies == [72, 72]) == referenced, (n_atoms, copies)
             del first, second
+
+
+def _fds_on_unlinked_arenas(pid: int) -> list[str]:
+    fds = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if "wemap_" in target and "(deleted)" in target:
+            fds.append(target)
+    return fds
+
+
+def test_workers_let_go_of_an_outgrown_arena_within_one_segment(shared_results_for_any_size):
+    """More walkers each cycle replace the arena but not the slots: no worker may keep the old one's pages."""
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1) as m:
+        out = m.map(walkers(2, 2000), [1] * 2)
+        arenas = {m._arena.name}
+        for n in (4, 8):
+            out = m.map(out + out, [1] * n)  # fed back, then the arena is outgrown
+            arenas.add(m._arena.name)
+        assert len(arenas) == 3, "the arena was replaced twice"
+        del out
+        pid = m._pool.workers[0].pid
+        assert _fds_on_unlinked_arenas(pid) == []
+
+
+def test_a_worker_that_cannot_map_the_arena_gets_its_walker_copied(shared_results_for_any_size, caplog):
+    ws = walkers(2, 1000)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1) as m:
+        first = m.map(ws, [1, 1])
+        os.unlink(f"/dev/shm/{m._arena.name}")  # a name gone (systemd RemoveIPC, a stray rm) ...
+        w = m._pool.workers[0]
+        os.kill(w.pid, 9)  # ... and a worker that must map it anew
+        w.process.join(10)
+        with caplog.at_level("WARNING", logger="wemap.shm_mapper"):
+            second = m.map(first, [1, 1])
+        assert any("walkers fed back are copied in from now on" in r.getMessage() for r in caplog.records)
+        assert m._arena.name in caplog.text
+    assert second == [segfuncs.displace(segfuncs.displace(w, 1), 1) for w in ws]

@@ -95,7 +95,9 @@ def check_array(where: str, field: str, arr: np.ndarray) -> None:
 class Codec:
     """Protocol: ``encode(obj) -> (arrays, meta)`` and ``decode(arrays, meta) -> obj``.
 
-    ``arrays`` maps field names to ndarrays; ``meta`` must be small and picklable.
+    ``arrays`` maps field names to ndarrays; ``meta`` must be small and picklable. ``encode``
+    may be called more than once for one walker in one ``map`` (a walker fed back from the
+    result arena is encoded again to refer to it), so it should not have side effects.
     """
 
     name = "codec"

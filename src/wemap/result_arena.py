@@ -160,10 +160,8 @@ class ArenaMaps:
     def _drop(self, name: str) -> None:
         shm, buf = self._maps.pop(name)
         del buf  # our own view would keep the mapping exported
-        try:
-            shm.close()
-        except BufferError as exc:  # a view is still alive somewhere in this worker
-            logger.debug("arena %s still has views in this worker: %s", name, exc)
+        if not close_or_hand_over(shm):  # the fd goes now, the mapping with the last view
+            logger.debug("arena %s still has views in this worker", name)
 
     def close(self) -> None:
         for name in list(self._maps):

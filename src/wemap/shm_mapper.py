@@ -55,7 +55,15 @@ from ._ring import now_ns
 from .faults import Attempts
 from .result_arena import ResultArena
 from .segment import Segment, _free_bytes, remove_stale_segments
-from .shm_worker import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_OVERFLOW, read_failure, ring_loop
+from .shm_worker import (
+    STATUS_CORRUPT,
+    STATUS_FAILED,
+    STATUS_NO_ARENA,
+    STATUS_OK,
+    STATUS_OVERFLOW,
+    read_failure,
+    ring_loop,
+)
 from .worker import Worker
 
 __all__ = ["SharedMemWorkerMapper"]
@@ -167,6 +175,8 @@ class SharedMemWorkerMapper(MapperBase):
         self._served: set[int] = set()  # pids that finished a segment (past their first-segment allowance)
         self._timed_out: dict[int, float] = {}  # pid -> the timeout it was killed for
         self._blocks = BlockPool()  # memory for result walkers, reused once they are dropped
+        self._refer = True  # fed-back walkers go by reference; off once a worker cannot map the arena
+        self._encoded: list = []  # this cycle's encoded walkers
         self._views: list = []  # per slot: (header, input region, output region) views of the segment
 
     @property
@@ -321,7 +331,7 @@ class SharedMemWorkerMapper(MapperBase):
         settled for this cycle by now, so no reference can outlive the arena it points into.
         """
         arena = self._arena
-        if arena is None:
+        if arena is None or not self._refer:
             return
         for i, (enc, block) in enumerate(zip(encoded, self._result_blocks)):
             if block is not None and enc.array_bytes >= REFER_MIN_BYTES and any(arena.holds(a) for a in enc.arrays):
@@ -354,6 +364,7 @@ class SharedMemWorkerMapper(MapperBase):
 
     def _run_cycle(self, specs: list[TaskSpec]) -> list[Any]:
         encoded = self._encode(specs)  # every walker checked before anything is written
+        self._encoded = encoded  # _collect may send a walker again, encoded otherwise
         self._ensure_segment(max(e.nbytes for e in encoded), len(specs))
         self._result_blocks = self._take_result_blocks(encoded)
         self._refer_to_arena(specs, encoded)
@@ -382,8 +393,9 @@ class SharedMemWorkerMapper(MapperBase):
         finally:
             self.recovered_segments += attempts.recovered
             self._result_blocks = []  # the results hold the blocks they use; the rest are free again
+            self._encoded = []
         # keep about one cycle of idle result blocks: the next cycle's results reuse them
-        self._blocks.trim(keep_bytes=2 * sum(e.nbytes for e in encoded))
+        self._blocks.trim(keep_bytes=2 * sum(e.array_bytes for e in encoded))  # references included
         return results
 
     def _stream(self, specs, encoded, todo, results, attempts: Attempts):
@@ -451,6 +463,15 @@ class SharedMemWorkerMapper(MapperBase):
         target = self._result_blocks[i]
         regions = (inp, out) if target is None else (inp, out, target[0])
         try:
+            if status == STATUS_NO_ARENA:  # nothing lost: send it copied, and no more references
+                failure = read_failure(regions[OUT_REGION])
+                if self._refer:
+                    logger.warning("worker %d (pid %d): %s; walkers fed back are copied in from now on",
+                                   widx, pid, failure.exc_message)
+                self._refer = False
+                self._encoded[i] = encode_call(self._registry, spec.args, spec.kwargs, region=IN_REGION,
+                                               where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")
+                return True
             if status == STATUS_CORRUPT:
                 failure = read_failure(regions[OUT_REGION])
                 raise ValueError(f"the worker could not read the walker from its input region "

@@ -11,7 +11,9 @@ pipe (the manager may then trust every slot header), and waits for the next segm
 Slot status written before each push: ``STATUS_OK``; ``STATUS_FAILED`` (the segment raised:
 a pickled `TaskFailure` in the output region); ``STATUS_OVERFLOW`` (the result needs more
 bytes than the region, given in ``out_nbytes``); ``STATUS_CORRUPT`` (the input could not be
-read: the transport, not the segment function, is at fault).
+read: the transport, not the segment function, is at fault); ``STATUS_NO_ARENA`` (the walker's
+arrays are referenced in the result arena, which this worker could not map: the manager
+sends it again copied into the slot).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from ._ring import RingClosed, now_ns
 from .codec import (
     DATA_START,
+    ARENA_REGION,
     IN_REGION,
     OUT_REGION,
     RESULT_REGION,
@@ -48,7 +51,7 @@ from .worker import Task, TaskFailure, Worker, run_timed
 __all__ = ["ring_loop", "serve_segment", "read_failure", "STATUS_OK", "STATUS_FAILED", "STATUS_OVERFLOW",
            "STATUS_CORRUPT"]
 
-STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW, STATUS_CORRUPT = 0, 1, 2, 3
+STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW, STATUS_CORRUPT, STATUS_NO_ARENA = 0, 1, 2, 3, 4
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +79,22 @@ def _region_ref(regions: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray]
 _NO_REGION = np.empty(0, dtype=np.uint8)  # a region index a descriptor may not use
 
 
-def _arena_of(arenas: ArenaMaps, name: str) -> np.ndarray:
-    """The result arena a walker's input arrays may be referenced in (earlier results fed back)."""
+class _NoArena(Exception):
+    """The walker's arrays are in a result arena this worker cannot map."""
+
+
+def _input_regions(desc: dict, regions: tuple, target, arenas: ArenaMaps) -> tuple:
+    """The regions a walker's input may refer to: the slot's, and the result arena when its
+    arrays are earlier results fed back by reference (mapped only then)."""
+    entries = [*desc["args"], *desc["kwargs"].values()]
+    if not any(field[3] == ARENA_REGION for _, _, fields in entries for field in fields):
+        return regions
+    if target is None:
+        raise ValueError("the walker refers to the result arena but its slot names none")
     try:
-        return arenas.whole(name)
-    except (OSError, ValueError) as exc:  # only inputs that refer to it fail, as corrupt, naming this
-        logger.warning("cannot map result arena %s: %s", name, exc)
-        return _NO_REGION
+        return (*regions, _NO_REGION, arenas.whole(target[0]))
+    except (OSError, ValueError) as exc:
+        raise _NoArena(f"cannot map result arena {target[0]}: {type(exc).__name__}: {exc}") from exc
 
 
 def _fit_failure(failure: TaskFailure, room: int) -> bytes:
@@ -166,14 +178,18 @@ def serve_segment(
         hdr["t_start_ns"] = now_ns()
         hdr["t_end_ns"] = 0
         out = regions[OUT_REGION]
-        corrupt, target = False, None
+        unreadable, target = None, None  # the status of an input the worker could not read
         try:
             target = read_target(regions[IN_REGION])
-            in_regions = regions if target is None else (*regions, _NO_REGION, _arena_of(arenas, target[0]))
-            args, kwargs = decode_call(reg, read_descriptor(regions[IN_REGION]), in_regions, copy=False, readonly=True)
+            desc = read_descriptor(regions[IN_REGION])
+            args, kwargs = decode_call(reg, desc, _input_regions(desc, regions, target, arenas), copy=False,
+                                       readonly=True)
         except Exception as exc:  # the transport, not the segment function, is at fault
             now = now_ns()  # a finished slot, for a salvage that reads the headers
-            ok, result, t0, t1, corrupt = False, TaskFailure.capture(exc), now, now, True
+            ok, result, t0, t1 = False, TaskFailure.capture(exc), now, now
+            unreadable = STATUS_NO_ARENA if isinstance(exc, _NoArena) else STATUS_CORRUPT
+            if unreadable == STATUS_NO_ARENA:
+                logger.warning("%s", exc)
         else:
             ok, result, _, t0, t1 = run_timed(worker, Task(segment_func, *args, **kwargs), retry_on)
             del args, kwargs
@@ -185,7 +201,7 @@ def serve_segment(
             except Exception as exc:  # the result itself can't be carried: the segment's problem
                 status, nbytes = STATUS_FAILED, _write_failure(out, TaskFailure.capture(exc))
         else:
-            status, nbytes = STATUS_CORRUPT if corrupt else STATUS_FAILED, _write_failure(out, result)
+            status, nbytes = unreadable if unreadable is not None else STATUS_FAILED, _write_failure(out, result)
         del result
         hdr["status"] = status
         hdr["out_nbytes"] = nbytes
