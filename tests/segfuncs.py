@@ -240,3 +240,14 @@ def killed_then_slow(x, marker_dir, **kwargs):
 class Unpicklable:
     def __reduce__(self):
         raise ValueError("this object refuses to be pickled")
+
+
+_FIRST_CALL = [True]
+
+
+def slow_first_displace(walker, segment_length, seconds, **kwargs):
+    """`displace`, after sleeping ``seconds`` on the process's first call (a context being built)."""
+    if _FIRST_CALL[0]:
+        _FIRST_CALL[0] = False
+        time.sleep(seconds)
+    return displace(walker, segment_length)

@@ -471,15 +471,33 @@ def test_workers_let_go_of_an_outgrown_arena_within_one_segment(shared_results_f
 
 
 def test_a_worker_that_cannot_map_the_arena_gets_its_walker_copied(shared_results_for_any_size, caplog):
+    """Nothing lost, a clear warning, a new arena, and the worker's first real segment keeps its longer timeout."""
     ws = walkers(2, 1000)
-    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1) as m:
-        first = m.map(ws, [1, 1])
-        os.unlink(f"/dev/shm/{m._arena.name}")  # a name gone (systemd RemoveIPC, a stray rm) ...
+    slow = {"seconds": [1.0, 1.0]}  # each worker process's first segment sleeps 1 s: under 10 s, over 0.5 s
+    with SharedMemWorkerMapper(segment_func=segfuncs.slow_first_displace, num_workers=1, task_timeout=0.5,
+                               first_task_timeout=10.0, max_retries=0) as m:
+        first = m.map(ws, [1, 1], **slow)
+        arena = m._arena.name
+        os.unlink(f"/dev/shm/{arena}")  # a name gone (systemd RemoveIPC, a stray rm) ...
         w = m._pool.workers[0]
         os.kill(w.pid, 9)  # ... and a worker that must map it anew
         w.process.join(10)
         with caplog.at_level("WARNING", logger="wemap.shm_mapper"):
-            second = m.map(first, [1, 1])
+            second = m.map(first, [1, 1], **slow)
         assert any("walkers fed back are copied in from now on" in r.getMessage() for r in caplog.records)
-        assert m._arena.name in caplog.text
+        assert arena in caplog.text
+        assert m._arena is None, "the arena whose name is gone is replaced"
+        third = m.map(second, [1, 1], **slow)
+        assert m._arena is not None and m._arena.name != arena
     assert second == [segfuncs.displace(segfuncs.displace(w, 1), 1) for w in ws]
+    assert third == [segfuncs.displace(w, 1) for w in second]
+
+
+@pytest.mark.parametrize("desc", [{"args": [("walker", None, [("positions",)])], "kwargs": {}}, {"args": 5},
+                                  {"args": [["walker", None, "fields"]], "kwargs": {}}, []])
+def test_a_malformed_descriptor_is_named_as_such_before_any_arena_is_mapped(desc):
+    from wemap.result_arena import ArenaMaps
+    from wemap.shm_worker import _input_regions
+
+    with pytest.raises(ValueError, match="malformed slot descriptor"):
+        _input_regions(desc, (np.zeros(64, np.uint8),) * 2, ("wemap_0_nothing", 0, 64), ArenaMaps())

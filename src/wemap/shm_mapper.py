@@ -176,6 +176,7 @@ class SharedMemWorkerMapper(MapperBase):
         self._timed_out: dict[int, float] = {}  # pid -> the timeout it was killed for
         self._blocks = BlockPool()  # memory for result walkers, reused once they are dropped
         self._refer = True  # fed-back walkers go by reference; off once a worker cannot map the arena
+        self._arena_unmappable = False  # a worker could not map the arena: replace it after the cycle
         self._encoded: list = []  # this cycle's encoded walkers
         self._views: list = []  # per slot: (header, input region, output region) views of the segment
 
@@ -187,6 +188,7 @@ class SharedMemWorkerMapper(MapperBase):
     # -- lifecycle ---------------------------------------------------------------------------
     def _start(self) -> None:
         self._attached, self._served, self._timed_out = set(), set(), {}
+        self._refer, self._arena_unmappable = True, False
         for name in remove_stale_segments():
             logger.warning("removed stale segment %s left by a dead process", name)
         pool = WorkerPool(
@@ -394,6 +396,10 @@ class SharedMemWorkerMapper(MapperBase):
             self.recovered_segments += attempts.recovered
             self._result_blocks = []  # the results hold the blocks they use; the rest are free again
             self._encoded = []
+            if self._arena_unmappable and self._arena is not None:  # its name may be gone: make a new one
+                self._arena.retire()
+                self._arena = None
+            self._arena_unmappable = False
         # keep about one cycle of idle result blocks: the next cycle's results reuse them
         self._blocks.trim(keep_bytes=2 * sum(e.array_bytes for e in encoded))  # references included
         return results
@@ -458,20 +464,24 @@ class SharedMemWorkerMapper(MapperBase):
                 f"slot {slot} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task {task_id} "
                 f"of worker {widx}; the segment is corrupt", worker_idx=widx, pid=pid,
                 walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
-        self._served.add(pid)
-        self._worker_segment_times[widx].append(max(0, t1 - t0) * 1e-9)
         target = self._result_blocks[i]
         regions = (inp, out) if target is None else (inp, out, target[0])
+        if status == STATUS_NO_ARENA:  # it ran nothing and lost nothing: send it again, copied in
+            try:
+                message = read_failure(regions[OUT_REGION]).exc_message
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError, pickle.UnpicklingError, EOFError):
+                message = "it could not map the result arena"
+            if self._refer:
+                logger.warning("worker %d (pid %d): %s; walkers fed back are copied in from now on, and the "
+                               "arena is replaced after this cycle", widx, pid, message)
+            self._refer = False  # for this init: a worker that cannot map one arena may not map the next
+            self._arena_unmappable = True
+            self._encoded[i] = encode_call(self._registry, spec.args, spec.kwargs, region=IN_REGION,
+                                           where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")
+            return True
+        self._served.add(pid)  # past its first segment (what its timeout allows)
+        self._worker_segment_times[widx].append(max(0, t1 - t0) * 1e-9)
         try:
-            if status == STATUS_NO_ARENA:  # nothing lost: send it copied, and no more references
-                failure = read_failure(regions[OUT_REGION])
-                if self._refer:
-                    logger.warning("worker %d (pid %d): %s; walkers fed back are copied in from now on",
-                                   widx, pid, failure.exc_message)
-                self._refer = False
-                self._encoded[i] = encode_call(self._registry, spec.args, spec.kwargs, region=IN_REGION,
-                                               where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")
-                return True
             if status == STATUS_CORRUPT:
                 failure = read_failure(regions[OUT_REGION])
                 raise ValueError(f"the worker could not read the walker from its input region "

@@ -49,7 +49,7 @@ from .segment import Segment
 from .worker import Task, TaskFailure, Worker, run_timed
 
 __all__ = ["ring_loop", "serve_segment", "read_failure", "STATUS_OK", "STATUS_FAILED", "STATUS_OVERFLOW",
-           "STATUS_CORRUPT"]
+           "STATUS_CORRUPT", "STATUS_NO_ARENA"]
 
 STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW, STATUS_CORRUPT, STATUS_NO_ARENA = 0, 1, 2, 3, 4
 
@@ -86,14 +86,18 @@ class _NoArena(Exception):
 def _input_regions(desc: dict, regions: tuple, target, arenas: ArenaMaps) -> tuple:
     """The regions a walker's input may refer to: the slot's, and the result arena when its
     arrays are earlier results fed back by reference (mapped only then)."""
-    entries = [*desc["args"], *desc["kwargs"].values()]
-    if not any(field[3] == ARENA_REGION for _, _, fields in entries for field in fields):
+    try:
+        entries = [*desc["args"], *desc["kwargs"].values()]
+        refers = any(type(field[3]) is int and field[3] == ARENA_REGION for _, _, fields in entries for field in fields)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"malformed slot descriptor ({type(exc).__name__}: {exc})") from exc
+    if not refers:
         return regions
     if target is None:
         raise ValueError("the walker refers to the result arena but its slot names none")
     try:
         return (*regions, _NO_REGION, arenas.whole(target[0]))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # the name gone, no memory, no file descriptors: the manager sends it copied
         raise _NoArena(f"cannot map result arena {target[0]}: {type(exc).__name__}: {exc}") from exc
 
 
