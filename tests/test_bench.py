@@ -139,6 +139,30 @@ def test_goals_are_quotients_of_the_rows(tiny_run):
         want = (other, shm) if g["op"] == ">=" else (shm, other)
         assert (g["numerator_s"], g["denominator_s"]) == want
         assert g["met"] == (g["value"] >= g["target"] if g["op"] == ">=" else g["value"] <= g["target"])
+        top, bottom = (by_key[g["compared_with"]], by_key["SharedMemWorkerMapper"])
+        if g["op"] == "<=":
+            top, bottom = bottom, top
+        low, high = g["spread"]
+        assert close(low, top["cycle_s_min"] / bottom["cycle_s_max"]) and close(high, top["cycle_s_max"] / bottom["cycle_s_min"])
+        assert low <= g["value"] <= high
+        assert g["unsettled"] == (low < g["target"] < high)
+
+
+def test_a_goal_whose_target_lies_within_the_spread_says_so():
+    from wemap.benchmarks.summary import goals_table
+
+    def row(key, med, lo, hi):
+        return {"status": "ok", "key": key, "workload": "noop", "atoms": 1, "walkers": 1, "workers": 1,
+                "cycle_s_median": med, "cycle_s_min": lo, "cycle_s_max": hi}
+
+    cell = {"workload": "noop", "atoms": 1, "walkers": 1, "workers": 1}
+    rows = [row("SharedMemWorkerMapper", 0.06, 0.06, 0.065), row("ray", 0.31, 0.09, 0.85), row("wepy", 2.2, 2.0, 2.4),
+            row("floor", 0.1, 0.1, 0.1)]
+    by_goal = {g["compared_with"]: g for g in goals(rows, cell)}
+    assert by_goal["ray"]["met"] and by_goal["ray"]["unsettled"]  # 5.2x from the medians; 1.4x to 14x
+    assert not by_goal["wepy"]["unsettled"] and not by_goal["floor"]["unsettled"]
+    text = goals_table(list(by_goal.values()))
+    assert text.count("unsettled") == 1 and "1.38–14.17" in text
 
 
 def test_cells_that_do_not_fit_are_skipped_with_the_reason(tmp_path):

@@ -304,7 +304,10 @@ def goals(rows: list[dict[str, Any]], cell: dict[str, Any] = HEADLINE) -> list[d
     """The issue's goals for SharedMemWorkerMapper in ``cell``, each with the two figures it divides.
 
     Speedups are ``other cycle_s_median / SharedMemWorkerMapper cycle_s_median``; the floor
-    goal is ``SharedMemWorkerMapper cycle_s_median / floor cycle_s_median``.
+    goal is ``SharedMemWorkerMapper cycle_s_median / floor cycle_s_median``. ``spread`` is the
+    same quotient from the two rows' fastest and slowest cycles, lowest and highest; a target
+    inside it (``unsettled``) is met or missed by where the medians happened to land, as with a
+    peer whose cycles are bimodal: more ``--repeats`` settle it.
     """
     ok = [r for r in rows if r["status"] == "ok"]
 
@@ -319,15 +322,16 @@ def goals(rows: list[dict[str, Any]], cell: dict[str, Any] = HEADLINE) -> list[d
     for name, key, op, target in GOALS:
         other = find(key)
         entry: dict[str, Any] = {"goal": name, "cell": dict(cell), "compared_with": key, "op": op, "target": target,
-                                 "numerator_s": None, "denominator_s": None, "value": None, "met": None}
+                                 "numerator_s": None, "denominator_s": None, "value": None, "met": None,
+                                 "spread": None, "unsettled": None}
         if shm is not None and other is not None:
-            if key == "floor":
-                num, den = shm["cycle_s_median"], other["cycle_s_median"]
-            else:
-                num, den = other["cycle_s_median"], shm["cycle_s_median"]
+            top, bottom = (shm, other) if key == "floor" else (other, shm)
+            num, den = top["cycle_s_median"], bottom["cycle_s_median"]
             value = num / den
+            spread = [top["cycle_s_min"] / bottom["cycle_s_max"], top["cycle_s_max"] / bottom["cycle_s_min"]]
             entry.update(numerator_s=num, denominator_s=den, value=value,
-                         met=value >= target if op == ">=" else value <= target)
+                         met=value >= target if op == ">=" else value <= target,
+                         spread=spread, unsettled=spread[0] < target < spread[1])
         else:
             missing = "SharedMemWorkerMapper" if shm is None else key
             entry["reason"] = f"{missing} not measured in this cell in this run"

@@ -71,14 +71,18 @@ def goals_table(goals: Sequence[dict[str, Any]]) -> str:
     rows = []
     for g in goals:
         verdict = "—" if g["met"] is None else ("met" if g["met"] else "not met")
+        if g.get("unsettled"):
+            verdict += " (unsettled: the target lies within the spread; run more --repeats)"
+        spread = g.get("spread")
         rows.append({
             "goal": g["goal"],
             "target": f"{g['op']} {g['target']:g}",
             "value": g["value"],
+            "spread": "" if not spread else f"{spread[0]:.2f}–{spread[1]:.2f}",
             "verdict": verdict if g["met"] is not None else f"not measured ({g.get('reason')})",
         })
     return markdown_table(rows, [("goal", "goal", "s"), ("target", "target", "s"), ("value", "measured", ".2f"),
-                                 ("verdict", "", "s")])
+                                 ("spread", "from fastest and slowest cycles", "s"), ("verdict", "", "s")])
 
 
 def openmm_table(section: dict[str, Any]) -> str:
