@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 import wemap
 from wemap.codec import (
     _HEAD,
+    _LAYOUT_LEN,
     DATA_START,
     IN_REGION,
     ArrayCodec,
@@ -56,36 +57,92 @@ def test_any_raw_array_round_trips(arr, copy):
     assert out.state["weight_note"] == "kept" and out.weight == 0.25
 
 
-def _put(regs, desc) -> None:
-    data = pickle.dumps(desc)
+def _put(regs, layout, meta=(None,)) -> None:
+    """A descriptor in the output region, in the format `write_call` writes, from raw parts."""
+    lay = pickle.dumps(layout)
+    data = _LAYOUT_LEN.pack(len(lay)) + lay + pickle.dumps(list(meta))
     out = regs[1]
     out[128 : 128 + len(data)] = np.frombuffer(data, np.uint8)
     out[:16] = np.frombuffer(_HEAD.pack(128, len(data)), np.uint8)
 
 
 def _entry(*field):
-    return {"args": [("array", None, [field])], "kwargs": {}}
+    return 1, (), (("array", (field,)),)
 
 
 @pytest.mark.parametrize(
-    "desc, message",
+    "layout, message",
     [
         (_entry("array", "<f8", (2**40,), 1, DATA_START), "outside its slot region"),
+        (_entry("array", "<f8", (4,), 2, 0), "region 2, which this slot does not have"),
         (_entry("array", "<f8", (4,), 5, DATA_START), "region 5"),
         (_entry("array", "<f8", (4,), 1, 8), "outside its slot region"),
         (_entry("array", "zz", (4,), 1, DATA_START), "bad dtype"),
         (_entry("array", "|O", (4,), 1, DATA_START), "Python objects"),
         (_entry("array", "<f8", (-1,), 1, DATA_START), "bad shape"),
-        ({"args": [("no-such-codec", None, [])], "kwargs": {}}, "no-such-codec"),
+        ((1, (), (("no-such-codec", ()),)), "no-such-codec"),
         ([1, 2], "malformed"),
-        ({"args": [], "kwargs": [1]}, "malformed"),
+        ((0, [1], (("scalar", ()),)), "malformed"),
+        ((3, (), (("scalar", ()),)), "malformed"),
+        ((1, (), (("array", (("array", "<f8"),)),)), "malformed"),
     ],
 )
-def test_corrupt_descriptor_is_refused_before_any_copy(desc, message):
+def test_corrupt_descriptor_is_refused_before_any_copy(layout, message):
     regs = regions()
-    _put(regs, desc)
+    _put(regs, layout)
     with pytest.raises(ValueError, match=message):
         decode_call(CodecRegistry(), read_descriptor(regs[1]), regs, copy=True, readonly=True, pool=BlockPool())
+
+
+@pytest.mark.parametrize("meta", [(), (1, 2)])
+def test_metadata_that_does_not_match_its_layout_is_refused(meta):
+    regs = regions()
+    _put(regs, _entry("array", "<f8", (4,), 1, DATA_START), meta)
+    with pytest.raises(ValueError, match="malformed slot descriptor"):
+        decode_call(CodecRegistry(), read_descriptor(regs[1]), regs, copy=True, readonly=True, pool=BlockPool())
+
+
+def test_a_layout_that_overruns_its_descriptor_is_refused():
+    regs = regions()
+    _put(regs, _entry("array", "<f8", (4,), 1, DATA_START))
+    out = regs[1]
+    _LAYOUT_LEN.pack_into(out, 128, 10_000)
+    with pytest.raises(ValueError, match="runs past the descriptor"):
+        read_descriptor(out)
+
+
+def test_a_layout_is_parsed_once_and_stays_bound_to_the_regions_it_is_checked_against():
+    """The cache keys a layout by its bytes; which regions it fits is checked for every call."""
+    reg = CodecRegistry()
+    w = wemap.Walker({"x": np.arange(12.0).reshape(4, 3)}, 0.5)
+    big = regions()
+    write_call(encode_call(reg, (w,), {}, where="walker 0", region=IN_REGION), big[0])
+    first = read_descriptor(big[0])
+    decode_call(reg, first, big, copy=True, readonly=True)
+    decode_call(reg, read_descriptor(big[0]), big, copy=True, readonly=True)
+    assert len(reg._parsed) == 1 and reg.layout(first.layout) is reg.layout(bytes(first.layout))
+    small = (big[0][:DATA_START + 8], big[1])  # the same bytes, a region too small for the field
+    with pytest.raises(ValueError, match="field 'x' lies outside its slot region"):
+        decode_call(reg, first, small, copy=True, readonly=True)
+
+
+def test_walkers_differing_only_in_metadata_share_one_layout_and_keep_their_own_values():
+    reg = CodecRegistry()
+    regs = regions()
+    seen = []
+    for i in range(5):
+        w = wemap.Walker({"x": np.full((3, 3), float(i)), "note": f"n{i}"}, weight=1 / (i + 2))
+        write_call(encode_call(reg, (w, i), {"cycle_idx": i * 10}, where=f"walker {i}", region=IN_REGION), regs[0])
+        args, kwargs = decode_call(reg, read_descriptor(regs[0]), regs, copy=True, readonly=True, pool=BlockPool())
+        seen.append((args[0].weight, args[0].state["note"], float(args[0].state["x"][0, 0]), args[1], kwargs))
+    assert seen == [(1 / (i + 2), f"n{i}", float(i), i, {"cycle_idx": i * 10}) for i in range(5)]
+    assert len(reg._made) == 1 and len(reg._parsed) == 1
+
+
+def test_metadata_that_cannot_be_pickled_names_the_walker():
+    w = wemap.Walker({"x": np.zeros(3), "hook": lambda: None}, 1.0)
+    with pytest.raises(ValueError, match="walker 7: its metadata cannot be pickled"):
+        encode_call(CodecRegistry(), (w,), {}, where="walker 7", region=IN_REGION)
 
 
 def test_duplicate_codec_names_are_refused():

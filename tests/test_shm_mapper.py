@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -493,11 +494,15 @@ def test_a_worker_that_cannot_map_the_arena_gets_its_walker_copied(shared_result
     assert third == [segfuncs.displace(w, 1) for w in second]
 
 
-@pytest.mark.parametrize("desc", [{"args": [("walker", None, [("positions",)])], "kwargs": {}}, {"args": 5},
-                                  {"args": [["walker", None, "fields"]], "kwargs": {}}, []])
-def test_a_malformed_descriptor_is_named_as_such_before_any_arena_is_mapped(desc):
+@pytest.mark.parametrize("layout", [(1, (), (("walker", (("positions",),)),)), 5, (1, (), (("walker", "fields"),)),
+                                    [], (2, (), (("walker", ()),))])
+def test_a_malformed_descriptor_is_named_as_such_before_any_arena_is_mapped(layout):
+    """The worker parses a walker's layout (which says whether it refers to the arena) before it maps anything."""
+    from wemap.codec import CodecRegistry
     from wemap.result_arena import ArenaMaps
     from wemap.shm_worker import _input_regions
 
+    arenas = ArenaMaps()
     with pytest.raises(ValueError, match="malformed slot descriptor"):
-        _input_regions(desc, (np.zeros(64, np.uint8),) * 2, ("wemap_0_nothing", 0, 64), ArenaMaps())
+        _input_regions(CodecRegistry().layout(pickle.dumps(layout)), (np.zeros(64, np.uint8),) * 2,
+                       ("wemap_0_nothing", 0, 64), arenas)

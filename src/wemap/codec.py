@@ -20,8 +20,15 @@ Region format (input and output regions alike, all offsets from the region start
     16     input region only: the result block, u64 offset, u64 size, u8 name length,
            the result arena's name (up to 30 bytes); size 0 = no block
     64     array 0 (64-byte aligned) | array 1 | ...
-    D      descriptor: pickle of {"args": [...], "kwargs": {...}} where each entry is
-           (codec name, codec metadata, [(field, dtype, shape, region, offset), ...])
+    D      descriptor: u32 length of the layout, the layout, the metadata. The layout is a
+           pickle of (number of positional arguments, keyword names, [(codec name,
+           [(field, dtype, shape, region, offset), ...]), ...]), one entry per argument;
+           the metadata a pickle of [codec metadata, ...] in the same order.
+
+The layout is what stays the same from cycle to cycle (a slot's walkers have the same fields
+at the same offsets); the metadata is what changes (weights, scalars). So each process parses
+and validates a layout once (`CodecRegistry.layout`, cached by its bytes) and then only
+unpickles the few bytes of metadata and checks the fields' extents against its regions.
 
 ``region`` is 0 for the input region, 1 for the output region, 2 for the result block (a
 piece of the manager's result arena, see `wemap.result_arena`, offsets from its start), 3
@@ -40,7 +47,7 @@ import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -61,6 +68,8 @@ __all__ = [
     "write_call",
     "write_split",
     "read_descriptor",
+    "Descriptor",
+    "CallLayout",
     "pack_target",
     "read_target",
     "ALIGN",
@@ -72,7 +81,10 @@ __all__ = [
 
 ALIGN = 64
 _HEAD = struct.Struct("<QQ")
+_LAYOUT_LEN = struct.Struct("<I")
 _TARGET = struct.Struct("<QQB")
+#: layouts a registry keeps parsed (and layout bytes it keeps made): a few per slot shape is plenty
+LAYOUT_CACHE_MAX = 512
 TARGET_NAME_MAX = ALIGN - _HEAD.size - _TARGET.size
 DATA_START = ALIGN
 
@@ -113,9 +125,26 @@ class Codec:
 
 
 def _split_state(state: dict) -> tuple[dict[str, np.ndarray], dict]:
-    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-    rest = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+    arrays, rest = {}, {}
+    for k, v in state.items():
+        if isinstance(v, np.ndarray):
+            arrays[k] = v
+        else:
+            rest[k] = v
     return arrays, rest
+
+
+def _merge_state(arrays: dict[str, np.ndarray], rest: dict, order: list | None) -> dict:
+    """The state `_split_state` split, in its order (``None``: it held arrays only, in ``arrays``' order)."""
+    if order is None:
+        return arrays
+    merged = {**rest, **arrays}
+    return {k: merged[k] for k in order}
+
+
+def _split_meta(state: dict, weight: Any) -> tuple[dict[str, np.ndarray], tuple]:
+    arrays, rest = _split_state(state)
+    return arrays, (weight, rest, list(state) if rest else None)
 
 
 _SCALARS = frozenset({int, float, bool, str, bytes, complex, type(None)})
@@ -145,13 +174,11 @@ class WalkerCodec(Codec):
         return type(obj) is Walker
 
     def encode(self, obj: Walker) -> tuple[dict[str, np.ndarray], Any]:
-        arrays, rest = _split_state(obj.state)
-        return arrays, (obj.weight, rest, list(obj.state))
+        return _split_meta(obj.state, obj.weight)
 
     def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> Walker:
         weight, rest, order = meta
-        merged = {**rest, **arrays}
-        return Walker({k: merged[k] for k in order}, weight)
+        return Walker(_merge_state(arrays, rest, order), weight)
 
 
 class WepyWalkerCodec(Codec):
@@ -175,15 +202,12 @@ class WepyWalkerCodec(Codec):
         return type(obj) is walker_t and type(obj.state) is state_t and isinstance(getattr(obj.state, "_data", None), dict)
 
     def encode(self, obj: Any) -> tuple[dict[str, np.ndarray], Any]:
-        data = obj.state._data
-        arrays, rest = _split_state(data)
-        return arrays, (obj.weight, rest, list(data))
+        return _split_meta(obj.state._data, obj.weight)
 
     def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> Any:
         walker_t, state_t = self._types
         weight, rest, order = meta
-        merged = {**rest, **arrays}
-        return walker_t(state_t(**{k: merged[k] for k in order}), weight)
+        return walker_t(state_t(**_merge_state(arrays, rest, order)), weight)
 
 
 class ArrayCodec(Codec):
@@ -218,11 +242,18 @@ class Pickle5Codec(Codec):
 
 
 class CodecRegistry:
-    """Picks a codec per object: user codecs first, then the built-ins, pickle5 last."""
+    """Picks a codec per object: user codecs first, then the built-ins, pickle5 last.
+
+    It also keeps the layouts it has parsed and made (see the module docstring), so a slot's
+    walkers cost one unpickle of their metadata each, not a parse and a validation.
+    """
 
     def __init__(self, extra: list[Codec] | tuple[Codec, ...] = ()) -> None:
-        self.codecs: list[Codec] = [*extra, WalkerCodec(), ScalarCodec(), WepyWalkerCodec(), ArrayCodec(),
-                                    Pickle5Codec()]
+        walker, scalar, array = WalkerCodec(), ScalarCodec(), ArrayCodec()
+        self.codecs: list[Codec] = [*extra, walker, scalar, WepyWalkerCodec(), array, Pickle5Codec()]
+        self._extra = tuple(extra)
+        # the built-ins that accept by type alone, as for_object's loop would pick them after the user's codecs
+        self._by_type: dict[type, Codec] = {Walker: walker, np.ndarray: array, **dict.fromkeys(_SCALARS, scalar)}
         self.by_name: dict[str, Codec] = {}
         for c in self.codecs:
             if c.name in self.by_name:
@@ -231,12 +262,126 @@ class CodecRegistry:
                     f"{type(c).__name__}: give each codec a unique `name` (the built-ins are "
                     f"walker, scalar, wepy_walker, array, pickle5)")
             self.by_name[c.name] = c
+        self._parsed: dict[bytes, CallLayout] = {}
+        self._made: dict[tuple, bytes] = {}
 
     def for_object(self, obj: Any) -> Codec:
+        for c in self._extra:
+            if c.accepts(obj):
+                return c
+        c = self._by_type.get(type(obj))
+        if c is not None:
+            return c
         for c in self.codecs:
             if c.accepts(obj):
                 return c
         raise AssertionError("pickle5 accepts everything")
+
+    def layout(self, raw: bytes) -> CallLayout:
+        """The parsed, validated layout pickled in ``raw``; ``ValueError`` naming what is wrong."""
+        lay = self._parsed.get(raw)
+        if lay is None:
+            lay = CallLayout.parse(self, raw)
+            if len(self._parsed) >= LAYOUT_CACHE_MAX:
+                self._parsed.clear()
+            self._parsed[raw] = lay
+        return lay
+
+    def layout_bytes(self, key: tuple) -> bytes:
+        """``key`` (a layout as `encode_call` builds it) pickled, made once per distinct layout."""
+        raw = self._made.get(key)
+        if raw is None:
+            raw = pickle.dumps(key, protocol=5)
+            if len(self._made) >= LAYOUT_CACHE_MAX:
+                self._made.clear()
+            self._made[key] = raw
+        return raw
+
+
+#: one field of a parsed layout: (name, dtype, shape, region, offset, nbytes, offset in a copy block)
+Field = tuple
+
+
+class CallLayout:
+    """Where one call's arrays lie: parsed and checked once per distinct layout, then reused.
+
+    Everything here follows from the layout's bytes alone; what depends on the regions of a
+    particular slot (whether each field lies inside them) is `check`, a few comparisons.
+    """
+
+    __slots__ = ("n_args", "kw_names", "entries", "regions", "copy_bytes", "_extents")
+
+    def __init__(self, n_args: int, kw_names: tuple[str, ...], entries: tuple[tuple[Codec, tuple[Field, ...]], ...],
+                 copy_bytes: int) -> None:
+        self.n_args, self.kw_names, self.entries = n_args, kw_names, entries
+        self.copy_bytes = copy_bytes  # a block that takes a copy of every field not in a result block
+        extents: dict[int, tuple[int, str, int, int]] = {}  # region -> the field reaching furthest into it
+        for _, fields in entries:
+            for name, _, _, region, offset, nbytes, _ in fields:
+                if region not in extents or offset + nbytes > extents[region][0]:
+                    extents[region] = (offset + nbytes, name, offset, nbytes)
+        self.regions = frozenset(extents)
+        self._extents = tuple((region, *e) for region, e in sorted(extents.items()))
+
+    @classmethod
+    def parse(cls, reg: CodecRegistry, raw: bytes) -> CallLayout:
+        try:
+            n_args, kw_names, raw_entries = pickle.loads(raw)
+            kw_names = tuple(kw_names)
+            raw_entries = [(name, list(fields)) for name, fields in raw_entries]
+            if not (type(n_args) is int and 0 <= n_args == len(raw_entries) - len(kw_names)
+                    and all(type(k) is str for k in kw_names)):
+                raise ValueError(f"{n_args!r} positional arguments and keywords {kw_names!r} for "
+                                 f"{len(raw_entries)} entries")
+            raw_fields = [[tuple(f) for f in fields] for _, fields in raw_entries]
+            for fields in raw_fields:
+                for f in fields:
+                    if len(f) != 5:
+                        raise ValueError(f"a field of {len(f)} items, not 5")
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, pickle.UnpicklingError, EOFError) as exc:
+            raise ValueError(f"malformed slot descriptor ({type(exc).__name__}: {exc})") from exc
+        cursor = 0
+        entries = []
+        for (name, _), fields in zip(raw_entries, raw_fields):
+            if name not in reg.by_name:
+                raise ValueError(f"the descriptor names codec {name!r}, which this process does not have")
+            checked = []
+            for field, dtype, shape, region, offset in fields:
+                if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+                    raise ValueError(f"field {field!r} has a bad shape {shape!r}")
+                if not (type(region) is int and 0 <= region <= ARENA_REGION):
+                    raise ValueError(f"field {field!r} is in region {region!r}, which this slot does not have")
+                try:
+                    dt = _dtype(dtype)
+                except TypeError as exc:
+                    raise ValueError(f"field {field!r} has a bad dtype {dtype!r}") from exc
+                if dt.hasobject:
+                    raise ValueError(f"field {field!r} claims dtype {dt}, which holds Python objects, not raw bytes")
+                nbytes = math.prod(shape) * dt.itemsize
+                lowest = 0 if region >= RESULT_REGION else DATA_START  # blocks and the arena have no head
+                if type(offset) is not int or offset < lowest:
+                    raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
+                checked.append((field, dt, shape, region, offset, nbytes, cursor))
+                if region != RESULT_REGION:  # copies of the others are carved from one block, in order
+                    cursor = align(cursor + nbytes)
+            entries.append((reg.by_name[name], tuple(checked)))
+        return cls(n_args, kw_names, tuple(entries), cursor)
+
+    def check(self, regions: tuple[np.ndarray, ...]) -> None:
+        """``ValueError`` naming the first field that does not lie inside ``regions``."""
+        n = len(regions)
+        for region, end, name, offset, nbytes in self._extents:
+            if region >= n:
+                raise ValueError(f"field {name!r} is in region {region!r}, which this slot does not have")
+            if end > regions[region].nbytes:
+                raise ValueError(f"field {name!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
+
+
+class Descriptor(NamedTuple):
+    """A region's descriptor as read, still undecoded: the layout's bytes and the metadata's."""
+
+    layout: bytes
+    meta: bytes
 
 
 @dataclass
@@ -266,16 +411,19 @@ class _Layout:
         self.largest = ("", 0)
         self.total = 0
 
-    def value(self, reg: CodecRegistry, where: str, value: Any) -> tuple:
+    def value(self, reg: CodecRegistry, where: str, which: int | str, value: Any) -> tuple[str, Any, tuple]:
+        """Lay out argument ``which`` (a position or a keyword) of the call ``where`` names."""
         codec = reg.for_object(value)
         try:
             named, meta = codec.encode(value)
         except Exception as exc:  # a user codec's bug or an object that refuses to pickle: name the walker
-            raise ValueError(f"{where}: the {codec.name!r} codec cannot encode it: {type(exc).__name__}: {exc}") from exc
+            raise ValueError(f"{_argument(where, which)}: the {codec.name!r} codec cannot encode it: "
+                             f"{type(exc).__name__}: {exc}") from exc
         fields = []
         for field, arr in named.items():
-            if arr.dtype.hasobject:
-                check_array(where, field, arr)
+            dt = arr.dtype
+            if dt.hasobject:
+                check_array(_argument(where, which), field, arr)
             nbytes = arr.nbytes
             if nbytes > self.largest[1]:
                 self.largest = (field, nbytes)
@@ -288,9 +436,21 @@ class _Layout:
                 self.arrays.append(arr)
                 self.offsets.append(offset)
                 self.cursor = (offset + nbytes + ALIGN - 1) & ~(ALIGN - 1)
-            dt = arr.dtype
-            fields.append((field, dt.str if dt.fields is None else dt, arr.shape, region, offset))
-        return (codec.name, meta, fields)
+            described = _DESCRIBED.get(dt)
+            if described is None:
+                if len(_DESCRIBED) >= LAYOUT_CACHE_MAX:
+                    _DESCRIBED.clear()
+                described = _DESCRIBED[dt] = dt.str if dt.fields is None else dt
+            fields.append((field, described, arr.shape, region, offset))
+        return codec.name, meta, tuple(fields)
+
+
+#: how a layout names each dtype: its string, or the dtype itself where that loses fields (structured)
+_DESCRIBED: dict[np.dtype, str | np.dtype] = {}
+
+
+def _argument(where: str, which: int | str) -> str:
+    return f"{where}, argument {which}" if type(which) is int else f"{where}, argument {which!r}"
 
 
 def encode_call(
@@ -309,9 +469,14 @@ def encode_call(
     Raises ``ValueError`` naming ``where`` and the field for anything the codecs can't carry.
     """
     lay = _Layout(region, local_ref, start)
-    e_args = [lay.value(reg, f"{where}, argument {i}", a) for i, a in enumerate(args)]
-    e_kwargs = {k: lay.value(reg, f"{where}, argument {k!r}", v) for k, v in kwargs.items()}
-    descriptor = pickle.dumps({"args": e_args, "kwargs": e_kwargs}, protocol=5)
+    entries = [lay.value(reg, where, i, a) for i, a in enumerate(args)]
+    entries += [lay.value(reg, where, k, v) for k, v in kwargs.items()]
+    try:
+        meta = pickle.dumps([m for _, m, _ in entries], protocol=5)
+    except Exception as exc:  # metadata that refuses to pickle (a lambda in a walker's state): name the walker
+        raise ValueError(f"{where}: its metadata cannot be pickled: {type(exc).__name__}: {exc}") from exc
+    layout = reg.layout_bytes((len(args), tuple(kwargs), tuple((name, fields) for name, _, fields in entries)))
+    descriptor = _LAYOUT_LEN.pack(len(layout)) + layout + meta
     return EncodedCall(lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor), lay.largest, lay.cursor,
                        lay.total)
 
@@ -328,9 +493,11 @@ def write_call(enc: EncodedCall, region: np.ndarray, target: bytes | None = None
     """
     _write_arrays(enc, region)
     d_off = enc.nbytes - len(enc.descriptor)
-    region[d_off : enc.nbytes] = np.frombuffer(enc.descriptor, dtype=np.uint8)
-    head = _HEAD.pack(d_off, len(enc.descriptor)) + (target or _NO_TARGET)
-    region[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+    raw = memoryview(region)
+    raw[d_off : enc.nbytes] = enc.descriptor
+    target = target or _NO_TARGET
+    raw[_HEAD.size : _HEAD.size + len(target)] = target
+    _HEAD.pack_into(region, 0, d_off, len(enc.descriptor))
 
 
 def write_split(enc: EncodedCall, block: np.ndarray, region: np.ndarray) -> None:
@@ -341,8 +508,8 @@ def write_split(enc: EncodedCall, block: np.ndarray, region: np.ndarray) -> None
     """
     _write_arrays(enc, block)
     n = len(enc.descriptor)
-    region[DATA_START : DATA_START + n] = np.frombuffer(enc.descriptor, dtype=np.uint8)
-    region[: _HEAD.size] = np.frombuffer(_HEAD.pack(DATA_START, n), dtype=np.uint8)
+    memoryview(region)[DATA_START : DATA_START + n] = enc.descriptor
+    _HEAD.pack_into(region, 0, DATA_START, n)
 
 
 def pack_target(name: str, offset: int, size: int) -> bytes:
@@ -358,25 +525,31 @@ _NO_TARGET = _TARGET.pack(0, 0, 0)
 
 def read_target(region: np.ndarray) -> tuple[str, int, int] | None:
     """(arena name, block offset, block size) written by `pack_target`, or None when there is none."""
-    raw = region[_HEAD.size : ALIGN].tobytes()
-    offset, size, n = _TARGET.unpack_from(raw)
+    offset, size, n = _TARGET.unpack_from(region, _HEAD.size)
     if size == 0:
         return None
     if n > TARGET_NAME_MAX:
         raise ValueError(f"result block name length {n} is out of range")
-    return raw[_TARGET.size : _TARGET.size + n].decode(), offset, size
+    start = _HEAD.size + _TARGET.size
+    return region[start : start + n].tobytes().decode(), offset, size
 
 
-def read_descriptor(region: np.ndarray) -> dict:
-    d_off, d_len = _HEAD.unpack(region[:16].tobytes())
-    if d_off + d_len > region.nbytes or d_off < DATA_START:
+def read_descriptor(region: np.ndarray) -> Descriptor:
+    """The descriptor `write_call` or `write_split` put in ``region``, split into layout and metadata."""
+    d_off, d_len = _HEAD.unpack_from(region)
+    if d_off + d_len > region.nbytes or d_off < DATA_START or d_len < _LAYOUT_LEN.size:
         raise ValueError(f"slot descriptor out of range (offset {d_off}, length {d_len}, region {region.nbytes} bytes)")
-    return pickle.loads(region[d_off : d_off + d_len])
+    raw = region[d_off : d_off + d_len].tobytes()
+    (n,) = _LAYOUT_LEN.unpack_from(raw)
+    end = _LAYOUT_LEN.size + n
+    if end > d_len:
+        raise ValueError(f"slot descriptor's layout ({n} bytes) runs past the descriptor ({d_len} bytes)")
+    return Descriptor(raw[_LAYOUT_LEN.size : end], raw[end:])
 
 
 def decode_call(
     reg: CodecRegistry,
-    desc: dict,
+    desc: Descriptor,
     regions: tuple[np.ndarray, ...],
     *,
     copy: bool,
@@ -388,70 +561,37 @@ def decode_call(
     ``regions`` are the input and output regions, and the result block when there is one:
     fields in the result block are already the caller's own memory, so they are returned
     as writable views whatever ``copy`` and ``readonly`` say. With a `BlockPool`, the
-    copies of one call are carved from one reusable block.
+    copies of one call are carved from one reusable block. Everything is checked before
+    anything is copied.
     """
-    try:
-        entries = [*desc["args"], *desc["kwargs"].values()]
-        checked = [_check_entry(reg, e, regions) for e in entries]
-    except (TypeError, AttributeError, KeyError) as exc:
-        raise ValueError(f"malformed slot descriptor ({type(exc).__name__}: {exc})") from exc
-    block, cursor = None, 0
-    if copy and pool is not None:
-        total = sum(align(f[4]) for _, fields in checked for f in fields if f[5] != RESULT_REGION)
-        if total >= pool.MIN_BYTES:
-            block = pool.take(total)
-
-    def value(entry, fields):
-        nonlocal cursor
-        name, meta, _ = entry
+    lay = reg.layout(desc.layout)
+    metas = pickle.loads(desc.meta)
+    if type(metas) is not list or len(metas) != len(lay.entries):
+        raise ValueError(f"malformed slot descriptor (metadata for {len(metas) if type(metas) is list else metas!r} "
+                         f"values, the layout has {len(lay.entries)})")
+    lay.check(regions)
+    block = None
+    if copy and pool is not None and lay.copy_bytes >= pool.MIN_BYTES:
+        block = pool.take(lay.copy_bytes)
+    values = []
+    for (codec, fields), meta in zip(lay.entries, metas):
         arrays = {}
-        for field, dt, shape, view, nbytes, region in fields:
+        for field, dt, shape, region, offset, _, cursor in fields:
+            view = np.ndarray(shape, dt, buffer=regions[region], offset=offset)
             if region == RESULT_REGION:
                 pass  # already the caller's memory: a writable view
             elif block is not None:
                 dst = np.ndarray(shape, dt, buffer=block, offset=cursor)
                 copy_into(dst, view)
-                cursor = align(cursor + nbytes)
                 view = dst
             elif copy:
                 view = copy_of(view)
             elif readonly:
                 view.flags.writeable = False
             arrays[field] = view
-        return reg.by_name[name].decode(arrays, meta)
-
-    values = [value(e, fields) for e, (_, fields) in zip(entries, checked)]
-    n_args = len(desc["args"])
-    return values[:n_args], dict(zip(desc["kwargs"], values[n_args:]))
-
-
-def _check_entry(reg: CodecRegistry, entry: tuple, regions: tuple[np.ndarray, ...]) -> tuple[str, list]:
-    """Validate one descriptor entry against the regions: ``ValueError`` naming what is wrong, before any copy.
-
-    Returns (codec name, [(field, dtype, shape, view, nbytes, region), ...]) with views into the regions.
-    """
-    name, _, fields = entry
-    if name not in reg.by_name:
-        raise ValueError(f"the descriptor names codec {name!r}, which this process does not have")
-    out = []
-    for field, dtype, shape, region, offset in fields:
-        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
-            raise ValueError(f"field {field!r} has a bad shape {shape!r}")
-        if not (type(region) is int and 0 <= region < len(regions)):
-            raise ValueError(f"field {field!r} is in region {region!r}, which this slot does not have")
-        try:
-            dt = _dtype(dtype)
-        except TypeError as exc:
-            raise ValueError(f"field {field!r} has a bad dtype {dtype!r}") from exc
-        if dt.hasobject:
-            raise ValueError(f"field {field!r} claims dtype {dt}, which holds Python objects, not raw bytes")
-        nbytes = math.prod(shape) * dt.itemsize
-        buf = regions[region]
-        lowest = 0 if region >= RESULT_REGION else DATA_START  # blocks and the arena have no head
-        if type(offset) is not int or offset < lowest or offset + nbytes > buf.nbytes:
-            raise ValueError(f"field {field!r} lies outside its slot region (offset {offset}, {nbytes} bytes)")
-        out.append((field, dt, shape, np.ndarray(shape, dt, buffer=buf, offset=offset), nbytes, region))
-    return name, out
+        values.append(codec.decode(arrays, meta))
+    n_args = lay.n_args
+    return values[:n_args], dict(zip(lay.kw_names, values[n_args:]))
 
 
 @functools.lru_cache(maxsize=256)

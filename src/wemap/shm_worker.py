@@ -34,6 +34,7 @@ from .codec import (
     IN_REGION,
     OUT_REGION,
     RESULT_REGION,
+    CallLayout,
     Codec,
     CodecRegistry,
     decode_call,
@@ -83,15 +84,10 @@ class _NoArena(Exception):
     """The walker's arrays are in a result arena this worker cannot map."""
 
 
-def _input_regions(desc: dict, regions: tuple, target, arenas: ArenaMaps) -> tuple:
+def _input_regions(layout: CallLayout, regions: tuple, target, arenas: ArenaMaps) -> tuple:
     """The regions a walker's input may refer to: the slot's, and the result arena when its
     arrays are earlier results fed back by reference (mapped only then)."""
-    try:
-        entries = [*desc["args"], *desc["kwargs"].values()]
-        refers = any(type(field[3]) is int and field[3] == ARENA_REGION for _, _, fields in entries for field in fields)
-    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"malformed slot descriptor ({type(exc).__name__}: {exc})") from exc
-    if not refers:
+    if ARENA_REGION not in layout.regions:
         return regions
     if target is None:
         raise ValueError("the walker refers to the result arena but its slot names none")
@@ -186,8 +182,8 @@ def serve_segment(
         try:
             target = read_target(regions[IN_REGION])
             desc = read_descriptor(regions[IN_REGION])
-            args, kwargs = decode_call(reg, desc, _input_regions(desc, regions, target, arenas), copy=False,
-                                       readonly=True)
+            args, kwargs = decode_call(reg, desc, _input_regions(reg.layout(desc.layout), regions, target, arenas),
+                                       copy=False, readonly=True)
         except Exception as exc:  # the transport, not the segment function, is at fault
             now = now_ns()  # a finished slot, for a salvage that reads the headers
             ok, result, t0, t1 = False, TaskFailure.capture(exc), now, now
