@@ -76,14 +76,15 @@ AUTO_EXTRA = 64 * 1024
 #: automatic slot count: at most this share of the free /dev/shm, and at most this many bytes
 SLOT_BUDGET_FRACTION = 0.25
 SLOT_BUDGET_MAX = 4 * 2**30
-#: walkers with fewer array bytes than this (about 22,000 atoms of positions and velocities) have
-#: their results copied by the manager, and are copied in even when fed back from the arena: at
-#: 10k atoms the arena wins only where every process has a core of its own, and loses a WE loop
-#: on 2 vCPUs shared by three processes (bench/shared_results.py, bench/README.md)
-SHARED_RESULTS_MIN_BYTES = 2**20
+#: walkers with fewer array bytes than this (about 2,700 atoms of positions and velocities) have
+#: their results copied by the manager: since the slot format's layouts are parsed once, the
+#: arena wins from 3k atoms with new arrays on 2 vCPUs shared by three processes (10k: 161-181 vs
+#: 190-238 µs a task), ties fed back and with a no-op, and at 1k atoms ties or loses by a few µs
+#: (bench/shared_results.py, bench/README.md)
+SHARED_RESULTS_MIN_BYTES = 128 * 2**10
 #: fed-back walkers send their arrays by reference from this size on: below it the second
-#: encoding costs more than the copy it saves (10k atoms: 134.5 vs 120.7 µs a task; 30k atoms:
-#: 171.6 vs 302.7 µs)
+#: encoding and the workers' extra copy cost about what the manager's copy in saves (10k atoms,
+#: 2 workers, three interleaved runs: 152-257 vs 173-234 µs a task, no settled winner)
 REFER_MIN_BYTES = 2**20
 
 
@@ -113,7 +114,7 @@ class SharedMemWorkerMapper(MapperBase):
     - ``zero_copy``: return results as read-only views into the segment, valid until the next
       ``map`` call, instead of one copy each. With more walkers than slots, a result whose slot
       is needed again in the same ``map`` is copied out first.
-    - ``shared_results``: (default) for walkers of 1 MiB or more, the workers write each result
+    - ``shared_results``: (default) for walkers of 128 KiB or more, the workers write each result
       into a block of shared memory that the manager returns views of (writable, valid for as
       long as they are referenced; a block is reused once nothing refers to it), so a result
       is copied once, by a worker, instead of twice. ``False``, smaller walkers, results the
