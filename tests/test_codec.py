@@ -14,6 +14,7 @@ import wemap
 from wemap.codec import (
     _HEAD,
     _LAYOUT_LEN,
+    ARENA_REGION,
     DATA_START,
     IN_REGION,
     ArrayCodec,
@@ -85,6 +86,9 @@ def _entry(*field):
         ((0, [1], (("scalar", ()),)), "malformed"),
         ((3, (), (("scalar", ()),)), "malformed"),
         ((1, (), (("array", (("array", "<f8"),)),)), "malformed"),
+        ((1, (), (([1], ()),)), "malformed"),
+        ((0, "k", (("scalar", ()),)), "malformed"),
+        ((0, ("k", "k"), (("scalar", ()), ("scalar", ()))), "malformed"),
     ],
 )
 def test_corrupt_descriptor_is_refused_before_any_copy(layout, message):
@@ -158,3 +162,31 @@ def test_duplicate_codec_names_are_refused():
 
     with pytest.raises(ValueError, match="'array' is used by both Shadow and ArrayCodec"):
         CodecRegistry([Shadow()])
+
+
+def test_user_codecs_come_first_even_when_given_as_a_generator():
+    class Mine(Codec):
+        name = "mine"
+
+        def accepts(self, obj):
+            return type(obj) is wemap.Walker
+
+    reg = CodecRegistry(c for c in [Mine()])
+    assert reg.for_object(wemap.Walker({}, 1.0)).name == "mine"
+    assert reg.for_object(3).name == "scalar"
+
+
+def test_layouts_that_refer_into_the_arena_are_not_kept():
+    """Their offsets differ walker by walker, so keeping them would only churn the cache."""
+    reg = CodecRegistry()
+    regs = regions()
+    arena = np.zeros(REGION, np.uint8)
+    for i in range(3):
+        x = np.ndarray((4,), "<f8", buffer=arena, offset=64 * (i + 1))
+        enc = encode_call(reg, (wemap.Walker({"x": x}, 1.0),), {}, where=f"walker {i}", region=IN_REGION,
+                          local_ref=lambda a, i=i: (ARENA_REGION, 64 * (i + 1)))
+        write_call(enc, regs[0])
+        args, _ = decode_call(reg, read_descriptor(regs[0]), (*regs, np.zeros(0, np.uint8), arena), copy=False,
+                              readonly=True)
+        assert np.shares_memory(args[0].state["x"], arena)
+    assert reg._made == {} and reg._parsed == {}

@@ -249,9 +249,10 @@ class CodecRegistry:
     """
 
     def __init__(self, extra: list[Codec] | tuple[Codec, ...] = ()) -> None:
+        extra = tuple(extra)  # a generator would be used up by the first of the two uses below
         walker, scalar, array = WalkerCodec(), ScalarCodec(), ArrayCodec()
         self.codecs: list[Codec] = [*extra, walker, scalar, WepyWalkerCodec(), array, Pickle5Codec()]
-        self._extra = tuple(extra)
+        self._extra = extra
         # the built-ins that accept by type alone, as for_object's loop would pick them after the user's codecs
         self._by_type: dict[type, Codec] = {Walker: walker, np.ndarray: array, **dict.fromkeys(_SCALARS, scalar)}
         self.by_name: dict[str, Codec] = {}
@@ -282,19 +283,22 @@ class CodecRegistry:
         lay = self._parsed.get(raw)
         if lay is None:
             lay = CallLayout.parse(self, raw)
-            if len(self._parsed) >= LAYOUT_CACHE_MAX:
-                self._parsed.clear()
-            self._parsed[raw] = lay
+            if ARENA_REGION not in lay.regions:  # offsets into the arena differ walker by walker: not kept
+                if len(self._parsed) >= LAYOUT_CACHE_MAX:
+                    self._parsed.clear()
+                self._parsed[raw] = lay
         return lay
 
-    def layout_bytes(self, key: tuple) -> bytes:
-        """``key`` (a layout as `encode_call` builds it) pickled, made once per distinct layout."""
+    def layout_bytes(self, key: tuple, keep: bool = True) -> bytes:
+        """``key`` (a layout as `encode_call` builds it) pickled, made once per distinct layout
+        (``keep=False``: one that will not come again, such as references into the arena)."""
         raw = self._made.get(key)
         if raw is None:
             raw = pickle.dumps(key, protocol=5)
-            if len(self._made) >= LAYOUT_CACHE_MAX:
-                self._made.clear()
-            self._made[key] = raw
+            if keep:
+                if len(self._made) >= LAYOUT_CACHE_MAX:
+                    self._made.clear()
+                self._made[key] = raw
         return raw
 
 
@@ -327,12 +331,12 @@ class CallLayout:
     def parse(cls, reg: CodecRegistry, raw: bytes) -> CallLayout:
         try:
             n_args, kw_names, raw_entries = pickle.loads(raw)
-            kw_names = tuple(kw_names)
             raw_entries = [(name, list(fields)) for name, fields in raw_entries]
-            if not (type(n_args) is int and 0 <= n_args == len(raw_entries) - len(kw_names)
-                    and all(type(k) is str for k in kw_names)):
-                raise ValueError(f"{n_args!r} positional arguments and keywords {kw_names!r} for "
-                                 f"{len(raw_entries)} entries")
+            if not (type(n_args) is int and type(kw_names) is tuple and 0 <= n_args == len(raw_entries) - len(kw_names)
+                    and all(type(k) is str for k in kw_names) and len(set(kw_names)) == len(kw_names)
+                    and all(type(name) is str for name, _ in raw_entries)):
+                raise ValueError(f"{n_args!r} positional arguments, keywords {kw_names!r} and codecs "
+                                 f"{[name for name, _ in raw_entries]!r} for {len(raw_entries)} entries")
             raw_fields = [[tuple(f) for f in fields] for _, fields in raw_entries]
             for fields in raw_fields:
                 for f in fields:
@@ -400,7 +404,7 @@ class EncodedCall:
 class _Layout:
     """Running state while one call's values are laid out in a region."""
 
-    __slots__ = ("cursor", "arrays", "offsets", "region", "local_ref", "largest", "total")
+    __slots__ = ("cursor", "arrays", "offsets", "region", "local_ref", "largest", "total", "in_arena")
 
     def __init__(self, region: int, local_ref, start: int = DATA_START) -> None:
         self.cursor = start
@@ -410,6 +414,7 @@ class _Layout:
         self.local_ref = local_ref
         self.largest = ("", 0)
         self.total = 0
+        self.in_arena = False  # a field refers into the whole arena: an offset no other walker has
 
     def value(self, reg: CodecRegistry, where: str, which: int | str, value: Any) -> tuple[str, Any, tuple]:
         """Lay out argument ``which`` (a position or a keyword) of the call ``where`` names."""
@@ -431,6 +436,7 @@ class _Layout:
             ref = self.local_ref(arr) if self.local_ref is not None else None
             if ref is not None:
                 region, offset = ref
+                self.in_arena = self.in_arena or region == ARENA_REGION
             else:
                 region, offset = self.region, self.cursor
                 self.arrays.append(arr)
@@ -475,7 +481,8 @@ def encode_call(
         meta = pickle.dumps([m for _, m, _ in entries], protocol=5)
     except Exception as exc:  # metadata that refuses to pickle (a lambda in a walker's state): name the walker
         raise ValueError(f"{where}: its metadata cannot be pickled: {type(exc).__name__}: {exc}") from exc
-    layout = reg.layout_bytes((len(args), tuple(kwargs), tuple((name, fields) for name, _, fields in entries)))
+    layout = reg.layout_bytes((len(args), tuple(kwargs), tuple((name, fields) for name, _, fields in entries)),
+                              keep=not lay.in_arena)
     descriptor = _LAYOUT_LEN.pack(len(layout)) + layout + meta
     return EncodedCall(lay.arrays, lay.offsets, descriptor, lay.cursor + len(descriptor), lay.largest, lay.cursor,
                        lay.total)
