@@ -294,3 +294,19 @@ def test_mapper_retry_sees_the_original_input(tmp_path):
     with wemap.Mapper(segment_func=segfuncs.mutate_then_flaky, retry_on=(segfuncs.Flaky,)) as m:
         state = {"x": 0}
         assert m.map([state], [str(tmp_path)]) == [1]
+
+
+def test_recovered_worker_deaths_leave_the_slots_their_size(tmp_path):
+    """A segment renewed after a lost worker is made again at the size it had, not 25% larger each time
+    (a long run with occasional OOM kills would grow it until /dev/shm was full)."""
+    ws = walkers(4)
+    with SHM(segment_func=segfuncs.kill_once, num_workers=2) as m:
+        m.map(ws, [1] * 4, marker_dir=[str(tmp_path)] * 4, victim=[-1] * 4, **cycle_kwargs(0, 4))
+        region, nslots = m._segment.ring.region_size, m._segment.ring.nslots
+        for cycle in range(1, 5):
+            marker = tmp_path / f"cycle{cycle}"
+            marker.mkdir()
+            out = m.map(ws, [1] * 4, marker_dir=[str(marker)] * 4, victim=[cycle % 4] * 4, **cycle_kwargs(cycle, 4))
+            assert out == [segfuncs.displace(w, 1) for w in ws]
+        assert m.recovered_segments == 4
+        assert (m._segment.ring.region_size, m._segment.ring.nslots) == (region, nslots)

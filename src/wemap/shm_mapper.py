@@ -241,6 +241,8 @@ class SharedMemWorkerMapper(MapperBase):
             return  # (a ring closed by a salvage that lost nothing is renewed: its workers have left it)
         if self.slot_size is not None:
             region = int(self.slot_size)
+        elif seg is not None and region_needed <= seg.ring.region_size:
+            region = seg.ring.region_size  # renewed after a lost worker, not outgrown: the same size again
         else:
             region = int(region_needed * AUTO_HEADROOM) + AUTO_EXTRA
         nslots = self.num_slots or self._default_slots(region, n_tasks)
