@@ -285,3 +285,21 @@ def test_loop_workload_maps_each_cycles_results_in_the_next():
     returned.clear()
     time_mapper(recorder, ws, WORKLOADS["fresh"], 0.0, 1, repeats=2, warmup=1)
     assert all(s == [id(w) for w in ws] for s in seen), "the other workloads map the same walkers every cycle"
+
+
+def test_codec_path_script_reports_every_phase_beside_its_bare_copy(tmp_path):
+    """bench/codec_path.py at a tiny size: every phase timed, and each overhead computed from the same run's copy."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "codec_path.py"
+    spec = importlib.util.spec_from_file_location("codec_path", path)
+    codec_path = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(codec_path)
+    out = tmp_path / "cp.json"
+    assert codec_path.main(["--atoms", "50", "--walkers", "2", "--number", "3", "--repeats", "2", "--out", str(out)]) == 0
+    rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 5 and all(r["us_per_walker"] > 0 for r in rows.values())
+    for phase, copy in (("manager: encode + write (copy in)", "bare copy in"),
+                        ("manager: read + decode (copy out)", "bare copy out")):
+        assert rows[phase]["over_copy_us"] == pytest.approx(rows[phase]["us_per_walker"] - rows[copy]["us_per_walker"])
