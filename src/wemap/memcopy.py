@@ -110,31 +110,52 @@ class BlockPool:
 
     def __init__(self) -> None:
         self._blocks: dict[int, list[ReusableMemory]] = {}
+        #: per size: where the next take starts looking, and whether every block was found in use
+        #: since the last trim (then new blocks are made without looking: nothing is dropped mid-map)
+        self._next: dict[int, int] = {}
+        self._exhausted: set[int] = set()
 
     def take(self, nbytes: int) -> np.ndarray:
-        """A uint8 block of exactly ``nbytes`` that no live array uses."""
+        """A uint8 block of exactly ``nbytes`` that no live array uses.
+
+        Looks from where the last take of this size stopped (the blocks of two cycles ago are
+        the ones free again), so a cycle's takes cost about one check each instead of a scan
+        from the first block for every walker (quadratic: 0.2 s a cycle at 1,000 walkers).
+        """
         bucket = self._blocks.setdefault(nbytes, [])
-        block = next((b for b in bucket if b.idle()), None)
-        if block is None:
-            block = ReusableMemory(memoryview(np.empty(nbytes, dtype=np.uint8)))
-            bucket.append(block)
+        if nbytes not in self._exhausted:
+            count, k = len(bucket), self._next.get(nbytes, 0)
+            for _ in range(count):
+                block = bucket[k]
+                k = k + 1 if k + 1 < count else 0
+                if block.idle():
+                    self._next[nbytes] = k
+                    return block.hand_out()
+            self._exhausted.add(nbytes)
+        block = ReusableMemory(memoryview(np.empty(nbytes, dtype=np.uint8)))
+        bucket.append(block)
         return block.hand_out()
 
     def trim(self, keep_bytes: int) -> None:
-        """Free idle blocks beyond ``keep_bytes`` (call after each cycle)."""
+        """Free idle blocks beyond ``keep_bytes`` (call after each cycle); the idle ones kept go first,
+        where the next cycle's takes start looking."""
+        self._exhausted.clear()
+        self._next.clear()
         kept = 0
         for size, bucket in list(self._blocks.items()):
-            live = []
+            idle, busy = [], []
             for block in bucket:
                 if not block.idle():
-                    live.append(block)
+                    busy.append(block)
                 elif kept + size <= keep_bytes:
                     kept += size
-                    live.append(block)
-            if live:
-                self._blocks[size] = live
+                    idle.append(block)
+            if idle or busy:
+                self._blocks[size] = idle + busy
             else:
                 del self._blocks[size]
 
     def clear(self) -> None:
         self._blocks.clear()
+        self._next.clear()
+        self._exhausted.clear()

@@ -326,7 +326,7 @@ class SharedMemWorkerMapper(MapperBase):
         arena = self._ensure_arena(need + AUTO_EXTRA, len(encoded))
         if arena is None:
             return [None] * len(encoded)
-        return [arena.take() for _ in encoded]
+        return arena.take(len(encoded))
 
     def _refer_to_arena(self, specs: list[TaskSpec], encoded: list) -> None:
         """Walkers (of ``REFER_MIN_BYTES`` or more) whose arrays are earlier results still in the arena
