@@ -430,13 +430,14 @@ def test_a_worker_maps_the_whole_arena_at_once():
         owner.unlink()
 
 
-def test_by_default_only_walkers_of_a_mebibyte_go_by_reference(monkeypatch):
+def test_by_default_only_walkers_of_384_kib_or_more_go_by_reference(monkeypatch):
     from wemap import shm_mapper
 
     monkeypatch.setattr(shm_mapper, "SHARED_RESULTS_MIN_BYTES", 0)  # result blocks for both sizes
     copies = _count_copies_in(monkeypatch)
+    assert 48 * 6_000 < shm_mapper.REFER_MIN_BYTES <= 48 * 10_000
     with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
-        for n_atoms, referenced in ((30_000, True), (10_000, False)):  # 1.4 MB and 480 kB of arrays
+        for n_atoms, referenced in ((10_000, True), (6_000, False)):  # 480 kB and 288 kB of arrays
             first = m.map(walkers(2, n_atoms), [1, 1])
             copies.clear()
             second = m.map(first, [1, 1])

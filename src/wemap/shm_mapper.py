@@ -82,10 +82,12 @@ SLOT_BUDGET_MAX = 4 * 2**30
 #: 190-238 µs a task), ties fed back and with a no-op, and at 1k atoms ties or loses by a few µs
 #: (bench/shared_results.py, bench/README.md)
 SHARED_RESULTS_MIN_BYTES = 128 * 2**10
-#: fed-back walkers send their arrays by reference from this size on: below it the second
-#: encoding and the workers' extra copy cost about what the manager's copy in saves (10k atoms,
-#: 2 workers, three interleaved runs: 152-257 vs 173-234 µs a task, no settled winner)
-REFER_MIN_BYTES = 2**20
+#: fed-back walkers send their arrays by reference from this size on (about 8,200 atoms): below
+#: it the second encoding costs more than the manager's copy in saves. Fed back on 2 workers,
+#: interleaved, two runs each: 10k atoms 0.0096/0.0086 vs 0.0120/0.0106 s a cycle at 48 walkers,
+#: 0.093/0.077 vs 0.107/0.099 at 500, even at 8; 6k atoms even; 3k atoms 0.0069/0.0064 vs
+#: 0.0049/0.0048 at 48 walkers
+REFER_MIN_BYTES = 384 * 2**10
 
 
 def _shm_free() -> int:
@@ -119,7 +121,7 @@ class SharedMemWorkerMapper(MapperBase):
       long as they are referenced; a block is reused once nothing refers to it), so a result
       is copied once, by a worker, instead of twice. ``False``, smaller walkers, results the
       blocks cannot take, or result arrays that are still the slot's input (a no-op segment):
-      the manager copies each result out of its slot into private memory. Walkers of 1 MiB or
+      the manager copies each result out of its slot into private memory. Walkers of 384 KiB or
       more that are results of an earlier ``map`` still in the arena (a WE loop feeding its
       walkers back, clones included) are not copied in: the worker reads them where they are.
 
