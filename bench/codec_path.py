@@ -20,7 +20,7 @@ import timeit
 
 import numpy as np
 
-from wemap.benchmarks.report import machine, markdown_table, write_json
+from wemap.benchmarks.report import report_rows
 from wemap.benchmarks.workloads import make_walkers
 from wemap.codec import IN_REGION, OUT_REGION, CodecRegistry, decode_call, encode_call, read_descriptor, write_call
 from wemap.memcopy import BlockPool
@@ -89,11 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, us in timed.items():
             over = us - timed[extra[name]] if name in extra else None
             rows.append({"atoms": atoms, "phase": name, "us_per_walker": us, "over_copy_us": over})
-    print(f"\n{args.walkers} walkers, one process, least disturbed of {args.repeats} repeats of {args.number} cycles:\n")
-    print(markdown_table(rows, [("atoms", "atoms", ",d"), ("phase", "phase", "s"), ("us_per_walker", "µs / walker", ".2f"),
-                                ("over_copy_us", "µs beyond the bare copy", ".2f")]))
-    path = write_json(args.out, {"benchmark": "codec_path", "args": vars(args), "machine": machine(), "rows": rows})
-    print(f"\nraw figures: {path}")
+    title = f"{args.walkers} walkers, one process, least disturbed of {args.repeats} repeats of {args.number} cycles:"
+    report_rows("codec_path", args, title, rows, [("atoms", "atoms", ",d"), ("phase", "phase", "s"),
+                                                  ("us_per_walker", "µs / walker", ".2f"),
+                                                  ("over_copy_us", "µs beyond the bare copy", ".2f")])
     return 0
 
 

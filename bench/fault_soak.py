@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 
 import wemap
-from wemap.benchmarks.report import machine, markdown_table, write_json
+from wemap.benchmarks.report import report_rows
 from wemap.pool import multiprocessing_helper_pids
 
 
@@ -122,14 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         out = r.pop("out")
         r["walkers_lost"] = args.walkers if out is None else sum(a != b for a, b in zip(out, reference))
         rows.append(r)
-    print(f"\n{args.cycles} cycles x {args.walkers} walkers x {args.atoms} atoms on {args.workers} workers, "
-          f"a SIGKILL to a random worker every {args.kill_every} s:\n")
-    print(markdown_table(rows, [("mapper", "mapper", "s"), ("faults_injected", "faults injected", "d"),
-                                ("recovered_segments", "walkers re-run", "d"), ("walkers_lost", "walkers lost", "d"),
-                                ("orphans", "orphan processes", "d"), ("leaked_segments", "leaked segments", "d"),
-                                ("wall_s", "wall s", ".1f"), ("error", "error", "s")]))
-    path = write_json(args.out, {"benchmark": "fault_soak", "args": vars(args), "machine": machine(), "rows": rows})
-    print(f"\nraw figures: {path}")
+    title = (f"{args.cycles} cycles x {args.walkers} walkers x {args.atoms} atoms on {args.workers} workers, "
+             f"a SIGKILL to a random worker every {args.kill_every} s:")
+    report_rows("fault_soak", args, title, rows, [
+        ("mapper", "mapper", "s"), ("faults_injected", "faults injected", "d"),
+        ("recovered_segments", "walkers re-run", "d"), ("walkers_lost", "walkers lost", "d"),
+        ("orphans", "orphan processes", "d"), ("leaked_segments", "leaked segments", "d"),
+        ("wall_s", "wall s", ".1f"), ("error", "error", "s")])
     return 0 if all(r["walkers_lost"] == 0 and not r["orphans"] and not r["leaked_segments"] for r in rows) else 1
 
 

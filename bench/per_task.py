@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import wemap
-from wemap.benchmarks.report import machine, markdown_table, write_json
+from wemap.benchmarks.report import report_rows
 from wemap.benchmarks.workloads import make_walkers, noop_segment
 
 
@@ -98,12 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         cpu = statistics.median(c for _, c in samples)
         rows.append({"what": f"SharedMemWorkerMapper ({name})", "order": order, "us_per_task": 1e6 * wall / n,
                      "over_floor_us": 1e6 * (wall - fl["memcpy floor"]) / n, "cpu_us_per_task": 1e6 * cpu / n})
-    print(f"\nNo-op segment, {n} walkers x {args.atoms:,} atoms, {args.workers} workers, median of {args.cycles} cycles:\n")
-    print(markdown_table(rows, [("what", "what", "s"), ("order", "cycles run", "s"), ("us_per_task", "µs / task", ".1f"),
-                                ("over_floor_us", "µs / task over floor", ".1f"),
-                                ("cpu_us_per_task", "manager CPU µs / task", ".1f")]))
-    path = write_json(args.out, {"benchmark": "per_task", "args": vars(args), "machine": machine(), "rows": rows})
-    print(f"\nraw figures: {path}")
+    title = f"No-op segment, {n} walkers x {args.atoms:,} atoms, {args.workers} workers, median of {args.cycles} cycles:"
+    report_rows("per_task", args, title, rows, [("what", "what", "s"), ("order", "cycles run", "s"),
+                                                ("us_per_task", "µs / task", ".1f"),
+                                                ("over_floor_us", "µs / task over floor", ".1f"),
+                                                ("cpu_us_per_task", "manager CPU µs / task", ".1f")])
     return 0
 
 

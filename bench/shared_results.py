@@ -19,7 +19,7 @@ import time
 
 import wemap
 from wemap import shm_mapper
-from wemap.benchmarks.report import machine, markdown_table, write_json
+from wemap.benchmarks.report import report_rows
 from wemap.benchmarks.workloads import fresh_segment, make_walkers, noop_segment
 
 MODES = {
@@ -77,11 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     shm_mapper.SHARED_RESULTS_MIN_BYTES = 0  # the arena at every size: its threshold is what is measured
     rows = [r for a in args.atoms for r in measure(a, args.walkers, args.workers, args.cycles)]
-    print(f"\n{args.walkers} walkers, {args.workers} workers, median of {args.cycles} cycles (modes interleaved):\n")
-    print(markdown_table(rows, [("atoms", "atoms", ",d"), ("segment", "segment", "s"), ("mode", "results", "s"),
-                                ("cycle_s", "cycle s", ".5f"), ("us_per_task", "µs / task", ".1f")]))
-    path = write_json(args.out, {"benchmark": "shared_results", "args": vars(args), "machine": machine(), "rows": rows})
-    print(f"\nraw figures: {path}")
+    title = f"{args.walkers} walkers, {args.workers} workers, median of {args.cycles} cycles (modes interleaved):"
+    report_rows("shared_results", args, title, rows, [("atoms", "atoms", ",d"), ("segment", "segment", "s"),
+                                                      ("mode", "results", "s"), ("cycle_s", "cycle s", ".5f"),
+                                                      ("us_per_task", "µs / task", ".1f")])
     return 0
 
 

@@ -118,6 +118,16 @@ def markdown_table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]
     return "\n".join(lines)
 
 
+def report_rows(benchmark: str, args: Any, title: str, rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> Path:
+    """What each of the small ``bench/`` scripts ends with: ``title`` and the table on stdout, and the
+    rows with the arguments and the machine in the JSON at ``args.out``; returns its path."""
+    print(f"\n{title}\n")
+    print(markdown_table(rows, columns))
+    path = write_json(args.out, {"benchmark": benchmark, "args": vars(args), "machine": machine(), "rows": rows})
+    print(f"\nraw figures: {path}")
+    return path
+
+
 def default_out_dir(cwd: str | os.PathLike | None = None) -> Path:
     """``bench/results`` inside a wemap checkout, else ``./wemap-bench``."""
     here = Path(cwd or os.getcwd())
