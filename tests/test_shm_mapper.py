@@ -204,7 +204,7 @@ def test_worker_told_to_attach_a_segment_already_gone_says_detached_and_goes_on(
 @pytest.fixture
 def shared_results_for_any_size(monkeypatch):
     """Result blocks, and inputs by reference, for the small walkers of these tests too (by default
-    from 1 MiB)."""
+    from 128 KiB and 384 KiB a walker)."""
     from wemap import shm_mapper
 
     monkeypatch.setattr(shm_mapper, "SHARED_RESULTS_MIN_BYTES", 0)
