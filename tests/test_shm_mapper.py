@@ -266,12 +266,12 @@ def test_no_op_results_are_copied_once_by_the_manager_not_into_blocks(shared_res
         del out
 
 
-def test_walkers_of_a_mebibyte_use_shared_blocks_by_default():
-    ws = walkers(2, 30_000)  # 1.4 MB of arrays each
+def test_walkers_of_128_kib_or_more_use_shared_blocks_by_default():
+    ws = walkers(2, 3_000)  # 144 kB of arrays each
     with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
         out = m.map(ws, [1, 1])
         assert m._arena is not None and all(_arena_holds(m, o.state["velocities"]) for o in out)
-        small = m.map(walkers(2, 100), [1, 1])
+        small = m.map(walkers(2, 2_000), [1, 1])  # 96 kB
         assert not any(_arena_holds(m, o.state["velocities"]) for o in small), "small results are copied"
     assert out == [segfuncs.displace(w, 1) for w in ws]
     with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1, shared_results=False) as m:
