@@ -127,6 +127,10 @@ class SharedMemWorkerMapper(MapperBase):
 
     The segment function receives read-only views of the walker's arrays (copy them before
     modifying them in place).
+
+    ``start_method`` defaults to forkserver (spawn where there is none). With ``"fork"``, workers
+    inherit the manager's mapping of the result arena, so a retired arena's pages stay allocated
+    until the workers that were forked while it lived exit.
     """
 
     def __init__(
