@@ -284,9 +284,7 @@ class CodecRegistry:
         if lay is None:
             lay = CallLayout.parse(self, raw)
             if ARENA_REGION not in lay.regions:  # offsets into the arena differ walker by walker: not kept
-                if len(self._parsed) >= LAYOUT_CACHE_MAX:
-                    self._parsed.clear()
-                self._parsed[raw] = lay
+                _remember(self._parsed, raw, lay)
         return lay
 
     def layout_bytes(self, key: tuple, keep: bool = True) -> bytes:
@@ -296,10 +294,16 @@ class CodecRegistry:
         if raw is None:
             raw = pickle.dumps(key, protocol=5)
             if keep:
-                if len(self._made) >= LAYOUT_CACHE_MAX:
-                    self._made.clear()
-                self._made[key] = raw
+                _remember(self._made, key, raw)
         return raw
+
+
+def _remember(cache: dict, key: Any, value: Any) -> None:
+    """Keep ``value`` under ``key``, starting afresh once ``LAYOUT_CACHE_MAX`` are kept (a slot's
+    layouts recur every cycle, so they are back after one)."""
+    if len(cache) >= LAYOUT_CACHE_MAX:
+        cache.clear()
+    cache[key] = value
 
 
 #: one field of a parsed layout: (name, dtype, shape, region, offset, nbytes, offset in a copy block)
@@ -442,17 +446,8 @@ class _Layout:
                 self.arrays.append(arr)
                 self.offsets.append(offset)
                 self.cursor = (offset + nbytes + ALIGN - 1) & ~(ALIGN - 1)
-            described = _DESCRIBED.get(dt)
-            if described is None:
-                if len(_DESCRIBED) >= LAYOUT_CACHE_MAX:
-                    _DESCRIBED.clear()
-                described = _DESCRIBED[dt] = dt.str if dt.fields is None else dt
-            fields.append((field, described, arr.shape, region, offset))
+            fields.append((field, _describe(dt), arr.shape, region, offset))
         return codec.name, meta, tuple(fields)
-
-
-#: how a layout names each dtype: its string, or the dtype itself where that loses fields (structured)
-_DESCRIBED: dict[np.dtype, str | np.dtype] = {}
 
 
 def _argument(where: str, which: int | str) -> str:
@@ -562,6 +557,7 @@ def decode_call(
     copy: bool,
     readonly: bool,
     pool: BlockPool | None = None,
+    layout: CallLayout | None = None,
 ) -> tuple[list, dict]:
     """Rebuild the arguments from a descriptor: zero-copy views, or one copy with ``copy=True``.
 
@@ -569,13 +565,13 @@ def decode_call(
     fields in the result block are already the caller's own memory, so they are returned
     as writable views whatever ``copy`` and ``readonly`` say. With a `BlockPool`, the
     copies of one call are carved from one reusable block. Everything is checked before
-    anything is copied.
+    anything is copied. ``layout``: ``desc``'s, when the caller has parsed it already.
     """
-    lay = reg.layout(desc.layout)
+    lay = layout if layout is not None else reg.layout(desc.layout)
     metas = pickle.loads(desc.meta)
     if type(metas) is not list or len(metas) != len(lay.entries):
-        raise ValueError(f"malformed slot descriptor (metadata for {len(metas) if type(metas) is list else metas!r} "
-                         f"values, the layout has {len(lay.entries)})")
+        got = f"{len(metas)} values" if type(metas) is list else f"a {type(metas).__name__}"
+        raise ValueError(f"malformed slot descriptor (metadata: {got}, the layout has {len(lay.entries)} entries)")
     lay.check(regions)
     block = None
     if copy and pool is not None and lay.copy_bytes >= pool.MIN_BYTES:
@@ -604,3 +600,10 @@ def decode_call(
 @functools.lru_cache(maxsize=256)
 def _dtype(descr: str | np.dtype) -> np.dtype:
     return np.dtype(descr)
+
+
+@functools.lru_cache(maxsize=256)
+def _describe(dt: np.dtype) -> str | np.dtype:
+    """How a layout names ``dt`` (the inverse of `_dtype`): its string, or the dtype itself where the
+    string loses fields (structured dtypes). Cached: ``dtype.str`` builds a new string each time."""
+    return dt.str if dt.fields is None else dt

@@ -182,8 +182,9 @@ def serve_segment(
         try:
             target = read_target(regions[IN_REGION])
             desc = read_descriptor(regions[IN_REGION])
-            args, kwargs = decode_call(reg, desc, _input_regions(reg.layout(desc.layout), regions, target, arenas),
-                                       copy=False, readonly=True)
+            layout = reg.layout(desc.layout)  # parsed once here (a layout into the arena is not kept)
+            args, kwargs = decode_call(reg, desc, _input_regions(layout, regions, target, arenas), copy=False,
+                                       readonly=True, layout=layout)
         except Exception as exc:  # the transport, not the segment function, is at fault
             now = now_ns()  # a finished slot, for a salvage that reads the headers
             ok, result, t0, t1 = False, TaskFailure.capture(exc), now, now
