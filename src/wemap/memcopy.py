@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["copy_into", "copy_of", "BlockPool", "ReusableMemory", "PARALLEL_MIN_BYTES"]
+__all__ = ["copy_into", "copy_of", "BlockPool", "ReusableMemory", "idle_from", "PARALLEL_MIN_BYTES"]
 
 #: arrays smaller than this are copied by the calling thread
 PARALLEL_MIN_BYTES = 4 * 2**20
@@ -94,6 +95,24 @@ class ReusableMemory:
         return array
 
 
+def idle_from(blocks: list[ReusableMemory], start: int) -> Iterator[int]:
+    """Indices of the idle ``blocks``, looking from ``start`` round to just before it, once.
+
+    Blocks are handed out in turn, so the ones free again (two cycles old in a WE loop) lie just
+    past the last one taken: starting there, a cycle's takes cost about one check each instead of
+    a scan from the first block for every walker (quadratic: 0.2 s a cycle at 1,000 walkers).
+    """
+    count = len(blocks)
+    if start >= count:
+        start = start % count if count else 0
+    for step in range(count):
+        k = start + step
+        if k >= count:
+            k -= count
+        if blocks[k].idle():
+            yield k
+
+
 class BlockPool:
     """Reusable memory for result walkers, so a steady WE loop stops paying page faults.
 
@@ -116,21 +135,14 @@ class BlockPool:
         self._exhausted: set[int] = set()
 
     def take(self, nbytes: int) -> np.ndarray:
-        """A uint8 block of exactly ``nbytes`` that no live array uses.
-
-        Looks from where the last take of this size stopped (the blocks of two cycles ago are
-        the ones free again), so a cycle's takes cost about one check each instead of a scan
-        from the first block for every walker (quadratic: 0.2 s a cycle at 1,000 walkers).
-        """
+        """A uint8 block of exactly ``nbytes`` that no live array uses (looked for with `idle_from`,
+        from where the last take of this size stopped)."""
         bucket = self._blocks.setdefault(nbytes, [])
         if nbytes not in self._exhausted:
-            count, k = len(bucket), self._next.get(nbytes, 0)
-            for _ in range(count):
-                block = bucket[k]
-                k = k + 1 if k + 1 < count else 0
-                if block.idle():
-                    self._next[nbytes] = k
-                    return block.hand_out()
+            k = next(idle_from(bucket, self._next.get(nbytes, 0)), None)
+            if k is not None:
+                self._next[nbytes] = k + 1
+                return bucket[k].hand_out()
             self._exhausted.add(nbytes)
         block = ReusableMemory(memoryview(np.empty(nbytes, dtype=np.uint8)))
         bucket.append(block)

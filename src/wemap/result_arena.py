@@ -31,7 +31,7 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 from .codec import ARENA_REGION, TARGET_NAME_MAX, pack_target
-from .memcopy import ReusableMemory
+from .memcopy import ReusableMemory, idle_from
 from .segment import _open_untracked, close_or_hand_over, create_reserved, unlink_owned
 
 __all__ = ["ResultArena", "ArenaMaps"]
@@ -84,22 +84,17 @@ class ResultArena:
     def take(self, n: int) -> list[tuple[np.ndarray, bytes] | None]:
         """``n`` idle blocks, each with the input-region field naming it; None for those past the last idle one.
 
-        One pass over the blocks, from where the last call stopped: in a WE loop the blocks of
-        two cycles ago are the ones free again, so a cycle's takes cost about one check each
-        (a scan from the first block for every walker was quadratic: 0.2 s a cycle at 1,000
-        walkers). The caller holds the returned blocks while the cycle runs, which keeps them
-        from being handed out twice.
+        One pass over the blocks (`wemap.memcopy.idle_from`), from where the last call stopped.
+        The caller holds the returned blocks while the cycle runs, which keeps them from being
+        handed out twice.
         """
-        blocks, count = self._blocks, len(self._blocks)
         taken: list[tuple[np.ndarray, bytes] | None] = []
-        k = self._next
-        for _ in range(count):
-            if len(taken) == n:
-                break
-            if blocks[k].idle():
-                taken.append((blocks[k].hand_out(), self._targets[k]))
-            k = k + 1 if k + 1 < count else 0
-        self._next = k
+        if n > 0:
+            for k in idle_from(self._blocks, self._next):
+                taken.append((self._blocks[k].hand_out(), self._targets[k]))
+                self._next = k + 1
+                if len(taken) == n:
+                    break
         return taken + [None] * (n - len(taken))
 
     def holds(self, arr: np.ndarray) -> bool:
