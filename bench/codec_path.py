@@ -6,8 +6,10 @@ change to the codec or the mapper's bookkeeping changes, in one process, with no
 for, and takes the least disturbed of several repeats. The phases are the ones a no-op cycle
 runs per walker: the manager encodes the call and writes it into a slot; a worker reads it as
 views, hands the walker back and writes a result descriptor that refers to the input (nothing
-copied); the manager reads the result and copies it out. Beside them, the bare copies of the
-same arrays (``np.copyto`` in, and out into existing arrays), so what is left is overhead.
+copied); the manager reads the result and copies it out, or, for a walker it wrote into an
+input block of the result arena (walkers of 128 KiB or more), hands it out where it is.
+Beside them, the bare copies of the same arrays (``np.copyto`` in, and out into existing
+arrays), so what is left is overhead.
 
     python bench/codec_path.py --atoms 1000 10000
 """
@@ -46,10 +48,18 @@ def phases(atoms: int, walkers: int) -> dict:
             args, _ = decode_call(worker, read_descriptor(inp), (inp, out), copy=False, readonly=True)
             write_call(encode_call(worker, (args[0],), {}, where="result", region=OUT_REGION, local_ref=ref), out)
 
+    keep = 2 * sum(a.nbytes for w in ws for a in w.state.values() if isinstance(a, np.ndarray))
+
     def manager_out():
         results = [decode_call(manager, read_descriptor(out), (inp, out), copy=True, readonly=True, pool=pool)[0][0]
                    for inp, out in slots]
         kept[:] = results  # held until the next cycle's, as a WE loop holds its walkers
+        pool.trim(keep_bytes=keep)  # what the mapper does after each cycle
+
+    def manager_out_owned():
+        results = [decode_call(manager, read_descriptor(out), (inp, out), copy=True, readonly=True, pool=pool,
+                               owned_input=True)[0][0] for inp, out in slots]
+        kept[:] = results
 
     arrays = [[a for a in w.state.values() if isinstance(a, np.ndarray)] for w in ws]
     into = [[np.empty_like(a) for a in walker] for walker in arrays]
@@ -68,7 +78,8 @@ def phases(atoms: int, walkers: int) -> dict:
     manager_in(), worker_side(), manager_out()  # layouts parsed, blocks made
     return {"manager: encode + write (copy in)": manager_in, "bare copy in": copy_in,
             "worker: read views, result descriptor": worker_side,
-            "manager: read + decode (copy out)": manager_out, "bare copy out": copy_out}
+            "manager: read + decode (copy out)": manager_out, "bare copy out": copy_out,
+            "manager: read + decode, walker in its input block (nothing copied)": manager_out_owned}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -299,7 +299,7 @@ def test_codec_path_script_reports_every_phase_beside_its_bare_copy(tmp_path):
     out = tmp_path / "cp.json"
     assert codec_path.main(["--atoms", "50", "--walkers", "2", "--number", "3", "--repeats", "2", "--out", str(out)]) == 0
     rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
-    assert len(rows) == 5 and all(r["us_per_walker"] > 0 for r in rows.values())
+    assert len(rows) == 6 and all(r["us_per_walker"] > 0 for r in rows.values())
     for phase, copy in (("manager: encode + write (copy in)", "bare copy in"),
                         ("manager: read + decode (copy out)", "bare copy out")):
         assert rows[phase]["over_copy_us"] == pytest.approx(rows[phase]["us_per_walker"] - rows[copy]["us_per_walker"])

@@ -254,16 +254,42 @@ def test_killed_worker_with_shared_results(shared_results_for_any_size, tmp_path
     assert out == [segfuncs.displace(w, 1) for w in ws]
 
 
-def test_no_op_results_are_copied_once_by_the_manager_not_into_blocks(shared_results_for_any_size):
-    """A result still in its slot (no-op) is referenced there: the worker does not copy it into a block."""
+def test_no_op_results_are_the_managers_copy_in_and_nobody_copies_them_out(shared_results_for_any_size, monkeypatch):
+    """The manager writes each walker into an input block of the arena: a result still in its input
+    (a no-op) is handed out where it is, a private, writable copy of the walker that went in."""
     ws = walkers(3, 400)
+    before = [w.state["positions"].copy() for w in ws]
+    copies = _count_copies_in(monkeypatch)
     with SharedMemWorkerMapper(segment_func=segfuncs.echo, num_workers=2) as m:
         out = m.map(ws, [1] * 3)
         assert m._arena is not None, "the arena was made for these walkers"
-        assert not any(_arena_holds(m, o.state["positions"]) for o in out)
+        assert all(_arena_holds(m, a) for o in out for a in o.state.values() if isinstance(a, np.ndarray))
+        assert sorted(copies) == sorted(a.nbytes for w in ws for a in w.state.values() if isinstance(a, np.ndarray)), \
+            "each array is copied once, in, and never out"
         assert out == ws and all(o.state["positions"].flags.writeable for o in out)
         assert all(o.state["positions"] is not w.state["positions"] for o, w in zip(out, ws)), "copies, not the inputs"
-        del out
+        for o in out:
+            o.state["positions"][:] = -1.0  # the caller's own memory: the walkers that went in are untouched
+        for w, b in zip(ws, before):
+            np.testing.assert_array_equal(w.state["positions"], b)
+        again = m.map(ws, [1] * 3)  # while the first results are held: other blocks
+        assert again == ws and all((o.state["positions"] == -1.0).all() for o in out)
+        del out, again
+
+
+def test_a_walker_in_its_input_block_is_not_in_its_slot(shared_results_for_any_size):
+    """The slot's input region holds only the head naming the block: the worker reads the walker there."""
+    from wemap.codec import read_descriptor, read_input_block
+
+    ws = walkers(2, 300)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1) as m:
+        out = m.map(ws, [1, 1])
+        ring = m._segment.ring
+        heads = [read_input_block(ring.input_view(k)) for k in range(ring.nslots)]
+        assert all(h is not None and h[1] == m._arena.block_size for h in heads[:2])
+        with pytest.raises(ValueError, match="descriptor out of range"):
+            read_descriptor(ring.input_view(0))  # no walker in the slot itself
+    assert out == [segfuncs.displace(w, 1) for w in ws]
 
 
 def test_walkers_of_128_kib_or_more_use_shared_blocks_by_default():
@@ -344,7 +370,7 @@ def test_results_fed_back_go_to_the_workers_by_reference(shared_results_for_any_
         copies.clear()
         clones = [first[0], first[0], first[1], first[2]]  # resampling shares a clone's arrays
         second = m.map(clones, [2] * 4)
-        assert copies == [72] * 4, "only the box (handed back from the slot, so copied out) is copied in"
+        assert copies == [], "the box too is in the arena: handed back where the walker's input block had it"
         assert all(_arena_holds(m, o.state["positions"]) for o in second)
         expect1 = [segfuncs.displace(w, 1) for w in ws]
         assert first == expect1, "the walkers fed back are unchanged"
@@ -352,7 +378,7 @@ def test_results_fed_back_go_to_the_workers_by_reference(shared_results_for_any_
         assert second == expect2
         del first, clones  # the arena holds two cycles: what goes in and what comes out
         third = m.map(second, [3] * 4)
-        assert copies == [72] * 8 and all(_arena_holds(m, o.state["positions"]) for o in third)
+        assert copies == [] and all(_arena_holds(m, o.state["positions"]) for o in third)
     assert third == [segfuncs.displace(w, 3) for w in expect2]
 
 
@@ -380,9 +406,9 @@ def test_walkers_from_an_outgrown_arena_or_strided_are_copied(shared_results_for
         strided = [wemap.Walker({**o.state, "positions": o.state["positions"][::2]}, o.weight) for o in second]
         copies.clear()
         third = m.map(strided, [1] * 3)
-        # the strided positions, and the box and extra that displace handed back from the slot (copied
-        # out by the manager, so private); only the velocities go by reference
-        assert len(copies) == 3 * 3
+        # the strided positions; the velocities, and the box and extra that displace handed back where
+        # the walkers' input blocks had them, go by reference
+        assert len(copies) == 3
     assert second == [segfuncs.displace(w, 1) for w in big]
     assert third == [segfuncs.displace(w, 1) for w in strided]
 
@@ -442,7 +468,7 @@ def test_by_default_only_walkers_of_384_kib_or_more_go_by_reference(monkeypatch)
             copies.clear()
             second = m.map(first, [1, 1])
             assert all(_arena_holds(m, o.state["positions"]) for o in second)
-            assert (copies == [72, 72]) == referenced, (n_atoms, copies)
+            assert (copies == []) == referenced, (n_atoms, copies)
             del first, second
 
 
@@ -486,13 +512,29 @@ def test_a_worker_that_cannot_map_the_arena_gets_its_walker_copied(shared_result
         w.process.join(10)
         with caplog.at_level("WARNING", logger="wemap.shm_mapper"):
             second = m.map(first, [1, 1], **slow)
-        assert any("walkers fed back are copied in from now on" in r.getMessage() for r in caplog.records)
+        assert any("walkers are copied into the slots from now on" in r.getMessage() for r in caplog.records)
         assert arena in caplog.text
         assert m._arena is None, "the arena whose name is gone is replaced"
         third = m.map(second, [1, 1], **slow)
         assert m._arena is not None and m._arena.name != arena
     assert second == [segfuncs.displace(segfuncs.displace(w, 1), 1) for w in ws]
     assert third == [segfuncs.displace(w, 1) for w in second]
+
+
+def test_a_worker_that_cannot_map_the_arena_gets_a_new_walker_through_its_slot(shared_results_for_any_size, caplog):
+    """New walkers are written into input blocks of the arena; a worker that cannot map it loses none."""
+    ws = walkers(2, 1000)
+    with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=1) as m:
+        m.map(ws, [1, 1])
+        arena = m._arena.name
+        os.unlink(f"/dev/shm/{arena}")
+        w = m._pool.workers[0]
+        os.kill(w.pid, 9)
+        w.process.join(10)
+        with caplog.at_level("WARNING", logger="wemap.shm_mapper"):
+            out = m.map(ws, [2, 2])
+        assert arena in caplog.text and m._arena is None
+    assert out == [segfuncs.displace(w, 2) for w in ws]
 
 
 @pytest.mark.parametrize("layout", [(1, (), (("walker", (("positions",),)),)), 5, (1, (), (("walker", "fields"),)),

@@ -10,7 +10,7 @@ most 50 ms, checking for signals between slices, so Ctrl-C works.
 """
 
 cimport cython
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE,
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.number cimport PyNumber_Index
@@ -34,6 +34,7 @@ __all__ = [
     "SLOT_HEADER_DTYPE",
     "slot_header_c_fields",
     "now_ns",
+    "data_address",
     "status_name",
     "READY",
     "DONE",
@@ -81,6 +82,19 @@ def slot_header_c_fields():
 def now_ns():
     """Return CLOCK_MONOTONIC in nanoseconds: the clock slot times are stamped with."""
     return wm_now_ns()
+
+
+def data_address(obj):
+    """Return the address of the first byte of ``obj``'s buffer (an ndarray, read-only or strided too).
+
+    What ``arr.__array_interface__["data"][0]`` gives, without building that dict: the
+    manager asks it of every array of every walker (is it in the result arena?).
+    """
+    cdef Py_buffer view
+    PyObject_GetBuffer(obj, &view, PyBUF_STRIDES)
+    cdef uintptr_t addr = <uintptr_t>view.buf
+    PyBuffer_Release(&view)
+    return addr
 
 
 def status_name(int status):

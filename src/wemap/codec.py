@@ -19,7 +19,10 @@ Region format (input and output regions alike, all offsets from the region start
     0      u64 descriptor offset, u64 descriptor length   (first 64-byte line)
     16     input region only: the result block, u64 offset, u64 size, u8 name length,
            the result arena's name (up to 30 bytes); size 0 = no block
-    64     array 0 (64-byte aligned) | array 1 | ...
+    64     input region only: the walker's input block, u64 offset, u64 size, in the same
+           arena; size 0 = none. When there is one, the walker is not in this region: it was
+           written (head, arrays, descriptor, in this same format) into that block instead
+    128    array 0 (64-byte aligned) | array 1 | ...
     D      descriptor: u32 length of the layout, the layout, the metadata. The layout is a
            pickle of (number of positional arguments, keyword names, [(codec name,
            [(field, dtype, shape, region, offset), ...]), ...]), one entry per argument;
@@ -36,7 +39,9 @@ for the whole result arena (input regions only, offsets from the arena's start):
 array that is still a view of the slot's input (a no-op segment) is referenced there, not
 copied; a result written straight into its block needs no copy by the manager; an input
 array that is a result of an earlier cycle, still in the arena, goes by reference (region 3)
-instead of being copied into the slot.
+instead of being copied into the slot. A walker with an input block has that block as its
+region 0, for the worker and for the manager reading the result: a result array still in
+its input (a no-op) is then already in memory the manager can hand out, and nobody copies it.
 """
 
 from __future__ import annotations
@@ -72,6 +77,9 @@ __all__ = [
     "CallLayout",
     "pack_target",
     "read_target",
+    "pack_input_block",
+    "read_input_block",
+    "write_pointer",
     "ALIGN",
     "IN_REGION",
     "OUT_REGION",
@@ -83,10 +91,12 @@ ALIGN = 64
 _HEAD = struct.Struct("<QQ")
 _LAYOUT_LEN = struct.Struct("<I")
 _TARGET = struct.Struct("<QQB")
+_INPUT_BLOCK = struct.Struct("<QQ")
 #: layouts a registry keeps parsed (and layout bytes it keeps made): a few per slot shape is plenty
 LAYOUT_CACHE_MAX = 512
 TARGET_NAME_MAX = ALIGN - _HEAD.size - _TARGET.size
-DATA_START = ALIGN
+INPUT_BLOCK_AT = ALIGN
+DATA_START = 2 * ALIGN
 
 IN_REGION, OUT_REGION, RESULT_REGION, ARENA_REGION = 0, 1, 2, 3
 
@@ -499,7 +509,17 @@ def write_call(enc: EncodedCall, region: np.ndarray, target: bytes | None = None
     raw[d_off : enc.nbytes] = enc.descriptor
     target = target or _NO_TARGET
     raw[_HEAD.size : _HEAD.size + len(target)] = target
+    raw[INPUT_BLOCK_AT : INPUT_BLOCK_AT + _INPUT_BLOCK.size] = _NO_INPUT_BLOCK
     _HEAD.pack_into(region, 0, d_off, len(enc.descriptor))
+
+
+def write_pointer(region: np.ndarray, target: bytes, input_block: bytes) -> None:
+    """Only a head into ``region``: the walker is in the input block ``input_block`` names (from
+    `pack_input_block`, written there by `write_call`), its result goes to ``target``."""
+    raw = memoryview(region)
+    raw[_HEAD.size : _HEAD.size + len(target)] = target
+    raw[INPUT_BLOCK_AT : INPUT_BLOCK_AT + _INPUT_BLOCK.size] = input_block
+    _HEAD.pack_into(region, 0, 0, 0)
 
 
 def write_split(enc: EncodedCall, block: np.ndarray, region: np.ndarray) -> None:
@@ -523,6 +543,21 @@ def pack_target(name: str, offset: int, size: int) -> bytes:
 
 
 _NO_TARGET = _TARGET.pack(0, 0, 0)
+
+
+def pack_input_block(offset: int, size: int) -> bytes:
+    """The input-region field that tells a worker its walker is in the arena block at ``offset``."""
+    return _INPUT_BLOCK.pack(offset, size)
+
+
+_NO_INPUT_BLOCK = _INPUT_BLOCK.pack(0, 0)
+_OWNED_WITH_INPUT = frozenset({IN_REGION, RESULT_REGION})
+
+
+def read_input_block(region: np.ndarray) -> tuple[int, int] | None:
+    """(offset, size) of the walker's input block in the result arena, or None when it is in ``region``."""
+    offset, size = _INPUT_BLOCK.unpack_from(region, INPUT_BLOCK_AT)
+    return (offset, size) if size else None
 
 
 def read_target(region: np.ndarray) -> tuple[str, int, int] | None:
@@ -558,12 +593,14 @@ def decode_call(
     readonly: bool,
     pool: BlockPool | None = None,
     layout: CallLayout | None = None,
+    owned_input: bool = False,
 ) -> tuple[list, dict]:
     """Rebuild the arguments from a descriptor: zero-copy views, or one copy with ``copy=True``.
 
     ``regions`` are the input and output regions, and the result block when there is one:
     fields in the result block are already the caller's own memory, so they are returned
-    as writable views whatever ``copy`` and ``readonly`` say. With a `BlockPool`, the
+    as writable views whatever ``copy`` and ``readonly`` say; with ``owned_input`` (the input
+    region is the walker's input block) so are fields in the input region. With a `BlockPool`, the
     copies of one call are carved from one reusable block. Everything is checked before
     anything is copied. ``layout``: ``desc``'s, when the caller has parsed it already.
     """
@@ -574,14 +611,15 @@ def decode_call(
         raise ValueError(f"malformed slot descriptor (metadata: {got}, the layout has {len(lay.entries)} entries)")
     lay.check(regions)
     block = None
-    if copy and pool is not None and lay.copy_bytes >= pool.MIN_BYTES:
+    if copy and pool is not None and lay.copy_bytes >= pool.MIN_BYTES and not (
+            owned_input and lay.regions <= _OWNED_WITH_INPUT):  # nothing to copy: no block
         block = pool.take(lay.copy_bytes)
     values = []
     for (codec, fields), meta in zip(lay.entries, metas):
         arrays = {}
         for field, dt, shape, region, offset, _, cursor in fields:
             view = np.ndarray(shape, dt, buffer=regions[region], offset=offset)
-            if region == RESULT_REGION:
+            if region == RESULT_REGION or (owned_input and region == IN_REGION):
                 pass  # already the caller's memory: a writable view
             elif block is not None:
                 dst = np.ndarray(shape, dt, buffer=block, offset=cursor)

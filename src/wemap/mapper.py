@@ -54,6 +54,9 @@ def prepare_tasks(args: tuple, kwargs: dict, default_cycle: int) -> list[TaskSpe
     """
     if not args and not kwargs:
         raise TypeError("map() needs at least one iterable argument (one element per walker)")
+    if not kwargs and all(type(a) is list for a in args) and len({len(a) for a in args}) == 1:
+        # what a WE loop passes (walkers, segment lengths): the general path's checks, per walker, cost more
+        return [TaskSpec(i, row, {}, i, default_cycle) for i, row in enumerate(zip(*args))]
     pos = [_materialise(f"#{i} (positional)", a) for i, a in enumerate(args)]
     kw = {k: _materialise(repr(k), v) for k, v in kwargs.items()}
     lengths = {f"#{i}": len(col) for i, col in enumerate(pos)}

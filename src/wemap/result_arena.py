@@ -12,8 +12,11 @@ A block is handed out again only when nothing refers to any array of it (each bl
 their arrays go to the workers by reference (`ResultArena.ref`), not copied into a slot, so
 such a cycle copies each walker once, when a worker writes its result. The caller holds the
 walkers it passes to `map`, which keeps their blocks from being handed out meanwhile.
-The arena holds two cycles of blocks, what a WE loop keeps alive (the walkers going in and
-the ones coming out); a caller keeping more gets plain copies for the rest. A retired arena
+Other walkers are written by the manager into an *input block* instead of their slot, so a
+result array the segment hands back unchanged (a no-op) is already in a block the caller can
+have: nobody copies it out. The arena holds three blocks a walker: the input block, the result
+block, and the result of the cycle before, which the caller may still hold while it maps the
+next; blocks it lacks are the slots' work (copies). A retired arena
 (outgrown, or its mapper cleaned up) loses its name at once and its memory when the last
 view of it goes.
 
@@ -27,14 +30,16 @@ import logging
 import mmap
 import sys
 from multiprocessing.shared_memory import SharedMemory
+from typing import NamedTuple
 
 import numpy as np
 
-from .codec import ARENA_REGION, TARGET_NAME_MAX, pack_target
+from ._ring import data_address
+from .codec import ARENA_REGION, TARGET_NAME_MAX, pack_input_block, pack_target
 from .memcopy import ReusableMemory, idle_from
 from .segment import _open_untracked, close_or_hand_over, create_reserved, unlink_owned
 
-__all__ = ["ResultArena", "ArenaMaps"]
+__all__ = ["ResultArena", "ArenaMaps", "ArenaBlock"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,16 @@ def _populate(shm: SharedMemory) -> None:
     except (AttributeError, OSError, ValueError) as exc:  # an older kernel: faults as before
         logger.debug("cannot populate arena %s: %s", shm.name, exc)
 
+class ArenaBlock(NamedTuple):
+    """A block handed out for one walker: its memory, and the input-region fields that name it
+    as the walker's result block (`wemap.codec.pack_target`) or as its input block
+    (`wemap.codec.pack_input_block`)."""
+
+    array: np.ndarray
+    target: bytes
+    pointer: bytes
+
+
 class ResultArena:
     """Manager side: ``nblocks`` blocks of ``block_size`` bytes in one shared-memory segment."""
 
@@ -74,24 +89,25 @@ class ResultArena:
         self.nblocks = nblocks
         self.size = size
         mem = shm.buf
-        self._base = np.frombuffer(mem, dtype=np.uint8, count=1).__array_interface__["data"][0]
+        self._base = data_address(mem)
         self._blocks = [ReusableMemory(mem[k * block_size : (k + 1) * block_size]) for k in range(nblocks)]
         self._targets = [pack_target(name, k * block_size, block_size) for k in range(nblocks)]
+        self._pointers = [pack_input_block(k * block_size, block_size) for k in range(nblocks)]
         self._next = 0  # where the next take starts looking
         del mem
         logger.debug("result arena %s: %d blocks x %d bytes", name, nblocks, block_size)
 
-    def take(self, n: int) -> list[tuple[np.ndarray, bytes] | None]:
-        """``n`` idle blocks, each with the input-region field naming it; None for those past the last idle one.
+    def take(self, n: int) -> list[ArenaBlock | None]:
+        """``n`` idle blocks, each with the input-region fields naming it; None for those past the last idle one.
 
         One pass over the blocks (`wemap.memcopy.idle_from`), from where the last call stopped.
         The caller holds the returned blocks while the cycle runs, which keeps them from being
         handed out twice.
         """
-        taken: list[tuple[np.ndarray, bytes] | None] = []
+        taken: list[ArenaBlock | None] = []
         if n > 0:
             for k in idle_from(self._blocks, self._next):
-                taken.append((self._blocks[k].hand_out(), self._targets[k]))
+                taken.append(ArenaBlock(self._blocks[k].hand_out(), self._targets[k], self._pointers[k]))
                 self._next = k + 1
                 if len(taken) == n:
                     break
@@ -99,7 +115,7 @@ class ResultArena:
 
     def holds(self, arr: np.ndarray) -> bool:
         """Whether ``arr``'s data lies in this arena."""
-        addr = arr.__array_interface__["data"][0]
+        addr = data_address(arr)
         return self._base <= addr < self._base + self.size
 
     def ref(self, arr: np.ndarray) -> tuple[int, int] | None:
@@ -107,7 +123,7 @@ class ResultArena:
         (a `wemap.codec.encode_call` ``local_ref``: such an array is referenced, not copied)."""
         if self._shm is None or not arr.flags.c_contiguous:
             return None
-        offset = arr.__array_interface__["data"][0] - self._base
+        offset = data_address(arr) - self._base
         if 0 <= offset and offset + arr.nbytes <= self.size:
             return ARENA_REGION, offset
         return None
@@ -121,7 +137,7 @@ class ResultArena:
         shm, self._shm = self._shm, None
         if shm is None:
             return
-        self._blocks, self._targets = [], []
+        self._blocks, self._targets, self._pointers = [], [], []
         unlink_owned(shm)
         close_or_hand_over(shm)  # results still using it keep the mapping until they go
         logger.debug("result arena %s retired", self.name)

@@ -17,8 +17,10 @@ and regrown between cycles; more walkers than slots stream through them. Workers
 futex on the ready ring; the manager blocks on the done ring in slices that also check
 worker liveness. Results are written by the workers straight into blocks of a shared
 *result arena* (`wemap.result_arena`) that the manager returns views of, so the manager copies
-each walker once, in, and the copies out run in the workers, in parallel. A worker never writes a slot's input region, so a walker can always be
-re-run. Each worker also keeps its control pipe: ``("attach", name)`` when the segment is
+each walker once, in, and the copies out run in the workers, in parallel. The manager writes
+such walkers into *input blocks* of the arena rather than their slots (the slot names the block),
+so a result array the segment leaves in its input (a no-op) is handed out where it is. A worker
+never writes a walker's input (slot region or block), so a walker can always be re-run. Each worker also keeps its control pipe: ``("attach", name)`` when the segment is
 (re)made, ``None`` to stop.
 
 Failure paths: a segment that raises comes back as a pickled failure in the output region →
@@ -46,6 +48,7 @@ from .codec import (
     encode_call,
     read_descriptor,
     write_call,
+    write_pointer,
 )
 from .errors import WorkerException
 from .mapper import MapperBase, TaskSpec
@@ -119,9 +122,10 @@ class SharedMemWorkerMapper(MapperBase):
     - ``shared_results``: (default) for walkers of 128 KiB or more, the workers write each result
       into a block of shared memory that the manager returns views of (writable, valid for as
       long as they are referenced; a block is reused once nothing refers to it), so a result
-      is copied once, by a worker, instead of twice. ``False``, smaller walkers, results the
-      blocks cannot take, or result arrays that are still the slot's input (a no-op segment):
-      the manager copies each result out of its slot into private memory. Walkers of 384 KiB or
+      is copied once, by a worker, instead of twice. The manager writes these walkers into blocks
+      too, so result arrays the segment hands back unchanged (a no-op) are returned where they
+      are, copied by nobody. ``False``, smaller walkers, or results the blocks cannot take: the
+      manager copies each result out of its slot into private memory. Walkers of 384 KiB or
       more that are results of an earlier ``map`` still in the arena (a WE loop feeding its
       walkers back, clones included) are not copied in: the worker reads them where they are.
 
@@ -171,7 +175,8 @@ class SharedMemWorkerMapper(MapperBase):
         self.zero_copy = zero_copy
         self.shared_results = shared_results
         self._arena: ResultArena | None = None
-        self._result_blocks: list = []  # per task of the running cycle: (block, target field) or None
+        self._result_blocks: list = []  # per task of the running cycle: an ArenaBlock or None
+        self._input_blocks: list = []  # per task: the ArenaBlock the manager wrote the walker into, or None
         self.start_method = start_method or default_start_method()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -220,7 +225,7 @@ class SharedMemWorkerMapper(MapperBase):
 
     def _stop(self, abort: bool) -> None:
         self._blocks.clear()
-        self._result_blocks = []
+        self._result_blocks, self._input_blocks = [], []
         arena, self._arena = self._arena, None
         try:
             if arena is not None:
@@ -296,9 +301,10 @@ class SharedMemWorkerMapper(MapperBase):
         return max(1, min(n_tasks, max(fit, 2 * self._worker_count())))
 
     def _ensure_arena(self, block_needed: int, n_tasks: int) -> ResultArena | None:
-        """The result arena, made or outgrown here: two cycles of blocks within the shared-memory budget."""
+        """The result arena, made or outgrown here: three blocks a walker within the shared-memory budget
+        (its input block, its result block, and the result of the cycle before that the caller holds)."""
         arena = self._arena
-        want = 2 * n_tasks
+        want = 3 * n_tasks
         if arena is not None and arena.block_size >= block_needed and arena.nblocks >= want:
             return arena
         # the slots come first: leave them room to be made again twice as large (results that
@@ -324,31 +330,51 @@ class SharedMemWorkerMapper(MapperBase):
             return None
         return self._arena
 
-    def _take_result_blocks(self, encoded) -> list:
-        """Per task, a result block for the worker to write into (None: the output region, copied here)."""
+    def _take_blocks(self, specs: list[TaskSpec], encoded: list) -> None:
+        """Per task, a result block for the worker to write into (None: the output region, copied here),
+        and for a walker not already in the arena an input block that the manager writes it into
+        instead of its slot (None: the slot).
+
+        A walker in an input block is in memory the manager can hand out: a result array the
+        segment left in its input (a no-op; box vectors a runner hands back unchanged) is then
+        returned where it is, neither copied by the worker nor out of the slot by the manager.
+        """
+        n = len(encoded)
+        self._result_blocks, self._input_blocks = [None] * n, [None] * n
         need = max(e.array_bytes for e in encoded)
         if self.zero_copy or not self.shared_results or need < SHARED_RESULTS_MIN_BYTES:
-            return [None] * len(encoded)
-        arena = self._ensure_arena(need + AUTO_EXTRA, len(encoded))
+            return
+        arena = self._ensure_arena(need + AUTO_EXTRA, n)
         if arena is None:
-            return [None] * len(encoded)
-        return arena.take(len(encoded))
+            return
+        self._result_blocks = arena.take(n)
+        referred = self._refer_to_arena(specs, encoded)
+        if not self._refer:  # a worker could not map the arena: walkers go through the slots
+            return
+        size = arena.block_size
+        wanted = [i for i, (enc, block) in enumerate(zip(encoded, self._result_blocks))
+                  if block is not None and i not in referred and enc.nbytes <= size]
+        for i, block in zip(wanted, arena.take(len(wanted))):
+            self._input_blocks[i] = block
 
-    def _refer_to_arena(self, specs: list[TaskSpec], encoded: list) -> None:
+    def _refer_to_arena(self, specs: list[TaskSpec], encoded: list) -> set[int]:
         """Walkers (of ``REFER_MIN_BYTES`` or more) whose arrays are earlier results still in the arena
-        send those by reference.
+        send those by reference; returns their tasks.
 
         Only walkers with a result block: its field names the arena to the worker. The arena is
         settled for this cycle by now, so no reference can outlive the arena it points into.
         """
         arena = self._arena
+        referred: set[int] = set()
         if arena is None or not self._refer:
-            return
+            return referred
         for i, (enc, block) in enumerate(zip(encoded, self._result_blocks)):
             if block is not None and enc.array_bytes >= REFER_MIN_BYTES and any(arena.holds(a) for a in enc.arrays):
                 spec = specs[i]
                 encoded[i] = encode_call(self._registry, spec.args, spec.kwargs, region=IN_REGION, local_ref=arena.ref,
                                          where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")
+                referred.add(i)
+        return referred
 
     # -- map ---------------------------------------------------------------------------------
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
@@ -377,8 +403,7 @@ class SharedMemWorkerMapper(MapperBase):
         encoded = self._encode(specs)  # every walker checked before anything is written
         self._encoded = encoded  # _collect may send a walker again, encoded otherwise
         self._ensure_segment(max(e.nbytes for e in encoded), len(specs))
-        self._result_blocks = self._take_result_blocks(encoded)
-        self._refer_to_arena(specs, encoded)
+        self._take_blocks(specs, encoded)
         results: list[Any] = [None] * len(specs)
         attempts = Attempts(self.policy)
         todo = list(range(len(specs)))
@@ -403,7 +428,7 @@ class SharedMemWorkerMapper(MapperBase):
                     self._ensure_segment(self._segment.ring.region_size, len(todo), fresh=True)
         finally:
             self.recovered_segments += attempts.recovered
-            self._result_blocks = []  # the results hold the blocks they use; the rest are free again
+            self._result_blocks, self._input_blocks = [], []  # the results hold the blocks they use; the rest are free
             self._encoded = []
             if self._arena_unmappable and self._arena is not None:  # its name may be gone: make a new one
                 self._arena.retire()
@@ -420,7 +445,7 @@ class SharedMemWorkerMapper(MapperBase):
         """
         ring = self._segment.ring
         views = self._views
-        blocks = self._result_blocks
+        blocks, inputs = self._result_blocks, self._input_blocks
         pending = deque(todo)
         free = deque(range(ring.nslots))
         in_flight: dict[int, int] = {}
@@ -436,8 +461,12 @@ class SharedMemWorkerMapper(MapperBase):
                 slot, i = free.popleft(), pending.popleft()
                 spec = specs[i]
                 hdr, inp, _ = views[slot]
-                target = blocks[i]
-                write_call(encoded[i], inp, target[1] if target is not None else None)
+                target, into = blocks[i], inputs[i]
+                if into is not None:  # the walker into its input block, the slot told where it is
+                    write_call(encoded[i], into.array)
+                    write_pointer(inp, target.target, into.pointer)
+                else:
+                    write_call(encoded[i], inp, target.target if target is not None else None)
                 # task_id, cycle, walker_idx, worker_idx, worker_pid, t_start, t_end, in_nbytes, out_nbytes,
                 # status, flags: one assignment, in the order of the C struct wm_slot_header
                 hdr[()] = (i, spec.cycle_idx, spec.walker_idx, -1, 0, 0, 0, encoded[i].nbytes, 0, -1, 0)
@@ -473,18 +502,21 @@ class SharedMemWorkerMapper(MapperBase):
                 f"slot {slot} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task {task_id} "
                 f"of worker {widx}; the segment is corrupt", worker_idx=widx, pid=pid,
                 walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
-        target = self._result_blocks[i]
-        regions = (inp, out) if target is None else (inp, out, target[0])
+        target, into = self._result_blocks[i], self._input_blocks[i]
+        if into is not None:
+            inp = into.array
+        regions = (inp, out) if target is None else (inp, out, target.array)
         if status == STATUS_NO_ARENA:  # it ran nothing and lost nothing: send it again, copied in
             try:
                 message = read_failure(regions[OUT_REGION]).exc_message
             except (ValueError, TypeError, IndexError, KeyError, AttributeError, pickle.UnpicklingError, EOFError):
                 message = "it could not map the result arena"
             if self._refer:
-                logger.warning("worker %d (pid %d): %s; walkers fed back are copied in from now on, and the "
+                logger.warning("worker %d (pid %d): %s; walkers are copied into the slots from now on, and the "
                                "arena is replaced after this cycle", widx, pid, message)
             self._refer = False  # for this init: a worker that cannot map one arena may not map the next
             self._arena_unmappable = True
+            self._input_blocks[i] = None
             self._encoded[i] = encode_call(self._registry, spec.args, spec.kwargs, region=IN_REGION,
                                            where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")
             return True
@@ -502,7 +534,8 @@ class SharedMemWorkerMapper(MapperBase):
                 return False
             elif status == STATUS_OK:
                 out_args, _ = decode_call(self._registry, read_descriptor(regions[OUT_REGION]), regions,
-                                          copy=not self.zero_copy, readonly=True, pool=self._blocks)
+                                          copy=not self.zero_copy, readonly=True, pool=self._blocks,
+                                          owned_input=into is not None)
                 results[i] = out_args[0]
                 return False
             else:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._ring import RingClosed, now_ns
+from ._ring import RingClosed, data_address, now_ns
 from .codec import (
     DATA_START,
     ARENA_REGION,
@@ -40,6 +40,7 @@ from .codec import (
     decode_call,
     encode_call,
     read_descriptor,
+    read_input_block,
     read_target,
     write_call,
     write_split,
@@ -57,18 +58,14 @@ STATUS_OK, STATUS_FAILED, STATUS_OVERFLOW, STATUS_CORRUPT, STATUS_NO_ARENA = 0, 
 logger = logging.getLogger(__name__)
 
 
-def _base_address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
-
-
 def _region_ref(regions: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray], tuple[int, int] | None]:
     """Find arrays that already live in this slot (no-op or in-place segments) so they are not copied."""
-    bounds = [(_base_address(r), r.nbytes) for r in regions]
+    bounds = [(data_address(r), r.nbytes) for r in regions]
 
     def ref(arr: np.ndarray) -> tuple[int, int] | None:
         if not arr.flags.c_contiguous:
             return None
-        addr = _base_address(arr)
+        addr = data_address(arr)
         for region, (base, size) in enumerate(bounds):
             if base <= addr and addr + arr.nbytes <= base + size and (addr - base) % 64 == 0:
                 return region, addr - base
@@ -95,6 +92,23 @@ def _input_regions(layout: CallLayout, regions: tuple, target, arenas: ArenaMaps
         return (*regions, _NO_REGION, arenas.whole(target[0]))
     except OSError as exc:  # the name gone, no memory, no file descriptors: the manager sends it copied
         raise _NoArena(f"cannot map result arena {target[0]}: {type(exc).__name__}: {exc}") from exc
+
+
+def _walker_regions(slot_regions: tuple, slot_ref, target, arenas: ArenaMaps) -> tuple[tuple, Callable]:
+    """The walker's input and output regions, and the no-copy lookup over them: the slot's, or,
+    when the manager wrote the walker into an input block of the arena, that block and the slot's
+    output region (a result array still in its input then stays where it is, for the manager to hand out)."""
+    inblock = read_input_block(slot_regions[IN_REGION])
+    if inblock is None:
+        return slot_regions, slot_ref
+    if target is None:
+        raise ValueError("the walker is in an input block of the result arena but its slot names no arena")
+    try:
+        block = arenas.block(target[0], *inblock)
+    except OSError as exc:  # as in _input_regions: the manager sends it copied into the slot
+        raise _NoArena(f"cannot map result arena {target[0]}: {type(exc).__name__}: {exc}") from exc
+    regions = (block, slot_regions[OUT_REGION])
+    return regions, _region_ref(regions)
 
 
 def _fit_failure(failure: TaskFailure, room: int) -> bytes:
@@ -172,7 +186,8 @@ def serve_segment(
             return
         if slot is None:
             continue
-        hdr, regions, local_ref = views[slot]
+        hdr, slot_regions, slot_ref = views[slot]
+        regions, local_ref = slot_regions, slot_ref
         hdr["worker_idx"] = worker.worker_idx
         hdr["worker_pid"] = worker.pid  # the claim: the manager's timeout and loss checks read it
         hdr["t_start_ns"] = now_ns()
@@ -180,7 +195,8 @@ def serve_segment(
         out = regions[OUT_REGION]
         unreadable, target = None, None  # the status of an input the worker could not read
         try:
-            target = read_target(regions[IN_REGION])
+            target = read_target(slot_regions[IN_REGION])
+            regions, local_ref = _walker_regions(slot_regions, slot_ref, target, arenas)
             desc = read_descriptor(regions[IN_REGION])
             layout = reg.layout(desc.layout)  # parsed once here (a layout into the arena is not kept)
             args, kwargs = decode_call(reg, desc, _input_regions(layout, regions, target, arenas), copy=False,
