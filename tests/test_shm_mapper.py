@@ -277,6 +277,18 @@ def test_no_op_results_are_the_managers_copy_in_and_nobody_copies_them_out(share
         del out, again
 
 
+def test_a_result_partly_left_in_its_input_block_and_partly_too_big_for_its_result_block(shared_results_for_any_size):
+    """Unchanged arrays stay in the input block; a new one too big for the result block comes through
+    the (regrown) slot and is copied out on its own."""
+    ws = walkers(2, 300)  # 14 kB of arrays: the result block has 64 KiB of headroom, the extra is 160 kB
+    with SharedMemWorkerMapper(segment_func=segfuncs.grow, num_workers=1) as m:
+        out = m.map(ws, [20_000, 20_000])
+        for o in out:
+            assert _arena_holds(m, o.state["positions"]) and not _arena_holds(m, o.state["extra"])
+            assert o.state["extra"].flags.writeable and o.state["positions"].flags.writeable
+    assert out == [segfuncs.grow(w, 20_000) for w in ws]
+
+
 def test_a_walker_in_its_input_block_is_not_in_its_slot(shared_results_for_any_size):
     """The slot's input region holds only the head naming the block: the worker reads the walker there."""
     from wemap.codec import read_descriptor, read_input_block

@@ -551,7 +551,6 @@ def pack_input_block(offset: int, size: int) -> bytes:
 
 
 _NO_INPUT_BLOCK = _INPUT_BLOCK.pack(0, 0)
-_OWNED_WITH_INPUT = frozenset({IN_REGION, RESULT_REGION})
 
 
 def read_input_block(region: np.ndarray) -> tuple[int, int] | None:
@@ -611,8 +610,9 @@ def decode_call(
         raise ValueError(f"malformed slot descriptor (metadata: {got}, the layout has {len(lay.entries)} entries)")
     lay.check(regions)
     block = None
-    if copy and pool is not None and lay.copy_bytes >= pool.MIN_BYTES and not (
-            owned_input and lay.regions <= _OWNED_WITH_INPUT):  # nothing to copy: no block
+    # a copy block is laid out for every field outside the result block: with the input owned too,
+    # what is left to copy (a result that overflowed into the output region) is plain copies
+    if copy and pool is not None and lay.copy_bytes >= pool.MIN_BYTES and not owned_input:
         block = pool.take(lay.copy_bytes)
     values = []
     for (codec, fields), meta in zip(lay.entries, metas):
