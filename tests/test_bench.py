@@ -303,3 +303,19 @@ def test_codec_path_script_reports_every_phase_beside_its_bare_copy(tmp_path):
     for phase, copy in (("manager: encode + write (copy in)", "bare copy in"),
                         ("manager: read + decode (copy out)", "bare copy out")):
         assert rows[phase]["over_copy_us"] == pytest.approx(rows[phase]["us_per_walker"] - rows[copy]["us_per_walker"])
+
+
+def test_cycle_gap_script_times_each_pause(tmp_path):
+    """bench/cycle_gap.py at a tiny size: one row per pause, each a positive cycle time."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "cycle_gap.py"
+    spec = importlib.util.spec_from_file_location("cycle_gap", path)
+    cycle_gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cycle_gap)
+    out = tmp_path / "gap.json"
+    assert cycle_gap.main(["--atoms", "50", "--walkers", "2", "--workers", "1", "--cycles", "3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["pause"] for r in rows][0] == "none (back to back)" and len(rows) == 4
+    assert all(r["cycle_ms"] > 0 and r["us_per_task"] == pytest.approx(r["cycle_ms"] * 1e3 / 2) for r in rows)

@@ -81,17 +81,23 @@ class _NoArena(Exception):
     """The walker's arrays are in a result arena this worker cannot map."""
 
 
+def _arena_of(target, arenas: ArenaMaps, what: str) -> np.ndarray:
+    """All of the arena the slot's result block is in, mapped here; ``_NoArena`` when it cannot be
+    (the name gone, no memory, no file descriptors: the manager sends the walker copied into the slot)."""
+    if target is None:
+        raise ValueError(f"the walker {what} the result arena but its slot names none")
+    try:
+        return arenas.whole(target[0])
+    except OSError as exc:
+        raise _NoArena(f"cannot map result arena {target[0]}: {type(exc).__name__}: {exc}") from exc
+
+
 def _input_regions(layout: CallLayout, regions: tuple, target, arenas: ArenaMaps) -> tuple:
     """The regions a walker's input may refer to: the slot's, and the result arena when its
     arrays are earlier results fed back by reference (mapped only then)."""
     if ARENA_REGION not in layout.regions:
         return regions
-    if target is None:
-        raise ValueError("the walker refers to the result arena but its slot names none")
-    try:
-        return (*regions, _NO_REGION, arenas.whole(target[0]))
-    except OSError as exc:  # the name gone, no memory, no file descriptors: the manager sends it copied
-        raise _NoArena(f"cannot map result arena {target[0]}: {type(exc).__name__}: {exc}") from exc
+    return (*regions, _NO_REGION, _arena_of(target, arenas, "refers to"))
 
 
 def _walker_regions(slot_regions: tuple, slot_ref, target, arenas: ArenaMaps) -> tuple[tuple, Callable]:
@@ -101,13 +107,11 @@ def _walker_regions(slot_regions: tuple, slot_ref, target, arenas: ArenaMaps) ->
     inblock = read_input_block(slot_regions[IN_REGION])
     if inblock is None:
         return slot_regions, slot_ref
-    if target is None:
-        raise ValueError("the walker is in an input block of the result arena but its slot names no arena")
-    try:
-        block = arenas.block(target[0], *inblock)
-    except OSError as exc:  # as in _input_regions: the manager sends it copied into the slot
-        raise _NoArena(f"cannot map result arena {target[0]}: {type(exc).__name__}: {exc}") from exc
-    regions = (block, slot_regions[OUT_REGION])
+    whole = _arena_of(target, arenas, "is in an input block of")
+    offset, size = inblock
+    if offset + size > whole.nbytes:
+        raise ValueError(f"input block ({offset}, {size} bytes) lies outside arena {target[0]} ({whole.nbytes} bytes)")
+    regions = (whole[offset : offset + size], slot_regions[OUT_REGION])
     return regions, _region_ref(regions)
 
 
