@@ -19,8 +19,8 @@ import pytest
 from wemap.benchmarks import add_bench_parser, main, run_bench
 from wemap.benchmarks.cli import parse_atoms
 from wemap.benchmarks.contenders import discover, select
-from wemap.benchmarks.matrix import goals
-from wemap.benchmarks.measure import CellTimeout, deadline
+from wemap.benchmarks.matrix import PER_TASK_CELL, goals, per_task_goal
+from wemap.benchmarks.measure import CellTimeout, deadline, enough
 
 # the thread method: the bench's own --cell-timeout uses SIGALRM, which would cancel the signal method
 pytestmark = pytest.mark.timeout(180, method="thread")
@@ -40,7 +40,7 @@ MEASURED_KEYS = {
     "floor_s", "x_floor",
 }
 MAPPER_KEYS = {
-    "manager_cpu_s", "manager_cpu_s_median", "manager_cpu_frac", "worker_cpu_s_median",
+    "manager_cpu_s", "manager_cpu_s_median", "manager_cpu_frac", "worker_cpu_s_per_cycle",
     "manager_rss_peak_bytes", "worker_rss_peak_bytes", "rss_method", "baseline", "baseline_cycle_s",
     "speedup_vs_baseline", "leftover_processes",
 }
@@ -95,7 +95,8 @@ def test_json_schema(tiny_run):
         if r["key"] != "floor":
             assert MAPPER_KEYS <= r.keys(), MAPPER_KEYS - r.keys()
             assert r["leftover_processes"] == 0
-    assert len(data["goals"]) == 3
+    assert len(data["goals"]) == 4  # three ratios in the headline cell, the per-task overhead at 10k atoms
+    assert all(r["repeats"] >= 2 for r in rows), "--repeats is the least a cell times"
 
 
 def test_every_ratio_is_a_quotient_of_figures_in_the_same_json(tiny_run):
@@ -163,6 +164,33 @@ def test_a_goal_whose_target_lies_within_the_spread_says_so():
     assert not by_goal["wepy"]["unsettled"] and not by_goal["floor"]["unsettled"]
     text = goals_table(list(by_goal.values()))
     assert text.count("unsettled") == 1 and "1.38–14.17" in text
+
+
+def test_the_per_task_goal_is_the_difference_of_the_medians_per_walker():
+    def row(key, cycles):
+        return {"status": "ok", "key": key, **PER_TASK_CELL, "cycle_s": cycles, "cycle_s_median": statistics.median(cycles)}
+
+    n = PER_TASK_CELL["walkers"]
+    floor = row("floor", [0.00050, 0.00052, 0.00054, 0.00056, 0.00058])
+    shm = row("SharedMemWorkerMapper", [0.00080, 0.00085, 0.00090, 0.00095, 0.00200])
+    g = per_task_goal([floor, shm])
+    assert g["value"] == pytest.approx((0.00090 - 0.00054) / n * 1e6)  # 45 µs a task
+    assert g["met"] and g["op"] == "<=" and g["target"] == 50 and g["spread_from"] == "quartiles"
+    low, high = g["spread"]  # quartiles, not the 2 ms outlier
+    assert low == pytest.approx((0.00085 - 0.00056) / n * 1e6) and high == pytest.approx((0.00095 - 0.00052) / n * 1e6)
+    assert g["unsettled"] == (low < 50 < high)
+    slow = per_task_goal([floor, row("SharedMemWorkerMapper", [0.0012] * 5)])
+    assert not slow["met"] and slow["value"] == pytest.approx((0.0012 - 0.00054) / n * 1e6)
+    other_cell = dict(shm, atoms=1000)
+    missing = per_task_goal([floor, other_cell])
+    assert missing["value"] is None and "SharedMemWorkerMapper not measured" in missing["reason"]
+
+
+def test_short_cycles_are_timed_for_the_minimum_time():
+    assert not enough([0.001] * 199, 5, 0.2) and enough([0.001] * 201, 5, 0.2)
+    assert enough([0.1] * 5, 5, 0.2) and not enough([0.1] * 4, 5, 0.2), "long cycles: --repeats"
+    assert enough([1e-7] * 2000, 5, 0.2), "capped"
+    assert enough([0.001] * 5, 5, 0.0) and not enough([], 1, 0.0)
 
 
 def test_cells_that_do_not_fit_are_skipped_with_the_reason(tmp_path):

@@ -16,7 +16,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.number cimport PyNumber_Index
 from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
-from libc.string cimport memset
+from libc.string cimport memmove, memset
 
 import logging
 import os
@@ -35,6 +35,7 @@ __all__ = [
     "slot_header_c_fields",
     "now_ns",
     "data_address",
+    "copy_arrays",
     "status_name",
     "READY",
     "DONE",
@@ -95,6 +96,61 @@ def data_address(obj):
     cdef uintptr_t addr = <uintptr_t>view.buf
     PyBuffer_Release(&view)
     return addr
+
+
+#: copies of at least this many bytes in all run without the GIL
+cdef Py_ssize_t _NOGIL_COPY_BYTES = 64 * 1024
+
+
+def copy_arrays(dst, offsets, arrays):
+    """Copy each of ``arrays`` (C-contiguous buffers) byte for byte to byte ``offsets[k]`` of ``dst``
+    (a writable C-contiguous buffer): what ``np.copyto`` into a view at that offset does for an
+    array of the view's dtype and shape, without making the views.
+
+    ``BufferError`` when ``dst`` or an array is not C-contiguous (nothing is copied: lay those out
+    with ``np.copyto``), ``ValueError`` for an array that does not fit ``dst`` at its offset
+    (nothing is copied either). Overlaps are allowed. Large copies run without the GIL.
+    """
+    cdef Py_buffer dbuf
+    cdef Py_buffer sbuf
+    cdef Py_ssize_t k, n = len(arrays), off, total = 0
+    cdef unsigned char *base
+    if len(offsets) != n:
+        raise ValueError(f"{n} arrays but {len(offsets)} offsets")
+    try:
+        PyObject_GetBuffer(dst, &dbuf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+    except (BufferError, ValueError, TypeError) as exc:  # numpy says ValueError
+        raise BufferError(f"the destination is not a writable C-contiguous buffer: {exc}") from exc
+    try:
+        base = <unsigned char *>dbuf.buf
+        spans = []
+        for k in range(n):
+            off = offsets[k]
+            try:
+                PyObject_GetBuffer(arrays[k], &sbuf, PyBUF_C_CONTIGUOUS)
+            except (BufferError, ValueError, TypeError) as exc:
+                raise BufferError(f"array {k} is not a C-contiguous buffer: {exc}") from exc
+            try:
+                if off < 0 or off > dbuf.len - sbuf.len:
+                    raise ValueError(f"array {k} ({sbuf.len} bytes at offset {off}) does not fit the "
+                                     f"{dbuf.len}-byte destination")
+                spans.append((<uintptr_t>sbuf.buf, off, sbuf.len))
+                total += sbuf.len
+            finally:
+                PyBuffer_Release(&sbuf)  # the caller's references keep every array's memory meanwhile
+        if total >= _NOGIL_COPY_BYTES:
+            for addr, off, length in spans:
+                _copy_nogil(base + <Py_ssize_t>off, <const void *><uintptr_t>addr, <size_t>length)
+        else:
+            for addr, off, length in spans:
+                memmove(base + <Py_ssize_t>off, <const void *><uintptr_t>addr, <size_t>length)
+    finally:
+        PyBuffer_Release(&dbuf)
+
+
+cdef inline void _copy_nogil(void *dst, const void *src, size_t n) noexcept:
+    with nogil:
+        memmove(dst, src, n)
 
 
 def status_name(int status):

@@ -56,7 +56,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .memcopy import BlockPool, copy_into, copy_of
+try:
+    from ._ring import copy_arrays
+except ImportError:  # no compiled ring (a broken build): the pure-Python mappers import this module too
+    copy_arrays = None
+from .memcopy import PARALLEL_MIN_BYTES, BlockPool, copy_into, copy_of
 from .walker import Walker
 
 __all__ = [
@@ -439,24 +443,28 @@ class _Layout:
             raise ValueError(f"{_argument(where, which)}: the {codec.name!r} codec cannot encode it: "
                              f"{type(exc).__name__}: {exc}") from exc
         fields = []
+        # the running state in locals, written back once: attribute traffic is most of this loop's cost
+        largest, total, cursor, local_ref = self.largest, self.total, self.cursor, self.local_ref
+        arrays, offsets = self.arrays, self.offsets
         for field, arr in named.items():
             dt = arr.dtype
             if dt.hasobject:
                 check_array(_argument(where, which), field, arr)
             nbytes = arr.nbytes
-            if nbytes > self.largest[1]:
-                self.largest = (field, nbytes)
-            self.total = (self.total + nbytes + ALIGN - 1) & ~(ALIGN - 1)
-            ref = self.local_ref(arr) if self.local_ref is not None else None
+            if nbytes > largest[1]:
+                largest = (field, nbytes)
+            total = (total + nbytes + ALIGN - 1) & ~(ALIGN - 1)
+            ref = local_ref(arr) if local_ref is not None else None
             if ref is not None:
                 region, offset = ref
                 self.in_arena = self.in_arena or region == ARENA_REGION
             else:
-                region, offset = self.region, self.cursor
-                self.arrays.append(arr)
-                self.offsets.append(offset)
-                self.cursor = (offset + nbytes + ALIGN - 1) & ~(ALIGN - 1)
+                region, offset = self.region, cursor
+                arrays.append(arr)
+                offsets.append(offset)
+                cursor = (offset + nbytes + ALIGN - 1) & ~(ALIGN - 1)
             fields.append((field, _describe(dt), arr.shape, region, offset))
+        self.largest, self.total, self.cursor = largest, total, cursor
         return codec.name, meta, tuple(fields)
 
 
@@ -494,8 +502,19 @@ def encode_call(
 
 
 def _write_arrays(enc: EncodedCall, region: np.ndarray) -> None:
+    """The arrays of ``enc`` into ``region`` at their offsets.
+
+    One call into the ring's binding copies them all when none is large enough for the threaded
+    copy (`copy_into`) and all are C-contiguous: that saves a view and a ``copyto`` call per array.
+    """
+    if copy_arrays is not None and enc.largest_field[1] < PARALLEL_MIN_BYTES:
+        try:
+            copy_arrays(region, enc.offsets, enc.arrays)
+            return
+        except BufferError:  # an array that is not C-contiguous: np.copyto lays it out
+            pass
     for arr, off in zip(enc.arrays, enc.offsets):
-        copy_into(np.ndarray(arr.shape, arr.dtype, buffer=region, offset=off), arr)
+        copy_into(np.ndarray(arr.shape, arr.dtype, region, off), arr)
 
 
 def write_call(enc: EncodedCall, region: np.ndarray, target: bytes | None = None) -> None:
@@ -618,11 +637,11 @@ def decode_call(
     for (codec, fields), meta in zip(lay.entries, metas):
         arrays = {}
         for field, dt, shape, region, offset, _, cursor in fields:
-            view = np.ndarray(shape, dt, buffer=regions[region], offset=offset)
+            view = np.ndarray(shape, dt, regions[region], offset)  # positional: a third cheaper
             if region == RESULT_REGION or (owned_input and region == IN_REGION):
                 pass  # already the caller's memory: a writable view
             elif block is not None:
-                dst = np.ndarray(shape, dt, buffer=block, offset=cursor)
+                dst = np.ndarray(shape, dt, block, cursor)
                 copy_into(dst, view)
                 view = dst
             elif copy:

@@ -48,11 +48,13 @@ _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23 if sys.platform.s
 
 
 def _populate(shm: SharedMemory) -> None:
-    """Map all of an arena into this worker now, not a page fault at a time over its first cycles.
+    """Map all of an arena into this process now, not a page fault at a time over its first cycles.
 
     Results land in whichever block is idle and inputs are read from where the last cycle put
     them, so without this every worker faults in every page of the arena by and by, and the
-    first several cycles of a run are slower (bench/README.md).
+    first several cycles of a run are slower (bench/README.md). The manager, which writes
+    walkers into the blocks and hands the results out, maps it at once too: at 10k atoms it
+    otherwise took about 940 page faults a cycle for the first cycles after the arena was made.
     """
     if _MADV_POPULATE_WRITE is None:
         return
@@ -83,6 +85,7 @@ class ResultArena:
         shm = create_reserved(size, f"the result arena ({nblocks} blocks of {block_size:,} bytes)", shm_dir)
         name = shm.name
         assert len(name.encode()) <= TARGET_NAME_MAX, name
+        _populate(shm)
         self._shm: SharedMemory | None = shm
         self.name = name
         self.block_size = block_size
@@ -106,8 +109,10 @@ class ResultArena:
         """
         taken: list[ArenaBlock | None] = []
         if n > 0:
-            for k in idle_from(self._blocks, self._next):
-                taken.append(ArenaBlock(self._blocks[k].hand_out(), self._targets[k], self._pointers[k]))
+            blocks, targets, pointers, make = self._blocks, self._targets, self._pointers, tuple.__new__
+            for k in idle_from(blocks, self._next):
+                # tuple.__new__: the NamedTuple's own __new__ is interpreted Python, twice the cost
+                taken.append(make(ArenaBlock, (blocks[k].hand_out(), targets[k], pointers[k])))
                 self._next = k + 1
                 if len(taken) == n:
                     break
@@ -117,6 +122,15 @@ class ResultArena:
         """Whether ``arr``'s data lies in this arena."""
         addr = data_address(arr)
         return self._base <= addr < self._base + self.size
+
+    def holds_any(self, arrays: list[np.ndarray]) -> bool:
+        """Whether the data of any of ``arrays`` lies in this arena."""
+        base = self._base
+        end = base + self.size
+        for arr in arrays:
+            if base <= data_address(arr) < end:
+                return True
+        return False
 
     def ref(self, arr: np.ndarray) -> tuple[int, int] | None:
         """``(ARENA_REGION, offset)`` for a contiguous array wholly inside this live arena, else None

@@ -347,8 +347,9 @@ class SharedMemWorkerMapper(MapperBase):
         arena = self._ensure_arena(need + AUTO_EXTRA, n)
         if arena is None:
             return
+        held = arena.in_use() > 0  # an input can be an earlier result in the arena only if some block is held
         self._result_blocks = arena.take(n)
-        referred = self._refer_to_arena(specs, encoded)
+        referred = self._refer_to_arena(specs, encoded, held)
         if not self._refer:  # a worker could not map the arena: walkers go through the slots
             return
         size = arena.block_size
@@ -357,19 +358,20 @@ class SharedMemWorkerMapper(MapperBase):
         for i, block in zip(wanted, arena.take(len(wanted))):
             self._input_blocks[i] = block
 
-    def _refer_to_arena(self, specs: list[TaskSpec], encoded: list) -> set[int]:
+    def _refer_to_arena(self, specs: list[TaskSpec], encoded: list, any_held: bool = True) -> set[int]:
         """Walkers (of ``REFER_MIN_BYTES`` or more) whose arrays are earlier results still in the arena
-        send those by reference; returns their tasks.
+        send those by reference; returns their tasks. ``any_held``: whether any block of the arena
+        was referred to before this cycle's takes (if not, no walker can be in it).
 
         Only walkers with a result block: its field names the arena to the worker. The arena is
         settled for this cycle by now, so no reference can outlive the arena it points into.
         """
         arena = self._arena
         referred: set[int] = set()
-        if arena is None or not self._refer:
+        if arena is None or not self._refer or not any_held:
             return referred
         for i, (enc, block) in enumerate(zip(encoded, self._result_blocks)):
-            if block is not None and enc.array_bytes >= REFER_MIN_BYTES and any(arena.holds(a) for a in enc.arrays):
+            if block is not None and enc.array_bytes >= REFER_MIN_BYTES and arena.holds_any(enc.arrays):
                 spec = specs[i]
                 encoded[i] = encode_call(self._registry, spec.args, spec.kwargs, region=IN_REGION, local_ref=arena.ref,
                                          where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")

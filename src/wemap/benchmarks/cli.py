@@ -93,6 +93,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "does); default noop and sleep")
     m.add_argument("--sleep-ms", type=float, default=50.0, help="duration of the sleep segment (default: %(default)s)")
     m.add_argument("--repeats", type=positive_int, help=f"timed cycles per cell (default {FULL_REPEATS}; --quick {QUICK_REPEATS})")
+    m.add_argument("--min-time", type=float, default=0.2, metavar="S",
+                   help="time at least this many seconds of cycles per cell, more cycles than --repeats where "
+                        "they are short (default: %(default)s; 0: exactly --repeats)")
     m.add_argument("--warmup", type=int, default=1, help="untimed cycles per cell first (default: %(default)s)")
     m.add_argument("--memory-budget", type=float, metavar="GIB",
                    help="plan cells within this many GiB (default: 85%% of the memory available)")
@@ -165,7 +168,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     Raises ValueError for an unknown mapper name.
     """
     from . import contenders as cont
-    from .matrix import HEADLINE, MatrixSpec, add_ratios, goals, run_matrix
+    from .matrix import HEADLINE, MatrixSpec, add_ratios, goals, per_task_goal, run_matrix
     from .report import default_out_dir, machine, write_json
 
     verbose = getattr(args, "verbose", 0)
@@ -196,7 +199,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 
     spec = MatrixSpec(
         atoms=r["atoms"], walkers=r["walkers"], workers=r["workers"], workloads=r["workloads"],
-        repeats=r["repeats"], warmup=args.warmup, sleep_s=args.sleep_ms / 1e3,
+        repeats=r["repeats"], warmup=args.warmup, sleep_s=args.sleep_ms / 1e3, min_time_s=max(0.0, args.min_time),
         memory_budget_bytes=int(args.memory_budget * 2**30) if args.memory_budget else None,
         cell_timeout_s=args.cell_timeout or None,
     )
@@ -231,7 +234,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             shutdown_ray()
         add_ratios(rows)
-        goal_rows = goals(rows)
+        goal_rows = goals(rows) + [per_task_goal(rows)]
         skipped = [x for x in rows if x["status"] == "skipped"]
         if skipped:
             notes.append(f"{len(skipped)} cell(s) skipped for memory; their rows say why")
@@ -280,7 +283,7 @@ def format_report(payload: dict[str, Any]) -> str:
     if payload["rows"]:
         parts.append(matrix_tables(payload["rows"]))
         cell = payload["headline_cell"]
-        parts.append(f"### goals, headline cell ({cell['walkers']} walkers x {cell['atoms']:,} atoms x "
+        parts.append(f"### goals (ratios in the headline cell: {cell['walkers']} walkers x {cell['atoms']:,} atoms x "
                      f"{cell['workers']} workers, no-op)\n")
         parts.append(goals_table(payload["goals"]) + "\n")
     if payload["openmm"] and payload["openmm"]["status"] == "ok":

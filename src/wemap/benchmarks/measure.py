@@ -27,9 +27,12 @@ from ..pool import multiprocessing_helper_pids
 from .contenders import Contender
 from .workloads import Workload
 
-__all__ = ["ProcessTree", "memcpy_floor", "time_mapper", "deadline", "CellTimeout"]
+__all__ = ["ProcessTree", "memcpy_floor", "time_mapper", "enough", "deadline", "CellTimeout", "MAX_REPEATS"]
 
 logger = logging.getLogger(__name__)
+
+#: most cycles `enough` asks for, however short they are
+MAX_REPEATS = 2000
 
 
 def _status_kib(pid: int | str, field: str) -> int | None:
@@ -124,22 +127,35 @@ def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
-def memcpy_floor(walkers: Sequence[Any], repeats: int, warmup: int = 1) -> list[float]:
+def enough(times: Sequence[float], repeats: int, min_time_s: float, cap: int = MAX_REPEATS) -> bool:
+    """Whether the cycles timed so far will do: at least ``repeats`` of them, and at least ``min_time_s``
+    seconds in all unless ``cap`` cycles are timed. A median of five 1 ms cycles on a shared machine
+    says little, of 200 much more; a cycle of seconds is timed ``repeats`` times."""
+    n = len(times)
+    return n >= repeats and (n >= cap or sum(times) >= min_time_s)
+
+
+def memcpy_floor(walkers: Sequence[Any], repeats: int, warmup: int = 1, min_time_s: float = 0.0) -> list[float]:
     """Seconds to copy every array of every walker in once and out once, with ``np.copyto``
-    into arrays that already exist: what any transport must do at least. One per repeat."""
+    into arrays that already exist: what any transport must do at least. One per cycle timed:
+    ``repeats``, or more to fill ``min_time_s`` (`enough`)."""
     slots = [{k: np.empty_like(v) for k, v in w.state.items() if isinstance(v, np.ndarray)} for w in walkers]
     back = [{k: np.empty_like(v) for k, v in s.items()} for s in slots]
-    times = []
-    for i in range(warmup + repeats):
+
+    def once() -> float:
         t0 = time.perf_counter_ns()
         for w, s, b in zip(walkers, slots, back):
             for k, dst in s.items():
                 np.copyto(dst, w.state[k])
             for k, dst in b.items():
                 np.copyto(dst, s[k])
-        t1 = time.perf_counter_ns()
-        if i >= warmup:
-            times.append((t1 - t0) / 1e9)
+        return (time.perf_counter_ns() - t0) / 1e9
+
+    for _ in range(warmup):
+        once()
+    times: list[float] = []
+    while not enough(times, repeats, min_time_s):
+        times.append(once())
     return times
 
 
@@ -182,8 +198,16 @@ def time_mapper(
     workers: int,
     repeats: int,
     warmup: int = 1,
+    min_time_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Raw figures of ``repeats`` cycles after ``warmup`` cycles (workers up, buffers sized, pages touched)."""
+    """Raw figures of ``repeats`` cycles (or more, to fill ``min_time_s``: `enough`) after
+    ``warmup`` cycles (workers up, buffers sized, pages touched).
+
+    The timed cycles run back to back, as the floor's do: the CPU time of the manager's
+    processes is read once before them and once after (psutil walks every process of the
+    machine, a millisecond or two; between cycles, that pause made each small-walker cycle
+    start with its workers asleep, which ``bench/cycle_gap.py`` measures on its own).
+    """
     lengths = [workload.segment_length(sleep_s)] * len(walkers)
     tree = ProcessTree()
     before_pids = {p.pid for p in tree.descendants()}
@@ -204,19 +228,21 @@ def time_mapper(
             del out
         base_rss = tree.manager_rss()
         method = tree.reset_peaks()
-        walls, cpus, child_cpus = [], [], []
-        for _ in range(repeats):
-            before = tree.cpu_seconds()
+        walls: list[float] = []
+        cpus: list[float] = []
+        before = tree.cpu_seconds()
+        while not enough(walls, repeats, min_time_s):
             c0, t0 = time.process_time_ns(), time.perf_counter_ns()
             out = m.map(inputs, lengths)
             t1, c1 = time.perf_counter_ns(), time.process_time_ns()
-            child_cpus.append(_cpu_delta(before, tree.cpu_seconds()))
             walls.append((t1 - t0) / 1e9)
             cpus.append((c1 - c0) / 1e9)
             if workload.fed_back:
                 _check(out, walkers)
                 inputs = out
             del out
+        child_cpu = _cpu_delta(before, tree.cpu_seconds())
+        n = len(walls)
         del inputs
         mgr_peak, others_peak, n_procs = tree.peaks()
     finally:
@@ -228,14 +254,14 @@ def time_mapper(
     return {
         "init_s": init_s,
         "warmup_cycle_s": warm,
+        "repeats": n,
         "cycle_s": walls,
         "cycle_s_median": statistics.median(walls),
         "cycle_s_min": min(walls),
         "cycle_s_max": max(walls),
         "manager_cpu_s": cpus,
         "manager_cpu_s_median": statistics.median(cpus),
-        "worker_cpu_s": child_cpus,
-        "worker_cpu_s_median": statistics.median(child_cpus),
+        "worker_cpu_s_per_cycle": child_cpu / n,  # the timed cycles' total over their number
         "manager_rss_base_bytes": base_rss,
         "manager_rss_peak_bytes": mgr_peak,
         "worker_rss_peak_bytes": others_peak,

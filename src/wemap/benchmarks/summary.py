@@ -53,7 +53,8 @@ def matrix_tables(rows: Sequence[dict[str, Any]]) -> str:
         seg = group[0]["segment_s"]
         what = {"noop": "no-op segment", "fresh": "new-arrays segment (no work)",
                 "loop": "new-arrays segment, results fed back (a WE loop)"}.get(workload, f"{seg * 1e3:g} ms sleep segment")
-        reps = group[0]["repeats"]
+        counts = sorted({r["repeats"] for r in group})
+        reps = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         parts.append(f"### {what}, {walkers} walkers, {workers} workers (median of {reps} cycles)\n")
         shown = []
         for atoms in sorted({r["atoms"] for r in group}):
@@ -64,10 +65,10 @@ def matrix_tables(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def goals_table(goals: Sequence[dict[str, Any]]) -> str:
-    """The goals with their measured ratios; one line when the headline cell was not measured."""
+    """The goals with their measured values; one line when SharedMemWorkerMapper ran in none of their cells."""
     if goals and all(g["value"] is None for g in goals) and all("SharedMemWorkerMapper not" in g.get("reason", "")
                                                                   for g in goals):
-        return "not measured: SharedMemWorkerMapper did not run in the headline cell in this run"
+        return "not measured: SharedMemWorkerMapper did not run in the goals' cells in this run"
     rows = []
     for g in goals:
         verdict = "—" if g["met"] is None else ("met" if g["met"] else "not met")
@@ -78,11 +79,11 @@ def goals_table(goals: Sequence[dict[str, Any]]) -> str:
             "goal": g["goal"],
             "target": f"{g['op']} {g['target']:g}",
             "value": g["value"],
-            "spread": "" if not spread else f"{spread[0]:.2f}–{spread[1]:.2f}",
+            "spread": "" if not spread else f"{spread[0]:.2f}–{spread[1]:.2f} ({g.get('spread_from', 'fastest and slowest cycles')})",
             "verdict": verdict if g["met"] is not None else f"not measured ({g.get('reason')})",
         })
     return markdown_table(rows, [("goal", "goal", "s"), ("target", "target", "s"), ("value", "measured", ".2f"),
-                                 ("spread", "from fastest and slowest cycles", "s"), ("verdict", "", "s")])
+                                 ("spread", "spread (from)", "s"), ("verdict", "", "s")])
 
 
 def openmm_table(section: dict[str, Any]) -> str:
