@@ -81,7 +81,7 @@ def test_writes_table_json_and_png(tiny_run):
 
 def test_json_schema(tiny_run):
     _, _, data, _ = tiny_run
-    assert data["benchmark"] == "wemap bench" and data["schema"] == 1 and data["complete"] is True
+    assert data["benchmark"] == "wemap bench" and data["schema"] == 2 and data["complete"] is True
     assert MACHINE_KEYS <= data["machine"].keys()
     assert {c["key"] for c in data["contenders"]} >= {"Mapper", "WorkerMapper", "SharedMemWorkerMapper", "processpool"}
     rows = data["rows"]
@@ -187,10 +187,10 @@ def test_the_per_task_goal_is_the_difference_of_the_medians_per_walker():
 
 
 def test_short_cycles_are_timed_for_the_minimum_time():
-    assert not enough([0.001] * 199, 5, 0.2) and enough([0.001] * 201, 5, 0.2)
-    assert enough([0.1] * 5, 5, 0.2) and not enough([0.1] * 4, 5, 0.2), "long cycles: --repeats"
-    assert enough([1e-7] * 2000, 5, 0.2), "capped"
-    assert enough([0.001] * 5, 5, 0.0) and not enough([], 1, 0.0)
+    assert not enough(199, 0.199, 5, 0.2) and enough(201, 0.201, 5, 0.2)
+    assert enough(5, 0.5, 5, 0.2) and not enough(4, 0.4, 5, 0.2), "long cycles: --repeats"
+    assert enough(2000, 0.0002, 5, 0.2), "capped"
+    assert enough(5, 0.005, 5, 0.0) and not enough(0, 0.0, 1, 0.0)
 
 
 def test_cells_that_do_not_fit_are_skipped_with_the_reason(tmp_path):

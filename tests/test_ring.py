@@ -505,3 +505,31 @@ def test_copy_arrays_allows_overlap_and_large_copies():
     expect = inside.copy()
     copy_arrays(region, [136], [inside])  # shifted by one element onto itself: memmove semantics
     np.testing.assert_array_equal(np.ndarray((1000,), np.float64, region, 136), expect)
+
+
+def test_copy_arrays_holds_every_source_until_it_has_copied():
+    """Code that runs while the arrays are gathered (a sequence's __getitem__) cannot resize a source
+    already checked: its buffer is held, so the resize fails and the copy is of what was checked."""
+    src = bytearray(b"x" * 1000)
+    refused = []
+
+    class Sources(list):
+        def __getitem__(self, k):
+            if k == 1:
+                try:
+                    src.extend(b"y" * 10_000_000)  # would move the bytes the first span points to
+                except BufferError as exc:
+                    refused.append(exc)
+            return list.__getitem__(self, k)
+
+    region = np.zeros(4096, dtype=np.uint8)
+    copy_arrays(region, [0, 2048], Sources([src, b"z" * 8]))
+    assert refused, "the held buffer refused the resize"
+    assert bytes(region[:1000]) == b"x" * 1000 and bytes(region[2048:2056]) == b"z" * 8
+
+
+def test_copy_arrays_refuses_object_arrays():
+    region = np.zeros(4096, dtype=np.uint8)
+    with pytest.raises(BufferError, match="Python objects"):
+        copy_arrays(region, [0], [np.array([None, 1], dtype=object)])
+    assert not region.any()

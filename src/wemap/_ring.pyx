@@ -10,13 +10,14 @@ most 50 ms, checking for signals between slices, so Ctrl-C works.
 """
 
 cimport cython
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_STRIDES, PyBUF_WRITABLE,
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.number cimport PyNumber_Index
 from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
-from libc.string cimport memmove, memset
+from libc.string cimport memmove, memset, strchr
 
 import logging
 import os
@@ -103,54 +104,64 @@ cdef Py_ssize_t _NOGIL_COPY_BYTES = 64 * 1024
 
 
 def copy_arrays(dst, offsets, arrays):
-    """Copy each of ``arrays`` (C-contiguous buffers) byte for byte to byte ``offsets[k]`` of ``dst``
-    (a writable C-contiguous buffer): what ``np.copyto`` into a view at that offset does for an
-    array of the view's dtype and shape, without making the views.
+    """Copy each of ``arrays`` (C-contiguous buffers of plain data) byte for byte to byte ``offsets[k]``
+    of ``dst`` (a writable C-contiguous buffer): what ``np.copyto`` into a view at that offset does
+    for an array of the view's dtype and shape, without making the views.
 
-    ``BufferError`` when ``dst`` or an array is not C-contiguous (nothing is copied: lay those out
-    with ``np.copyto``), ``ValueError`` for an array that does not fit ``dst`` at its offset
-    (nothing is copied either). Overlaps are allowed. Large copies run without the GIL.
+    ``BufferError`` when ``dst`` or an array is not C-contiguous, or an array holds Python objects
+    (its format has an ``O``: lay those out with ``np.copyto``); ``ValueError`` for an array that
+    does not fit ``dst`` at its offset. Nothing is copied unless everything checks. Every buffer
+    is held until the copies are done, so nothing can free or resize a source meanwhile. Overlaps
+    are allowed. Copies of 64 KiB or more in all run without the GIL.
     """
+    cdef Py_ssize_t n = len(arrays)
+    cdef Py_ssize_t k, got = 0, total = 0
+    cdef Py_ssize_t *offs = NULL
+    cdef Py_buffer *bufs = NULL
     cdef Py_buffer dbuf
-    cdef Py_buffer sbuf
-    cdef Py_ssize_t k, n = len(arrays), off, total = 0
+    cdef bint have_dst = False
     cdef unsigned char *base
     if len(offsets) != n:
         raise ValueError(f"{n} arrays but {len(offsets)} offsets")
+    offs = <Py_ssize_t *>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
+    bufs = <Py_buffer *>PyMem_Malloc((n + 1) * sizeof(Py_buffer))
     try:
-        PyObject_GetBuffer(dst, &dbuf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
-    except (BufferError, ValueError, TypeError) as exc:  # numpy says ValueError
-        raise BufferError(f"the destination is not a writable C-contiguous buffer: {exc}") from exc
-    try:
-        base = <unsigned char *>dbuf.buf
-        spans = []
+        if offs == NULL or bufs == NULL:
+            raise MemoryError()
+        for k in range(n):  # every Python-level read first: nothing runs between the checks and the copies
+            offs[k] = offsets[k]
+        try:
+            PyObject_GetBuffer(dst, &dbuf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+        except (BufferError, ValueError, TypeError) as exc:  # numpy says ValueError
+            raise BufferError(f"the destination is not a writable C-contiguous buffer: {exc}") from exc
+        have_dst = True
         for k in range(n):
-            off = offsets[k]
             try:
-                PyObject_GetBuffer(arrays[k], &sbuf, PyBUF_C_CONTIGUOUS)
+                PyObject_GetBuffer(arrays[k], &bufs[k], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
             except (BufferError, ValueError, TypeError) as exc:
                 raise BufferError(f"array {k} is not a C-contiguous buffer: {exc}") from exc
-            try:
-                if off < 0 or off > dbuf.len - sbuf.len:
-                    raise ValueError(f"array {k} ({sbuf.len} bytes at offset {off}) does not fit the "
-                                     f"{dbuf.len}-byte destination")
-                spans.append((<uintptr_t>sbuf.buf, off, sbuf.len))
-                total += sbuf.len
-            finally:
-                PyBuffer_Release(&sbuf)  # the caller's references keep every array's memory meanwhile
+            got += 1
+            if bufs[k].format != NULL and strchr(bufs[k].format, b"O") != NULL:
+                raise BufferError(f"array {k} may hold Python objects (format {bufs[k].format.decode()!r})")
+            if offs[k] < 0 or offs[k] > dbuf.len - bufs[k].len:
+                raise ValueError(f"array {k} ({bufs[k].len} bytes at offset {offs[k]}) does not fit the "
+                                 f"{dbuf.len}-byte destination")
+            total += bufs[k].len
+        base = <unsigned char *>dbuf.buf
         if total >= _NOGIL_COPY_BYTES:
-            for addr, off, length in spans:
-                _copy_nogil(base + <Py_ssize_t>off, <const void *><uintptr_t>addr, <size_t>length)
+            with nogil:
+                for k in range(n):
+                    memmove(base + offs[k], bufs[k].buf, <size_t>bufs[k].len)
         else:
-            for addr, off, length in spans:
-                memmove(base + <Py_ssize_t>off, <const void *><uintptr_t>addr, <size_t>length)
+            for k in range(n):
+                memmove(base + offs[k], bufs[k].buf, <size_t>bufs[k].len)
     finally:
-        PyBuffer_Release(&dbuf)
-
-
-cdef inline void _copy_nogil(void *dst, const void *src, size_t n) noexcept:
-    with nogil:
-        memmove(dst, src, n)
+        for k in range(got):
+            PyBuffer_Release(&bufs[k])
+        if have_dst:
+            PyBuffer_Release(&dbuf)
+        PyMem_Free(offs)
+        PyMem_Free(bufs)
 
 
 def status_name(int status):

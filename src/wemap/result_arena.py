@@ -37,7 +37,7 @@ import numpy as np
 from ._ring import data_address
 from .codec import ARENA_REGION, TARGET_NAME_MAX, pack_input_block, pack_target
 from .memcopy import ReusableMemory, idle_from
-from .segment import _open_untracked, close_or_hand_over, create_reserved, unlink_owned
+from .segment import _discard, _open_untracked, close_or_hand_over, create_reserved, unlink_owned
 
 __all__ = ["ResultArena", "ArenaMaps", "ArenaBlock"]
 
@@ -85,7 +85,11 @@ class ResultArena:
         shm = create_reserved(size, f"the result arena ({nblocks} blocks of {block_size:,} bytes)", shm_dir)
         name = shm.name
         assert len(name.encode()) <= TARGET_NAME_MAX, name
-        _populate(shm)
+        try:
+            _populate(shm)  # a fraction of a second for a GiB: an interrupt may land meanwhile
+        except BaseException:
+            _discard(shm)
+            raise
         self._shm: SharedMemory | None = shm
         self.name = name
         self.block_size = block_size
@@ -145,6 +149,13 @@ class ResultArena:
     def in_use(self) -> int:
         """How many blocks something still refers to."""
         return sum(not b.idle() for b in self._blocks)
+
+    def any_in_use(self) -> bool:
+        """Whether something still refers to any block (stops at the first: in a WE loop, at once)."""
+        for b in self._blocks:
+            if not b.idle():
+                return True
+        return False
 
     def retire(self) -> None:
         """Remove the name now; the memory goes with the last view of it. Idempotent."""

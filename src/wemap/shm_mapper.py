@@ -347,7 +347,7 @@ class SharedMemWorkerMapper(MapperBase):
         arena = self._ensure_arena(need + AUTO_EXTRA, n)
         if arena is None:
             return
-        held = arena.in_use() > 0  # an input can be an earlier result in the arena only if some block is held
+        held = arena.any_in_use()  # an input can be an earlier result in the arena only if some block is held
         self._result_blocks = arena.take(n)
         referred = self._refer_to_arena(specs, encoded, held)
         if not self._refer:  # a worker could not map the arena: walkers go through the slots

@@ -92,7 +92,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "its input), loop (fresh, each cycle mapping the last cycle's results, as a WE run "
                         "does); default noop and sleep")
     m.add_argument("--sleep-ms", type=float, default=50.0, help="duration of the sleep segment (default: %(default)s)")
-    m.add_argument("--repeats", type=positive_int, help=f"timed cycles per cell (default {FULL_REPEATS}; --quick {QUICK_REPEATS})")
+    m.add_argument("--repeats", type=positive_int,
+                   help=f"timed cycles per cell at least (default {FULL_REPEATS}; --quick {QUICK_REPEATS}); "
+                        "short cycles are timed until --min-time is filled")
     m.add_argument("--min-time", type=float, default=0.2, metavar="S",
                    help="time at least this many seconds of cycles per cell, more cycles than --repeats where "
                         "they are short (default: %(default)s; 0: exactly --repeats)")
@@ -206,7 +208,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     json_path = Path(out_dir) / f"{name}.json"
     payload: dict[str, Any] = {
         "benchmark": "wemap bench",
-        "schema": 1,
+        "schema": 2,  # 2: worker_cpu_s_per_cycle (a mean over the timed block), repeats as timed, min_time_s
         "complete": False,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
         "matrix": spec.as_dict() if r["transport"] else None,

@@ -316,7 +316,8 @@ def goals(rows: list[dict[str, Any]], cell: dict[str, Any] = HEADLINE) -> list[d
     goal is ``SharedMemWorkerMapper cycle_s_median / floor cycle_s_median``. ``spread`` is the
     same quotient from the two rows' fastest and slowest cycles (``spread_from``), lowest and highest; a target
     inside it (``unsettled``) is met or missed by where the medians happened to land, as with a
-    peer whose cycles are bimodal: more ``--repeats`` settle it.
+    peer whose cycles are bimodal: more ``--repeats`` steady the medians (the fastest-to-slowest
+    spread only widens with them).
     """
     ok = [r for r in rows if r["status"] == "ok"]
 

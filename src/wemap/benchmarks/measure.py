@@ -127,12 +127,11 @@ def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
-def enough(times: Sequence[float], repeats: int, min_time_s: float, cap: int = MAX_REPEATS) -> bool:
-    """Whether the cycles timed so far will do: at least ``repeats`` of them, and at least ``min_time_s``
-    seconds in all unless ``cap`` cycles are timed. A median of five 1 ms cycles on a shared machine
-    says little, of 200 much more; a cycle of seconds is timed ``repeats`` times."""
-    n = len(times)
-    return n >= repeats and (n >= cap or sum(times) >= min_time_s)
+def enough(count: int, seconds: float, repeats: int, min_time_s: float, cap: int = MAX_REPEATS) -> bool:
+    """Whether ``count`` cycles timed, ``seconds`` in all, will do: at least ``repeats`` of them, and at
+    least ``min_time_s`` seconds unless ``cap`` cycles are timed. A median of five 1 ms cycles on a
+    shared machine says little, of 200 much more; a cycle of seconds is timed ``repeats`` times."""
+    return count >= repeats and (count >= cap or seconds >= min_time_s)
 
 
 def memcpy_floor(walkers: Sequence[Any], repeats: int, warmup: int = 1, min_time_s: float = 0.0) -> list[float]:
@@ -154,8 +153,10 @@ def memcpy_floor(walkers: Sequence[Any], repeats: int, warmup: int = 1, min_time
     for _ in range(warmup):
         once()
     times: list[float] = []
-    while not enough(times, repeats, min_time_s):
+    total = 0.0
+    while not enough(len(times), total, repeats, min_time_s):
         times.append(once())
+        total += times[-1]
     return times
 
 
@@ -231,12 +232,14 @@ def time_mapper(
         walls: list[float] = []
         cpus: list[float] = []
         before = tree.cpu_seconds()
-        while not enough(walls, repeats, min_time_s):
+        total = 0.0
+        while not enough(len(walls), total, repeats, min_time_s):
             c0, t0 = time.process_time_ns(), time.perf_counter_ns()
             out = m.map(inputs, lengths)
             t1, c1 = time.perf_counter_ns(), time.process_time_ns()
             walls.append((t1 - t0) / 1e9)
             cpus.append((c1 - c0) / 1e9)
+            total += walls[-1]
             if workload.fed_back:
                 _check(out, walkers)
                 inputs = out
@@ -261,7 +264,9 @@ def time_mapper(
         "cycle_s_max": max(walls),
         "manager_cpu_s": cpus,
         "manager_cpu_s_median": statistics.median(cpus),
-        "worker_cpu_s_per_cycle": child_cpu / n,  # the timed cycles' total over their number
+        # the processes' CPU over the timed block (gaps between cycles included; a process that exits
+        # meanwhile takes its CPU along) over the cycles' number: a mean, no longer one per cycle
+        "worker_cpu_s_per_cycle": child_cpu / n,
         "manager_rss_base_bytes": base_rss,
         "manager_rss_peak_bytes": mgr_peak,
         "worker_rss_peak_bytes": others_peak,

@@ -53,7 +53,7 @@ def matrix_tables(rows: Sequence[dict[str, Any]]) -> str:
         seg = group[0]["segment_s"]
         what = {"noop": "no-op segment", "fresh": "new-arrays segment (no work)",
                 "loop": "new-arrays segment, results fed back (a WE loop)"}.get(workload, f"{seg * 1e3:g} ms sleep segment")
-        counts = sorted({r["repeats"] for r in group})
+        counts = sorted({r["repeats"] for r in group if r["status"] == "ok"} or {r["repeats"] for r in group})
         reps = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         parts.append(f"### {what}, {walkers} walkers, {workers} workers (median of {reps} cycles)\n")
         shown = []
@@ -73,7 +73,7 @@ def goals_table(goals: Sequence[dict[str, Any]]) -> str:
     for g in goals:
         verdict = "—" if g["met"] is None else ("met" if g["met"] else "not met")
         if g.get("unsettled"):
-            verdict += " (unsettled: the target lies within the spread; run more --repeats)"
+            verdict += " (unsettled: the target lies within the spread; where the medians land decides it)"
         spread = g.get("spread")
         rows.append({
             "goal": g["goal"],
