@@ -4,7 +4,9 @@ a sleep or the transport matrix's own bookkeeping (psutil over the process tree)
 A WE run resamples between cycles, so its cycles start after a pause, with the workers asleep
 and the caches cold (the transport matrix, which times cycles back to back as it times the floor,
 used to pause for psutil before each one). This measures that cost on its own, in one mapper, the
-conditions taking turns a few cycles at a time so the host's drift spreads over all of them.
+conditions taking turns a few cycles at a time so the host's drift spreads over all of them; each
+cycle is followed by the same pause and a cycle of the memcpy floor, since on a VM plain copies
+also run slower after a sleep.
 
     python bench/cycle_gap.py --atoms 10000 --walkers 8 --workers 2 --cycles 200
 """
@@ -19,6 +21,7 @@ import time
 import psutil
 
 import wemap
+from wemap.benchmarks.measure import floor_cycle
 from wemap.benchmarks.report import report_rows
 from wemap.benchmarks.workloads import make_walkers, noop_segment
 
@@ -45,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows = []
     times: dict[str, list[float]] = {name: [] for name in pauses}
+    floors: dict[str, list[float]] = {name: [] for name in pauses}
+    floor = floor_cycle(walkers)
     with wemap.SharedMemWorkerMapper(num_workers=args.workers, segment_func=noop_segment) as m:
         for _ in range(10):
             m.map(walkers, [0] * args.walkers)
+            floor()
         for _ in range(max(1, args.cycles // TURN)):
             for name, pause in pauses.items():
                 for _ in range(min(TURN, args.cycles)):
@@ -56,14 +62,20 @@ def main(argv: list[str] | None = None) -> int:
                     out = m.map(walkers, [0] * args.walkers)
                     times[name].append(time.perf_counter() - t0)
                     del out
+                    pause()  # the floor after the same pause: the machine, not the mapper, may be slow after one
+                    floors[name].append(floor())
+    n = args.walkers
     for name, samples in times.items():
-        med = statistics.median(samples)
-        rows.append({"pause": name, "cycle_ms": med * 1e3, "us_per_task": med / args.walkers * 1e6})
-    n = len(next(iter(times.values())))
+        med, fl = statistics.median(samples), statistics.median(floors[name])
+        rows.append({"pause": name, "cycle_ms": med * 1e3, "us_per_task": med / n * 1e6, "floor_ms": fl * 1e3,
+                     "over_floor_us": (med - fl) / n * 1e6})
+    count = len(next(iter(times.values())))
     title = (f"No-op cycles, {args.walkers} walkers x {args.atoms:,} atoms, {args.workers} workers, "
-             f"median of {n} cycles after each pause, {TURN} at a time in turns:")
+             f"median of {count} cycles after each pause, {TURN} at a time in turns, each followed by the same "
+             f"pause and a memcpy floor cycle:")
     report_rows("cycle_gap", args, title, rows,
-                [("pause", "before each cycle", "s"), ("cycle_ms", "cycle ms", ".3f"), ("us_per_task", "µs / task", ".1f")])
+                [("pause", "before each cycle", "s"), ("cycle_ms", "cycle ms", ".3f"), ("us_per_task", "µs / task", ".1f"),
+                 ("floor_ms", "floor ms, same pause", ".3f"), ("over_floor_us", "µs / task over that floor", ".1f")])
     return 0
 
 

@@ -347,3 +347,5 @@ def test_cycle_gap_script_times_each_pause(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["pause"] for r in rows][0] == "none (back to back)" and len(rows) == 4
     assert all(r["cycle_ms"] > 0 and r["us_per_task"] == pytest.approx(r["cycle_ms"] * 1e3 / 2) for r in rows)
+    assert all(r["floor_ms"] > 0 and r["over_floor_us"] == pytest.approx((r["cycle_ms"] - r["floor_ms"]) * 1e3 / 2)
+               for r in rows)

@@ -16,7 +16,7 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..pool import multiprocessing_helper_pids
 from .contenders import Contender
 from .workloads import Workload
 
-__all__ = ["ProcessTree", "memcpy_floor", "time_mapper", "enough", "deadline", "CellTimeout", "MAX_REPEATS"]
+__all__ = ["ProcessTree", "memcpy_floor", "floor_cycle", "time_mapper", "enough", "deadline", "CellTimeout", "MAX_REPEATS"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +134,9 @@ def enough(count: int, seconds: float, repeats: int, min_time_s: float, cap: int
     return count >= repeats and (count >= cap or seconds >= min_time_s)
 
 
-def memcpy_floor(walkers: Sequence[Any], repeats: int, warmup: int = 1, min_time_s: float = 0.0) -> list[float]:
-    """Seconds to copy every array of every walker in once and out once, with ``np.copyto``
-    into arrays that already exist: what any transport must do at least. One per cycle timed:
-    ``repeats``, or more to fill ``min_time_s`` (`enough`)."""
+def floor_cycle(walkers: Sequence[Any]) -> Callable[[], float]:
+    """One cycle of the memcpy floor as a function returning its seconds: every array of every walker
+    copied in and out with ``np.copyto``, into arrays made here once."""
     slots = [{k: np.empty_like(v) for k, v in w.state.items() if isinstance(v, np.ndarray)} for w in walkers]
     back = [{k: np.empty_like(v) for k, v in s.items()} for s in slots]
 
@@ -150,6 +149,14 @@ def memcpy_floor(walkers: Sequence[Any], repeats: int, warmup: int = 1, min_time
                 np.copyto(dst, s[k])
         return (time.perf_counter_ns() - t0) / 1e9
 
+    return once
+
+
+def memcpy_floor(walkers: Sequence[Any], repeats: int, warmup: int = 1, min_time_s: float = 0.0) -> list[float]:
+    """Seconds to copy every array of every walker in once and out once, with ``np.copyto``
+    into arrays that already exist: what any transport must do at least. One per cycle timed:
+    ``repeats``, or more to fill ``min_time_s`` (`enough`)."""
+    once = floor_cycle(walkers)
     for _ in range(warmup):
         once()
     times: list[float] = []
