@@ -315,15 +315,21 @@ def test_loop_workload_maps_each_cycles_results_in_the_next():
     assert all(s == [id(w) for w in ws] for s in seen), "the other workloads map the same walkers every cycle"
 
 
-def test_codec_path_script_reports_every_phase_beside_its_bare_copy(tmp_path):
-    """bench/codec_path.py at a tiny size: every phase timed, and each overhead computed from the same run's copy."""
+def _bench_script(name: str):
+    """bench/<name>.py loaded as a module (the scripts are not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "codec_path.py"
-    spec = importlib.util.spec_from_file_location("codec_path", path)
-    codec_path = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(codec_path)
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_codec_path_script_reports_every_phase_beside_its_bare_copy(tmp_path):
+    """bench/codec_path.py at a tiny size: every phase timed, and each overhead computed from the same run's copy."""
+    codec_path = _bench_script("codec_path")
     out = tmp_path / "cp.json"
     assert codec_path.main(["--atoms", "50", "--walkers", "2", "--number", "3", "--repeats", "2", "--out", str(out)]) == 0
     rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
@@ -334,14 +340,8 @@ def test_codec_path_script_reports_every_phase_beside_its_bare_copy(tmp_path):
 
 
 def test_cycle_gap_script_times_each_pause(tmp_path):
-    """bench/cycle_gap.py at a tiny size: one row per pause, each a positive cycle time."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "cycle_gap.py"
-    spec = importlib.util.spec_from_file_location("cycle_gap", path)
-    cycle_gap = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cycle_gap)
+    """bench/cycle_gap.py at a tiny size: one row per pause, each a positive cycle time beside a floor's."""
+    cycle_gap = _bench_script("cycle_gap")
     out = tmp_path / "gap.json"
     assert cycle_gap.main(["--atoms", "50", "--walkers", "2", "--workers", "1", "--cycles", "3", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]

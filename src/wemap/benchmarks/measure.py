@@ -211,10 +211,10 @@ def time_mapper(
     """Raw figures of ``repeats`` cycles (or more, to fill ``min_time_s``: `enough`) after
     ``warmup`` cycles (workers up, buffers sized, pages touched).
 
-    The timed cycles run back to back, as the floor's do: the CPU time of the manager's
-    processes is read once before them and once after (psutil walks every process of the
-    machine, a millisecond or two; between cycles, that pause made each small-walker cycle
-    start with its workers asleep, which ``bench/cycle_gap.py`` measures on its own).
+    The timed cycles run back to back, as the floor's do, so the two are timed alike: the CPU
+    time of the manager's processes is read once before them and once after, not between
+    cycles (psutil walks every process of the machine, a millisecond or two). What a pause
+    before a cycle costs, the floor's and the mapper's, ``bench/cycle_gap.py`` measures.
     """
     lengths = [workload.segment_length(sleep_s)] * len(walkers)
     tree = ProcessTree()
