@@ -4,7 +4,8 @@ The transport table's per-task figure at 10k atoms moves with how the cycles are
 measures it both ways in one run: *interleaved* (the mappers take turns, cycle by cycle, so no
 CPU idles between a mapper's cycles) and *alone* (one mapper's cycles back to back, with the
 idle gaps a VM's vCPUs may halt in). Floors: copy in + copy out into arrays that exist, each
-array out right after it went in (the issue's floor: the bytes are still in cache); the same
+walker out right after it went in (the issue's floor, as the transport matrix times it:
+`wemap.benchmarks.measure.floor_cycle`; the bytes are still in cache); the same
 in a mapper's order, every walker in before any comes out (a walker must pass a worker between
 its two copies); and with the copy out into fresh arrays (what new walkers cost in page faults).
 
@@ -21,6 +22,7 @@ import time
 import numpy as np
 
 import wemap
+from wemap.benchmarks.measure import floor_cycle
 from wemap.benchmarks.report import report_rows
 from wemap.benchmarks.workloads import make_walkers, noop_segment
 
@@ -30,13 +32,10 @@ def floors(walkers, cycles: int) -> dict[str, float]:
     src = [v for w in walkers for v in w.state.values() if isinstance(v, np.ndarray)]
     slots = [np.empty_like(a) for a in src]
     back = [np.empty_like(a) for a in src]
+    matrix_floor = floor_cycle(walkers)  # the transport matrix's own floor
     warm, ordered, fresh = [], [], []
     for _ in range(cycles):
-        t0 = time.perf_counter()
-        for a, s, b in zip(src, slots, back):
-            np.copyto(s, a)
-            np.copyto(b, s)
-        warm.append(time.perf_counter() - t0)
+        warm.append(matrix_floor())
         t0 = time.perf_counter()
         for a, s in zip(src, slots):
             np.copyto(s, a)
