@@ -223,7 +223,7 @@ def test_device_defaults_follow_the_visible_set(monkeypatch):
     assert visible_devices() == [0, 1, 2, 3]
     assert [platform_properties_for("CUDA", i, 8)["DeviceIndex"] for i in range(8)] == list("01230123")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    monkeypatch.setattr(wemap_openmm, "NVIDIA_GPUS_DIR", "/nonexistent/nvidia/gpus")  # a node without the driver
+    monkeypatch.setattr(wemap_openmm.devices, "NVIDIA_GPUS_DIR", "/nonexistent/nvidia/gpus")  # a node without the driver
     assert visible_devices({}) is None and nvidia_gpu_count() is None
     assert "DeviceIndex" not in platform_properties_for("CUDA", 0, 1)  # one worker: OpenMM picks
     assert platform_properties_for("CUDA", 1, 2)["DeviceIndex"] == "1"
@@ -235,7 +235,7 @@ def test_without_a_mask_cuda_workers_share_the_nodes_gpus_in_turn(monkeypatch, t
     monkeypatch.delenv("HIP_VISIBLE_DEVICES", raising=False)
     for bus in ("0000:17:00.0", "0000:65:00.0", "0000:ca:00.0", "0000:e3:00.0"):
         (tmp_path / bus).mkdir()  # what the NVIDIA driver lists, one directory per GPU
-    monkeypatch.setattr(wemap_openmm, "NVIDIA_GPUS_DIR", str(tmp_path))
+    monkeypatch.setattr(wemap_openmm.devices, "NVIDIA_GPUS_DIR", str(tmp_path))
     assert nvidia_gpu_count() == 4
     assert [platform_properties_for("CUDA", i, 8)["DeviceIndex"] for i in range(8)] == list("01230123")
     assert platform_properties_for("OpenCL", 5, 8)["DeviceIndex"] == "5", "OpenCL counts its own devices"
