@@ -222,7 +222,8 @@ class DaskMapper(MapperBase):
     times: ``max_retries`` on a LocalCluster started here, the scheduler's own setting on yours.
     There is no ``task_timeout``: Dask cannot stop a running task short of killing its worker.
     ``segment_func``, ``worker_type`` and ``worker_init`` must pickle by reference, as for the
-    other process mappers, so every mapper runs the same importable code.
+    other process mappers, so every mapper runs the same importable code. ``worker_type`` may be
+    one of wepy's workers; keywords it does not know become mapper `attributes`, as in wepy.
     """
 
     def __init__(
@@ -232,16 +233,17 @@ class DaskMapper(MapperBase):
         num_workers: int | None = None,
         segment_func: Callable[..., Any] | None = None,
         resources: Mapping[str, float] | None = None,
-        worker_type: type[Worker] = Worker,
+        worker_type: type | None = None,
         worker_attributes: Mapping[str, Any] | None = None,
         worker_init: Callable[[Worker], Any] | None = None,
         max_retries: int = 2,
         retry_on: tuple[type[BaseException], ...] = (),
         start_timeout: float = 120.0,
         cluster_kwargs: Mapping[str, Any] | None = None,
+        **mapper_attributes: Any,
     ) -> None:
         super().__init__(segment_func, num_workers, worker_type, worker_attributes, worker_init,
-                         max_retries=max_retries, retry_on=retry_on)
+                         max_retries=max_retries, retry_on=retry_on, mapper_attributes=mapper_attributes)
         self.client_arg = client
         self.resources = dict(resources) if resources else None
         self.start_timeout = start_timeout
@@ -287,7 +289,15 @@ class DaskMapper(MapperBase):
                           host="127.0.0.1", dashboard_address=None, resources=self.resources,
                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) | self.cluster_kwargs
             with dask.config.set(config):
-                self._cluster = distributed.LocalCluster(**kwargs)
+                try:
+                    self._cluster = distributed.LocalCluster(**kwargs)
+                except Exception as exc:
+                    raise WorkerException(
+                        f"DaskMapper could not start a LocalCluster of {kwargs['n_workers']} worker(s): "
+                        f"{type(exc).__name__}: {exc}. A common cause: its worker processes start with "
+                        f"'spawn' and import your main module, so a script must create the mapper under "
+                        f"`if __name__ == '__main__':` (the workers' stderr above says more)"
+                    ) from exc
             # results straight from the worker, not relayed by the scheduler (see _run)
             self.client = distributed.Client(self._cluster, direct_to_workers=True, **kw)
         elif isinstance(arg, (str, os.PathLike)) and (os.path.exists(arg) or str(arg).endswith(".json")):
@@ -318,7 +328,7 @@ class DaskMapper(MapperBase):
             client.subscribe_topic("all", self._on_event)
             self._subscribed = True
             self._register(_ExitReporter(), f"wemap-exits-{self._token}", nanny=True)
-            self._register(_WorkerState(self._index, self._num_workers, self.worker_type,
+            self._register(_WorkerState(self._index, self._num_workers, self.worker_factory,
                                         self.worker_attributes, self.worker_init),
                            f"wemap-worker-{self._token}", nanny=False)
         except BaseException as exc:

@@ -1,6 +1,14 @@
-"""Exceptions every part of wemap raises; this module imports nothing of ours."""
+"""Exceptions every part of wemap raises; this module imports nothing of ours.
+
+With wepy installed, `TaskException` and `WorkerException` also subclass wepy's classes of the
+same name (``wepy.work_mapper.mapper``), so a wepy script's ``except TaskException`` catches
+wemap's too. wepy is looked up, not required: without it these are plain wemap exceptions.
+"""
 
 from __future__ import annotations
+
+import importlib.util
+import logging
 
 __all__ = [
     "WemapError",
@@ -12,11 +20,30 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger(__name__)
+
+
+def _wepy_bases() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """wepy's (TaskException,), (WorkerException,) when wepy is installed, else two empty tuples."""
+    try:
+        if importlib.util.find_spec("wepy") is None:
+            return (), ()
+        from wepy.work_mapper.mapper import TaskException as WepyTaskException
+        from wepy.work_mapper.mapper import WorkerException as WepyWorkerException
+    except Exception as exc:  # a broken wepy install must not break wemap
+        logger.debug("wepy's exception classes not used: %s", exc)
+        return (), ()
+    return (WepyTaskException,), (WepyWorkerException,)
+
+
+_WEPY_TASK, _WEPY_WORKER = _wepy_bases()
+
+
 class WemapError(Exception):
     """Base class of wemap's own errors."""
 
 
-class TaskException(WemapError):
+class TaskException(WemapError, *_WEPY_TASK):
     """A segment function raised inside a worker.
 
     Carries what the manager needs to show the user the real failure: the original
@@ -44,6 +71,9 @@ class TaskException(WemapError):
         self.cycle_idx = cycle_idx
         self.worker_idx = worker_idx
         self.pid = pid
+        # wepy's WrapperException fields: the worker's exception cannot cross processes, its text can
+        self.wrapped_exception = None
+        self.formatted_tb = traceback.splitlines(keepends=True)
 
     def __str__(self) -> str:
         base = super().__str__()
@@ -80,7 +110,7 @@ def _rebuild_task_exception(message, exc_type, exc_message, tb, walker_idx, cycl
     )
 
 
-class WorkerException(WemapError):
+class WorkerException(WemapError, *_WEPY_WORKER):
     """A worker process died or misbehaved (killed, crashed, exited, timed out).
 
     ``exitcode`` follows multiprocessing: negative for a signal (``-9`` is SIGKILL).
@@ -102,6 +132,8 @@ class WorkerException(WemapError):
         self.exitcode = exitcode
         self.walker_idx = walker_idx
         self.cycle_idx = cycle_idx
+        self.wrapped_exception = None
+        self.formatted_tb: list[str] = []
 
 
 class TaskTimeout(WorkerException):

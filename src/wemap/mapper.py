@@ -8,16 +8,24 @@ last cycle only.
 
 from __future__ import annotations
 
+import atexit
 import copy
+import difflib
+import multiprocessing as mp
+import inspect
 import logging
 import os
+import sys
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .faults import Attempts, RetryPolicy, sigterm_raises
-from .worker import Task, Worker, run_timed
+from .pool import default_start_method
+from .worker import Task, Worker, WorkerFactory, run_timed
 
-__all__ = ["Mapper", "MapperBase", "TaskSpec"]
+__all__ = ["Mapper", "MapperBase", "TaskSpec", "resolve_start_method"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,50 @@ def _as_int(value: Any, default: int) -> int:
         return default
 
 
+def _warn_near_misses(cls: type, attributes: Mapping[str, Any]) -> None:
+    """Warn when an extra keyword looks like a misspelt parameter: it would silently become an attribute."""
+    if not attributes:
+        return
+    known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "mapper_attributes")]
+    for key in attributes:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close:
+            warnings.warn(
+                f"{cls.__name__}: unknown keyword {key!r} is kept as a mapper attribute (as wepy does); "
+                f"did you mean {close[0]!r}?",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
+def resolve_start_method(start_method: str | None, proc_start_method: str | None) -> str:
+    """The process start method from wemap's keyword or wepy's (``proc_start_method``); forkserver by default."""
+    if start_method is not None and proc_start_method is not None and start_method != proc_start_method:
+        raise ValueError(f"start_method={start_method!r} and proc_start_method={proc_start_method!r} disagree; "
+                         f"give one of them (proc_start_method is wepy's name for start_method)")
+    method = start_method if start_method is not None else proc_start_method
+    if method is None:
+        return default_start_method()
+    available = mp.get_all_start_methods()
+    if method not in available:
+        raise ValueError(f"start method {method!r} is not available here; choose one of {available}")
+    return method
+
+
+#: mappers started and not yet cleaned up: cleaned up at interpreter exit (a script that never
+#: calls ``cleanup()``), so no worker, no segment and no warning outlives the manager
+_RUNNING: weakref.WeakSet[MapperBase] = weakref.WeakSet()
+
+
+@atexit.register
+def _cleanup_running_mappers() -> None:
+    for mapper in list(_RUNNING):
+        try:
+            mapper.cleanup()
+        except Exception as exc:
+            logger.warning("cleaning up %s at exit failed: %s", type(mapper).__name__, exc)
+
+
 class MapperBase:
     """The state machine and bookkeeping every wemap mapper shares.
 
@@ -92,7 +144,7 @@ class MapperBase:
         self,
         segment_func: Callable[..., Any] | None = None,
         num_workers: int | None = None,
-        worker_type: type[Worker] = Worker,
+        worker_type: type | None = None,
         worker_attributes: Mapping[str, Any] | None = None,
         worker_init: Callable[[Worker], Any] | None = None,
         *,
@@ -100,14 +152,19 @@ class MapperBase:
         retry_on: tuple[type[BaseException], ...] = (),
         task_timeout: float | None = None,
         first_task_timeout: float | None = None,
+        mapper_attributes: Mapping[str, Any] | None = None,
     ) -> None:
-        if not (isinstance(worker_type, type) and issubclass(worker_type, Worker)):
-            raise TypeError(f"worker_type must be a subclass of wemap.Worker, got {worker_type!r}")
         self.segment_func = segment_func
         self._num_workers = num_workers
-        self.worker_type = worker_type
+        #: builds each worker in its process (a `Worker` subclass or one of wepy's workers)
+        self.worker_factory = WorkerFactory(worker_type, mapper_attributes)
+        self.worker_type = self.worker_factory.worker_type
         self.worker_attributes: dict[str, Any] = dict(worker_attributes or {})
         self.worker_init = worker_init
+        #: the constructor's extra keywords, as wepy keeps them; every worker sees them as
+        #: ``mapper_attributes`` (wepy's GPU worker reads ``device_ids`` and ``platform`` there)
+        self.attributes: dict[str, Any] = dict(mapper_attributes or {})
+        _warn_near_misses(type(self), self.attributes)
         self._worker_segment_times: dict[int, list[float]] = {}
         self.policy = RetryPolicy(max_retries, tuple(retry_on), task_timeout, first_task_timeout)
         self._state = "new"
@@ -129,6 +186,12 @@ class MapperBase:
         """Start the mapper (processes, segments); called once before the first cycle."""
         if self._state == "running":
             raise RuntimeError(f"{type(self).__name__}.init() called twice; call cleanup() before init() again")
+        if getattr(sys.modules.get("__main__"), "__name__", None) == "__mp_main__":
+            raise RuntimeError(
+                f"{type(self).__name__}.init() was called while a worker process was importing your main "
+                f"script (worker processes start with forkserver or spawn and import it): create and start "
+                f"mappers under `if __name__ == '__main__':`"
+            )
         if segment_func is not None:
             self.segment_func = segment_func
         if self.segment_func is None:
@@ -144,6 +207,7 @@ class MapperBase:
         self._worker_segment_times = {i: [] for i in range(self._worker_count())}
         self._start()
         self._state = "running"
+        _RUNNING.add(self)
         logger.debug("%s started with %d worker(s)", type(self).__name__, self._worker_count())
 
     def map(self, *args: Iterable[Any], **kwargs: Iterable[Any]) -> list[Any]:
@@ -162,6 +226,7 @@ class MapperBase:
 
     def cleanup(self, **kwargs: Any) -> None:
         """End every process and free every segment; safe to call twice and after errors."""
+        _RUNNING.discard(self)
         if self._state == "running":
             self._state = "closed"
             self._stop(abort=False)
@@ -170,9 +235,18 @@ class MapperBase:
 
     def _abort(self) -> None:
         """Stop at once after a failed ``map``: workers still mid-segment are not waited for."""
+        _RUNNING.discard(self)
         if self._state == "running":
             self._state = "closed"
             self._stop(abort=True)
+
+    def __del__(self) -> None:
+        # a mapper dropped while running (never cleaned up): its workers and shared memory go with it
+        if getattr(self, "_state", None) == "running":
+            try:
+                self.cleanup()
+            except Exception as exc:  # nothing may escape a finaliser; say what was left
+                logger.warning("%s dropped without cleanup(); cleaning up failed: %s", type(self).__name__, exc)
 
     def __enter__(self):
         if self._state != "running":
@@ -204,7 +278,31 @@ class Mapper(MapperBase):
 
     Same interface, timing dict (``{0: [...]}``) and `TaskException` as the process mappers;
     use it for debugging, small systems and as the ground truth in tests.
+
+    Takes what wepy's ``Mapper`` takes: ``segment_func`` (the only positional argument) and any
+    other keyword, kept in `attributes`. ``num_workers`` is accepted and ignored (one worker, this
+    process), so wepy's ``Configuration`` can build it.
     """
+
+    def __init__(
+        self,
+        segment_func: Callable[..., Any] | None = None,
+        *,
+        num_workers: int | None = None,
+        worker_type: type | None = None,
+        worker_attributes: Mapping[str, Any] | None = None,
+        worker_init: Callable[[Worker], Any] | None = None,
+        max_retries: int = 2,
+        retry_on: tuple[type[BaseException], ...] = (),
+        task_timeout: float | None = None,
+        first_task_timeout: float | None = None,
+        **mapper_attributes: Any,
+    ) -> None:
+        super().__init__(
+            segment_func, num_workers, worker_type, worker_attributes, worker_init,
+            max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
+            first_task_timeout=first_task_timeout, mapper_attributes=mapper_attributes,
+        )
 
     def _default_num_workers(self) -> int:
         return 1
@@ -213,7 +311,7 @@ class Mapper(MapperBase):
         return 1
 
     def _start(self) -> None:
-        self._worker = self.worker_type(0, 1, self.worker_attributes, self.worker_init)
+        self._worker = self.worker_factory(0, 1, self.worker_attributes, self.worker_init)
         self._worker.init()
 
     def _run(self, specs: list[TaskSpec]) -> list[Any]:

@@ -51,9 +51,9 @@ from .codec import (
     write_pointer,
 )
 from .errors import WorkerException
-from .mapper import MapperBase, TaskSpec
+from .mapper import MapperBase, TaskSpec, resolve_start_method
 from .memcopy import BlockPool
-from .pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, default_start_method, describe_exitcode
+from .pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, describe_exitcode
 from ._ring import now_ns
 from .faults import Attempts
 from .result_arena import ResultArena
@@ -107,7 +107,9 @@ def _shm_budget() -> int:
 class SharedMemWorkerMapper(MapperBase):
     """Persistent worker processes fed through a shared-memory slot ring; nothing large is pickled.
 
-    Parameters beyond `WorkerMapper`'s:
+    Takes `WorkerMapper`'s arguments, in wepy's order (``num_workers, worker_type,
+    worker_attributes, segment_func``; the rest keyword-only; unknown keywords become mapper
+    `attributes`), and these:
 
     - ``codecs``: extra `Codec` objects tried before the built-ins (walker types of your own).
     - ``slot_size``: bytes of each slot's input and output region. ``None`` (default) sizes the
@@ -140,9 +142,10 @@ class SharedMemWorkerMapper(MapperBase):
     def __init__(
         self,
         num_workers: int | None = None,
-        segment_func: Callable[..., Any] | None = None,
-        worker_type: type[Worker] = Worker,
+        worker_type: type | None = None,
         worker_attributes: Mapping[str, Any] | None = None,
+        segment_func: Callable[..., Any] | None = None,
+        *,
         worker_init: Callable[[Worker], Any] | None = None,
         codecs: list[Codec] | tuple[Codec, ...] = (),
         slot_size: int | None = None,
@@ -150,19 +153,20 @@ class SharedMemWorkerMapper(MapperBase):
         zero_copy: bool = False,
         shared_results: bool = True,
         start_method: str | None = None,
+        proc_start_method: str | None = None,
         start_timeout: float = 120.0,
         stop_timeout: float = 5.0,
         liveness_interval: float = 0.2,
-        *,
         max_retries: int = 2,
         retry_on: tuple[type[BaseException], ...] = (),
         task_timeout: float | None = None,
         first_task_timeout: float | None = None,
+        **mapper_attributes: Any,
     ) -> None:
         super().__init__(
             segment_func, num_workers, worker_type, worker_attributes, worker_init,
             max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
-            first_task_timeout=first_task_timeout,
+            first_task_timeout=first_task_timeout, mapper_attributes=mapper_attributes,
         )
         if slot_size is not None and slot_size <= 0:
             raise ValueError(f"slot_size must be a positive number of bytes, got {slot_size!r}")
@@ -177,7 +181,7 @@ class SharedMemWorkerMapper(MapperBase):
         self._arena: ResultArena | None = None
         self._result_blocks: list = []  # per task of the running cycle: an ArenaBlock or None
         self._input_blocks: list = []  # per task: the ArenaBlock the manager wrote the walker into, or None
-        self.start_method = start_method or default_start_method()
+        self.start_method = resolve_start_method(start_method, proc_start_method)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.liveness_interval = liveness_interval
@@ -207,7 +211,7 @@ class SharedMemWorkerMapper(MapperBase):
             self._worker_count(),
             ring_loop,
             (self.segment_func, self.codecs, self.policy.retry_on),
-            worker_type=self.worker_type,
+            worker_type=self.worker_factory,
             worker_attributes=self.worker_attributes,
             worker_init=self.worker_init,
             start_method=self.start_method,

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import TaskException
 
-__all__ = ["Task", "Worker", "current_worker", "TaskFailure"]
+__all__ = ["Task", "Worker", "WorkerFactory", "current_worker", "TaskFailure"]
 
 # per thread: a Dask worker with several threads runs several segments at once
 _local = threading.local()
@@ -65,7 +65,9 @@ class Worker:
     (default: ``task()``), `cleanup` once at shutdown.
 
     Attributes: ``worker_idx`` (0..num_workers-1), ``num_workers``, ``attributes`` (the
-    mapper's ``worker_attributes`` dict, e.g. ``{"devices": [0, 1]}``), ``resource``.
+    mapper's ``worker_attributes`` dict, e.g. ``{"devices": [0, 1]}``), ``mapper_attributes``
+    (the mapper's own extra keywords, wepy's convention: ``device_ids=[0, 1], platform="CUDA"``),
+    ``resource``.
     """
 
     def __init__(
@@ -81,6 +83,8 @@ class Worker:
         self.worker_init = worker_init
         self.resource: Any = None
         self.pid = os.getpid()
+        #: the mapper's extra constructor keywords (set by the mapper's `WorkerFactory`)
+        self.mapper_attributes: dict[str, Any] = {}
 
     def init(self) -> None:
         """Build per-worker resources once (override, or pass ``worker_init``)."""
@@ -96,6 +100,49 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(worker_idx={self.worker_idx}, pid={self.pid})"
+
+
+class WorkerFactory:
+    """Makes a mapper's worker in its process: a `Worker` subclass, or one of wepy's workers.
+
+    Every mapper builds its workers through this one picklable callable, with the signature
+    ``(worker_idx, num_workers, worker_attributes, worker_init)`` of `Worker` itself, so the
+    mapper's ``mapper_attributes`` reach each worker and wepy's ``Worker`` subclasses (its OpenMM
+    GPU and CPU workers) run unchanged inside wemap's worker processes.
+    """
+
+    def __init__(self, worker_type: type | None, mapper_attributes: Mapping[str, Any] | None = None) -> None:
+        from .wepy_compat import is_wepy_worker_type
+
+        worker_type = Worker if worker_type is None else worker_type
+        self.wepy = is_wepy_worker_type(worker_type)
+        if not self.wepy and not (isinstance(worker_type, type) and issubclass(worker_type, Worker)):
+            hint = " (a function: did you mean segment_func=...?)" if callable(worker_type) else ""
+            raise TypeError(
+                f"worker_type must be a subclass of wemap.Worker or of wepy's Worker "
+                f"(wepy.work_mapper.worker.Worker), got {worker_type!r}{hint}"
+            )
+        self.worker_type = worker_type
+        self.mapper_attributes = dict(mapper_attributes or {})
+
+    def __call__(
+        self,
+        worker_idx: int,
+        num_workers: int,
+        attributes: Mapping[str, Any] | None = None,
+        worker_init: Callable[[Worker], Any] | None = None,
+    ) -> Worker:
+        if self.wepy:
+            from .wepy_compat import WepyWorker
+
+            worker: Worker = WepyWorker(self.worker_type, worker_idx, num_workers, attributes, worker_init)
+        else:
+            worker = self.worker_type(worker_idx, num_workers, attributes, worker_init)
+        worker.mapper_attributes = dict(self.mapper_attributes)
+        return worker
+
+    def __repr__(self) -> str:
+        return f"WorkerFactory({self.worker_type.__module__}.{self.worker_type.__qualname__})"
 
 
 @dataclass(frozen=True)

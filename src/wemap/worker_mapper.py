@@ -17,8 +17,8 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from .faults import Attempts
-from .mapper import MapperBase, TaskSpec
-from .pool import ABORT_STOP_TIMEOUT, WorkerPool, control_messages, default_start_method, describe_exitcode
+from .mapper import MapperBase, TaskSpec, resolve_start_method
+from .pool import ABORT_STOP_TIMEOUT, WorkerPool, control_messages, describe_exitcode
 from .worker import Task, TaskFailure, Worker, run_timed
 
 __all__ = ["WorkerMapper"]
@@ -45,32 +45,41 @@ def pipe_loop(
 class WorkerMapper(MapperBase):
     """Persistent worker processes, one task (a pickled walker) at a time per worker.
 
-    ``start_method`` defaults to ``forkserver`` (``spawn`` where unavailable), so the segment
-    function, ``worker_type``, ``worker_attributes`` and ``worker_init`` must pickle.
+    Takes what wepy's ``WorkerMapper`` takes, in its order: ``num_workers, worker_type,
+    worker_attributes, segment_func``; every other argument is keyword-only, and keywords it does
+    not know become mapper `attributes` that every worker sees as ``mapper_attributes`` (wepy's
+    ``OpenMMGPUWorker`` reads ``device_ids`` and ``platform`` there). ``worker_type`` is a
+    `wemap.Worker` subclass or one of wepy's (``None``: the default worker).
+
+    ``start_method`` (or wepy's name for it, ``proc_start_method``) defaults to ``forkserver``
+    (``spawn`` where unavailable), so the segment function, ``worker_type``,
+    ``worker_attributes`` and ``worker_init`` must pickle.
     """
 
     def __init__(
         self,
         num_workers: int | None = None,
-        segment_func: Callable[..., Any] | None = None,
-        worker_type: type[Worker] = Worker,
+        worker_type: type | None = None,
         worker_attributes: Mapping[str, Any] | None = None,
+        segment_func: Callable[..., Any] | None = None,
+        *,
         worker_init: Callable[[Worker], Any] | None = None,
         start_method: str | None = None,
+        proc_start_method: str | None = None,
         start_timeout: float = 120.0,
         stop_timeout: float = 5.0,
-        *,
         max_retries: int = 2,
         retry_on: tuple[type[BaseException], ...] = (),
         task_timeout: float | None = None,
         first_task_timeout: float | None = None,
+        **mapper_attributes: Any,
     ) -> None:
         super().__init__(
             segment_func, num_workers, worker_type, worker_attributes, worker_init,
             max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
-            first_task_timeout=first_task_timeout,
+            first_task_timeout=first_task_timeout, mapper_attributes=mapper_attributes,
         )
-        self.start_method = start_method or default_start_method()
+        self.start_method = resolve_start_method(start_method, proc_start_method)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._pool: WorkerPool | None = None
@@ -80,7 +89,7 @@ class WorkerMapper(MapperBase):
             self._worker_count(),
             pipe_loop,
             (self.segment_func, self.policy.retry_on),
-            worker_type=self.worker_type,
+            worker_type=self.worker_factory,
             worker_attributes=self.worker_attributes,
             worker_init=self.worker_init,
             start_method=self.start_method,
