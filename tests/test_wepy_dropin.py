@@ -227,3 +227,19 @@ def test_a_mapper_started_while_a_worker_imports_the_script_says_to_add_the_main
         """, tmp_path)
     assert out.returncode != 0
     assert "if __name__ == '__main__':" in out.stderr
+
+
+def test_dask_local_cluster_without_the_main_guard_names_it(tmp_path):
+    pytest.importorskip("distributed")
+    out = _run_script("""
+        import wemap
+        import segfuncs
+
+        m = wemap.DaskMapper(num_workers=1, segment_func=segfuncs.add, start_timeout=30)
+        m.init()
+        print(m.map([1], [2]))
+        m.cleanup()
+        """, tmp_path)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "WorkerException" in last and "if __name__ == '__main__':" in last, out.stderr[-3000:]

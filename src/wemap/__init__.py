@@ -18,6 +18,7 @@ __all__ = [
     "Mapper",
     "WorkerMapper",
     "SharedMemWorkerMapper",
+    "DaskMapper",
     "Codec",
     "Walker",
     "Worker",
@@ -32,6 +33,11 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __dir__() -> list[str]:
+    # the lazily imported mappers are part of the package's namespace too
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str):

@@ -294,7 +294,7 @@ class DaskMapper(MapperBase):
                 except Exception as exc:
                     raise WorkerException(
                         f"DaskMapper could not start a LocalCluster of {kwargs['n_workers']} worker(s): "
-                        f"{type(exc).__name__}: {exc}. A common cause: its worker processes start with "
+                        f"{type(exc).__name__}: {str(exc).rstrip('.')}. A common cause: its worker processes start with "
                         f"'spawn' and import your main module, so a script must create the mapper under "
                         f"`if __name__ == '__main__':` (the workers' stderr above says more)"
                     ) from exc
