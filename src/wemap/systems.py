@@ -160,15 +160,18 @@ def water_box(
     temperature: float = 300.0,
     minimize_iterations: int = 0,
     seed: int = 0,
+    minimize_platform: str = "CPU",
 ) -> MDSystem:
     """A cubic box of ``n_atoms // 3`` TIP3P waters (amber14/tip3p.xml), PME, rigid water.
 
     Tiles OpenMM's pre-equilibrated water box (``Modeller.addSolvent``) into a cube a little
     too large and drops the surplus waters at random: about 10 s for 100,000 atoms. The seams
     between tiles carry some strain, which the thermostat takes out in the first picoseconds
-    (no blow-ups at 2 fs); ``minimize_iterations`` > 0 relaxes it first, at the price of a
-    full PME evaluation per iteration (minutes at 100,000 atoms on a CPU). The cutoff shrinks
-    to fit boxes smaller than twice it.
+    in mixed or double precision; in single precision (CUDA's and OpenCL's default) a large
+    unrelaxed box can reach NaN coordinates within a hundred 2 fs steps. ``minimize_iterations``
+    > 0 relaxes it first on ``minimize_platform``: a full PME evaluation per iteration, minutes
+    at 100,000 atoms on a CPU, seconds on a GPU. The cutoff shrinks to fit boxes smaller than
+    twice it.
     """
     n_waters = n_atoms // 3
     if n_waters < 30:
@@ -203,7 +206,8 @@ def water_box(
     positions = np.asarray([[p.x, p.y, p.z] for p in positions], dtype=np.float64)
     box = np.eye(3) * edge
     if minimize_iterations:
-        ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName(minimize_platform))
         ctx.setPeriodicBoxVectors(*(openmm.Vec3(*row) for row in box))
         ctx.setPositions(positions)
         openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, minimize_iterations)
