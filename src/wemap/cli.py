@@ -18,10 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from . import __version__
 from .argtypes import positive_float, positive_int
 from .benchmarks import add_bench_parser
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS", "resolve_mapper", "format_cycle_table"]
+__all__ = ["main", "build_parser", "SUBCOMMANDS", "resolve_mapper", "format_cycle_table", "CycleTable", "CommandError",
+           "require_platform"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +56,40 @@ def _devices(text: str) -> list[int]:
 
 
 # -- wemap demo ------------------------------------------------------------------------------------
+DEMO_EPILOG = """\
+The table, one row per cycle as it ends:
+  cycle        the cycle's index, from 0
+  ran          walkers whose MD segments ran in this cycle
+  kept         walkers after resampling: what the next cycle runs (binned split/merge keeps --per-bin
+               walkers in every occupied bin, so it differs from --walkers)
+  weight sum   sum of the kept walkers' weights: 1 up to float rounding (weight is conserved)
+  phi min/max  range of the progress coordinate (degrees) over the walkers that came out of the segments
+  segments s   wall time of the segment stage (mapper.map over every walker)
+  per-worker busy s [segments]
+               each worker's summed segment time and, in brackets, how many segments it ran
+  overhead s   segments s minus the busiest worker's busy time: what the mapper cost beyond the MD
+               (moving walkers, scheduling, workers waiting for each other)
+  in step %    share of the workers' busy time spent inside OpenMM's integrator.step; the rest sets and
+               reads the state and, on a worker's first segment, builds its Context
+"""
+
+
+class CommandError(Exception):
+    """A mistake in the command line or the install, reported as one line (no traceback)."""
+
+
 def add_demo_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
         help="run a small WE simulation of alanine dipeptide and show per-cycle timings",
         description=(
             "Weighted-ensemble run of alanine dipeptide (amber14, OBC2 implicit solvent) binned on a backbone "
-            "dihedral, every segment on a pool of OpenMM workers; prints a per-cycle table of walkers, weights, "
-            "progress coordinate and where the segment-stage time went. About a minute on 2 cores by default."
+            "dihedral, every segment on a pool of OpenMM workers; prints a line per cycle as it goes: walkers, "
+            "weights, progress coordinate and where the segment-stage time went. About a minute on 2 cores by "
+            "default."
         ),
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--walkers", type=positive_int, default=8, help="initial walkers (default: %(default)s)")
     p.add_argument("--per-bin", type=positive_int, default=4, help="walkers kept per occupied bin (default: %(default)s)")
@@ -82,33 +111,61 @@ def add_demo_parser(subparsers: Any) -> None:
                         "OpenMM reads 0 as 'random'); results repeat exactly only with one worker on the "
                         "Reference platform (CPU sums in threads, so runs differ in the last digits)")
     p.add_argument("--out", type=Path, default=None, help="write the settings and per-cycle stats to this JSON file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is one only when stderr is a terminal)")
+    # SUPPRESS: an unset -v here must not reset a -v given before the subcommand
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (-vv for debug)")
     p.set_defaults(func=run_demo)
+
+
+def require_platform(name: str) -> None:
+    """Raise `CommandError` unless this OpenMM install has platform ``name`` (the workers share the install)."""
+    import openmm
+
+    here = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if name in here:
+        return
+    # only the failures of this platform's plugins (OpenCL's missing libOpenCL says nothing about CUDA)
+    plugin = f"/libopenmm{name.lower()}."
+    failures = [" ".join(f.split()) for f in openmm.Platform.getPluginLoadFailures() if plugin in f.lower()]
+    raise CommandError(
+        f"OpenMM platform {name!r} is not available here (this install has {', '.join(here)})"
+        + (f"; its plugin failed to load: {' | '.join(failures)}" if failures else "")
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import sim
-    from .openmm import OpenMMRunner
-    from .resample import BinnedResampler
-    from .systems import alanine_dipeptide, backbone_dihedral
+    from .errors import WemapError
+
+    try:
+        from .openmm import OpenMMRunner
+        from .resample import BinnedResampler
+        from .systems import alanine_dipeptide, backbone_dihedral
+    except ImportError as exc:  # OpenMM is an optional extra
+        raise CommandError(str(exc)) from exc
+    require_platform(args.platform)
 
     mapper_cls = resolve_mapper(args.mapper)
     num_workers = 1 if mapper_cls.__name__ == "Mapper" else args.workers
     t_start = time.perf_counter()
+    seed = args.seed
     system = alanine_dipeptide()
     coordinate = backbone_dihedral(system.topology, args.coordinate)
-    seed = args.seed
-    runner = OpenMMRunner(
-        system.system, system.integrator(seed=seed or 0), platform=args.platform, devices=args.devices,
-    )
+    try:
+        runner = OpenMMRunner(
+            system.system, system.integrator(seed=seed or 0), platform=args.platform, devices=args.devices,
+        )
+        props, _ = runner.context_settings(0, num_workers)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
     width = args.bin_width
     edges = np.arange(-180.0 + width, 180.0, width)
     resampler = BinnedResampler(edges, args.per_bin, progress=coordinate, seed=seed)
     walkers = system.walkers(args.walkers, seed=seed)
     mapper = mapper_cls(num_workers=num_workers)
-    props, _ = runner.context_settings(0, num_workers)
     print(
         f"wemap demo: {system.name}, {system.n_atoms} atoms; {args.walkers} walkers, {args.per_bin} per "
         f"{width:g}-degree bin of {args.coordinate}; {args.cycles} cycles of {args.steps} steps "
@@ -116,23 +173,36 @@ def run_demo(args: argparse.Namespace) -> int:
         f"OpenMM {args.platform} {props}",
         flush=True,
     )
-    result = sim.run(
-        walkers,
-        runner.run_segment,
-        mapper,
-        args.cycles,
-        args.steps,
-        resampler=resampler,
-        show_progress=not args.no_progress,
-    )
-    runner.release()
+    table = CycleTable(args.coordinate, num_workers, args.cycles)
+    print("\n".join(table.header()), flush=True)
+
+    def print_row(stats: Any, _walkers: list) -> None:
+        tqdm.write(table.row(stats), file=sys.stdout)
+        sys.stdout.flush()
+
+    try:
+        result = sim.run(
+            walkers,
+            runner.run_segment,
+            mapper,
+            args.cycles,
+            args.steps,
+            resampler=resampler,
+            reporters=[print_row],
+            show_progress=False if args.no_progress else None,
+        )
+    except WemapError as exc:
+        print(f"wemap demo: the run failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        runner.release()
     total = time.perf_counter() - t_start
-    print(format_cycle_table(result.cycles, args.coordinate))
     seg = sum(c.segment_wall_s for c in result.cycles)
     over = sum(c.mapper_overhead_s for c in result.cycles)
     print(
         f"\n{len(result.cycles)} cycles in {total:.1f} s (segment stage {seg:.1f} s, of which mapper overhead "
-        f"{over:.2f} s); final weight sum {result.cycles[-1].weight_sum!r}"
+        f"{over:.2f} s); final weight sum {result.cycles[-1].weight_sum!r}\n\n"
+        + DEMO_EPILOG.replace("phi min/max", f"{args.coordinate} min/max".ljust(11)).rstrip()
     )
     if args.out is not None:
         payload = {
@@ -155,32 +225,44 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_cycle_table(cycles: Sequence[Any], coordinate: str = "progress") -> str:
-    """A plain-text table of `wemap.sim.CycleStats`: one row per cycle."""
-    headers = [
-        "cycle", "walkers", "weight sum", f"{coordinate} min", f"{coordinate} max", "segments s",
-        "per-worker busy s [segments]", "overhead s", "in step %",
-    ]
-    rows = []
-    for c in cycles:
-        workers = " ".join(
-            f"w{k}:{sum(v):.2f}[{len(v)}]" for k, v in sorted(c.worker_segment_times.items())
-        )
+class CycleTable:
+    """Fixed-width rows of `wemap.sim.CycleStats`, printed one at a time as cycles end (see `DEMO_EPILOG`)."""
+
+    def __init__(self, coordinate: str = "progress", num_workers: int = 1, n_cycles: int = 0) -> None:
+        worker_cell = " ".join(f"w{k}:00.00[00]" for k in range(max(1, num_workers)))
+        self.headers = [
+            "cycle", "ran", "kept", "weight sum", f"{coordinate} min", f"{coordinate} max", "segments s",
+            "per-worker busy s [segments]", "overhead s", "in step %",
+        ]
+        samples = [str(max(0, n_cycles - 1)), "000", "000", f"{1.0:.15f}", "-180.0", "-180.0", "00.000",
+                   worker_cell, "0.0000", "100"]
+        self.widths = [max(len(h), len(x)) for h, x in zip(self.headers, samples)]
+
+    def header(self) -> list[str]:
+        """The column names and a rule under them."""
+        return [self._line(self.headers), self._line(["-" * w for w in self.widths])]
+
+    def row(self, c: Any) -> str:
+        """One cycle's line."""
+        workers = " ".join(f"w{k}:{sum(v):.2f}[{len(v)}]" for k, v in sorted(c.worker_segment_times.items()))
         busy = sum(sum(v) for v in c.worker_segment_times.values())
-        in_step = (
-            f"{100 * c.segment_timings_sum[2] / busy:.0f}" if c.segment_timings_sum and busy > 0 else "-"
-        )
-        rows.append([
-            str(c.cycle_idx), str(c.n_walkers), f"{c.weight_sum:.15f}",
+        in_step = f"{100 * c.segment_timings_sum[2] / busy:.0f}" if c.segment_timings_sum and busy > 0 else "-"
+        return self._line([
+            str(c.cycle_idx), str(c.n_segments), str(c.n_walkers), f"{c.weight_sum:.15f}",
             "-" if c.progress_min is None else f"{c.progress_min:.1f}",
             "-" if c.progress_max is None else f"{c.progress_max:.1f}",
             f"{c.segment_wall_s:.3f}", workers, f"{c.mapper_overhead_s:.4f}", in_step,
         ])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
+
+    def _line(self, cells: Sequence[str]) -> str:
+        return "  ".join(cell.rjust(w) for cell, w in zip(cells, self.widths))
+
+
+def format_cycle_table(cycles: Sequence[Any], coordinate: str = "progress") -> str:
+    """A plain-text table of `wemap.sim.CycleStats`: the header and one row per cycle."""
+    workers = max((len(c.worker_segment_times) for c in cycles), default=1)
+    table = CycleTable(coordinate, workers, len(cycles))
+    return "\n".join(table.header() + [table.row(c) for c in cycles])
 
 
 #: every subcommand's ``add_*_parser``; add one here to add a subcommand
@@ -192,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wemap", description="Work mappers for weighted-ensemble molecular dynamics."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"wemap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, title="commands")
     for add in SUBCOMMANDS:
         add(sub)
@@ -205,6 +288,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except CommandError as exc:
+        logger.debug("wemap %s failed", args.command, exc_info=True)
+        print(f"wemap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # ``wemap demo | head``: the reader left; the run has already cleaned up
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1

@@ -44,7 +44,7 @@ class CycleStats:
     """One cycle: what came out of it and where its time went (seconds)."""
 
     cycle_idx: int
-    #: walkers after resampling (what the next cycle runs)
+    #: walkers after resampling (what the next cycle runs); `n_segments` ran in this one
     n_walkers: int
     #: sum of weights after resampling
     weight_sum: float
@@ -64,6 +64,8 @@ class CycleStats:
     report_s: float = 0.0
     n_splits: int = 0
     n_merges: int = 0
+    #: walkers whose segments ran in this cycle (before boundary conditions and resampling)
+    n_segments: int = 0
     #: element-wise sum, over this cycle's segments, of the ``segment_timings`` field that
     #: runners such as `wemap.openmm.OpenMMRunner` put in the walkers they return (else None)
     segment_timings_sum: list[float] | None = None
@@ -110,7 +112,7 @@ def run(
     resampler: Resampler | None = None,
     boundary_conditions: Callable[[list, int], list] | Any = None,
     reporters: Iterable[Callable[[CycleStats, list], None]] = (),
-    show_progress: bool = True,
+    show_progress: bool | None = None,
     num_workers: int | None = None,
 ) -> RunResult:
     """Run ``n_cycles`` WE cycles of ``segment_length`` steps from ``walkers``.
@@ -121,6 +123,7 @@ def run(
     ``(stats, walkers)``. ``progress`` (walker -> float) gives the values the resampler
     bins and the stats' range; it defaults to the resampler's own ``progress``.
     ``segment_func`` gets ``(walker, segment_length, cycle_idx=..., walker_idx=...)``.
+    ``show_progress``: a progress bar on stderr; None (the default) draws it only on a terminal.
     """
     walkers = list(walkers)
     if not walkers:
@@ -131,7 +134,9 @@ def run(
         progress = getattr(resampler, "progress", None)
     reporters = list(reporters)
     result = RunResult(walkers=walkers)
-    bar = tqdm(range(n_cycles), desc="WE cycles", unit="cycle", disable=not show_progress, dynamic_ncols=True)
+    # disable=None: tqdm draws the bar only when stderr is a terminal (a log file gets no carriage returns)
+    disable = None if show_progress is None else not show_progress
+    bar = tqdm(range(n_cycles), desc="WE cycles", unit="cycle", disable=disable, dynamic_ncols=True)
     try:
         mapper.init(segment_func=segment_func, num_workers=num_workers)
         for cycle_idx in bar:
@@ -196,6 +201,7 @@ def _cycle(
         resample_s=t3 - t2,
         n_splits=n_splits,
         n_merges=n_merges,
+        n_segments=n,
         segment_timings_sum=timings,
     )
     for reporter in reporters:
