@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from wemap.benchmarks import add_bench_parser, main, run_bench
 from wemap.benchmarks.cli import parse_atoms
 from wemap.benchmarks.contenders import discover, select
-from wemap.benchmarks.matrix import PER_TASK_CELL, goals, per_task_goal
+from wemap.benchmarks.matrix import HEADLINE, HEADLINE_COMMAND, PER_TASK_CELL, goals, goals_cell, per_task_goal
 from wemap.benchmarks.measure import CellTimeout, deadline, enough
 
 # the thread method: the bench's own --cell-timeout uses SIGALRM, which would cancel the signal method
@@ -72,11 +73,29 @@ def close(a: float, b: float) -> bool:
 def test_writes_table_json_and_png(tiny_run):
     code, text, data, out = tiny_run
     assert code == 0
-    assert "| atoms | mapper | cycle s (median)" in text
+    assert "| atoms | mapper | cycle ms (median)" in text
     assert "memcpy floor" in text and "SharedMemWorkerMapper" in text
     png = out / "tiny.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data["files"] == {"json": str(out / "tiny.json"), "png": str(png)}
+    md = out / "tiny.md"
+    assert data["files"] == {"json": str(out / "tiny.json"), "png": str(png), "md": str(md)}
+    assert md.read_text().strip() in text, "the .md file holds the report printed"
+
+
+def test_every_ratio_column_names_its_baseline_and_numbers_read_alike(tiny_run):
+    _, text, data, _ = tiny_run
+    headers = [line for line in text.splitlines() if line.startswith("| atoms |")]
+    assert headers
+    baseline = "wepy WorkerMapper" if any(r["key"] == "wepy" for r in data["rows"]) else "WorkerMapper"
+    for h in headers:
+        assert f"| overhead ÷ memcpy floor | × faster than {baseline} |" in h
+        assert "baseline" not in h
+    cells = [c.strip() for line in text.splitlines() if line.startswith("| ") and not line.startswith("| atoms")
+             for c in line.strip("|").split("|")]
+    assert not [c for c in cells if re.search(r"\de[-+]\d", c)], "no exponent notation in the tables"
+    mapper_rows = [line for line in text.splitlines() if line.startswith("| 1,000 | Mapper |")]
+    assert mapper_rows and all("| — | — |" in line for line in mapper_rows), "Mapper: no speedup, no GB/s"
+    assert "moves no bytes" in text
 
 
 def test_json_schema(tiny_run):
@@ -116,6 +135,9 @@ def test_every_ratio_is_a_quotient_of_figures_in_the_same_json(tiny_run):
         if r["key"] == "floor":
             continue
         assert close(r["manager_cpu_frac"], r["manager_cpu_s_median"] / r["cycle_s_median"])
+        if r["key"] == "Mapper":  # in the calling process: it moves nothing, so it is faster than nothing
+            assert r["in_process"] and r["baseline"] is None and r["speedup_vs_baseline"] is None
+            continue
         base = next(b for b in rows if b["mapper"] == r["baseline"] and b["workload"] == r["workload"]
                     and b["atoms"] == r["atoms"] and b["walkers"] == r["walkers"] and b["workers"] == r["workers"])
         assert base["key"] in ("wepy", "WorkerMapper")
@@ -147,6 +169,37 @@ def test_goals_are_quotients_of_the_rows(tiny_run):
         assert close(low, top["cycle_s_min"] / bottom["cycle_s_max"]) and close(high, top["cycle_s_max"] / bottom["cycle_s_min"])
         assert low <= g["value"] <= high
         assert g["unsettled"] == (low < g["target"] < high)
+
+
+def test_goals_are_measured_in_the_largest_cell_when_the_headline_cell_did_not_run():
+    def row(atoms, key="SharedMemWorkerMapper", walkers=8, workers=2, status="ok"):
+        return {"status": status, "key": key, "workload": "noop", "atoms": atoms, "walkers": walkers, "workers": workers}
+
+    assert goals_cell([row(10_000), row(100_000), row(1_000_000, walkers=48)])["atoms"] == 100_000
+    assert goals_cell([row(100_000), row(1_000_000)]) == HEADLINE
+    assert goals_cell([row(100_000, key="wepy"), row(10_000, status="failed")]) == HEADLINE, "not measured at all"
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_a_quick_run_measures_the_goals_and_says_where(tmp_path):
+    code, text = _run(["--quick", "--mappers", "SharedMemWorkerMapper", "WorkerMapper", "--repeats", "2",
+                       "--min-time", "0", "--workload", "noop", "--atoms", "10k", "--walkers", "8", "--workers", "2",
+                       "--no-plot", "--out", str(tmp_path), "--name", "q"])
+    assert code == 0
+    data = json.loads((tmp_path / "q.json").read_text())
+    assert data["goals_cell"]["atoms"] == 10_000
+    floor_goal = next(g for g in data["goals"] if g["compared_with"] == "floor" and "per-task" not in g["goal"])
+    assert floor_goal["value"] is not None and floor_goal["cell"]["atoms"] == 10_000
+    assert f"stated at 1,000,000, where `{HEADLINE_COMMAND}` measures them" in text
+
+
+def test_a_mapper_that_is_not_installed_says_why_once():
+    code = ("import sys; sys.modules['dask'] = None; from wemap.benchmarks.contenders import discover; "
+            "print(next(c.reason for c in discover() if c.key == 'DaskMapper'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    reason = out.stdout.strip()
+    assert reason.startswith("wemap.DaskMapper needs dask") and "pip install 'wemap[dask]'" in reason, reason
+    assert reason.count("wemap.DaskMapper") == 1 and reason.count("pip install") == 1, reason
 
 
 def test_a_goal_whose_target_lies_within_the_spread_says_so():

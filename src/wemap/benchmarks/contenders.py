@@ -76,7 +76,12 @@ def _wemap_mapper(name: str) -> tuple[Any, str | None]:
     try:
         return getattr(wemap, name), None
     except (AttributeError, ImportError) as exc:
-        return None, f"wemap.{name} is not available ({type(exc).__name__}: {exc})"
+        # wemap's own message names the mapper and the fix (the innermost when it wraps another): say it once
+        own: BaseException | None = exc
+        message = None
+        while own is not None and str(own).startswith(f"wemap.{name} "):
+            message, own = str(own), own.__cause__
+        return None, message or f"wemap.{name} is not available ({type(exc).__name__}: {exc})"
 
 
 def _installed(module: str, extra: str) -> str | None:
@@ -108,7 +113,7 @@ def discover() -> list[Contender]:
         None if why else (lambda w, f: peers.wepy_worker_mapper(w, f)),
         available=why is None, reason=why, ram_copies=4.0, aliases=("wepyworkermapper",),
     ))
-    why = _installed("ray", "ray")
+    why = _installed("ray", "'wemap[ray]'")
     out.append(Contender(
         "ray", "Ray actors", "peer",
         None if why else (lambda w, f: peers.RayActorMapper(num_workers=w, segment_func=f)),

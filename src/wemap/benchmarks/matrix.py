@@ -29,13 +29,16 @@ from .contenders import BASELINES, FLOOR, Contender
 from .measure import deadline, memcpy_floor, time_mapper
 from .workloads import WORKLOADS, bytes_per_walker, make_walkers
 
-__all__ = ["MatrixSpec", "run_matrix", "add_ratios", "goals", "per_task_goal", "HEADLINE", "GOALS", "PER_TASK_CELL",
-           "PER_TASK_TARGET_US", "MEMORY_HEADROOM"]
+__all__ = ["MatrixSpec", "run_matrix", "add_ratios", "goals", "goals_cell", "per_task_goal", "HEADLINE", "HEADLINE_COMMAND",
+           "GOALS", "PER_TASK_CELL", "PER_TASK_TARGET_US", "MEMORY_HEADROOM"]
 
 logger = logging.getLogger(__name__)
 
-#: the cell the issue's goals are stated for
+#: the cell the goals are stated for
 HEADLINE = {"workload": "noop", "atoms": 1_000_000, "walkers": 8, "workers": 2}
+#: the command that measures the goals in that cell (and nothing else)
+HEADLINE_COMMAND = ("wemap bench --atoms 1M --walkers 8 --workers 2 --workload noop "
+                    "--mappers SharedMemWorkerMapper wepy ray --no-openmm")
 #: (name, contender key compared, comparison, target); see `goals`
 GOALS = (
     ("SharedMemWorkerMapper speedup over wepy WorkerMapper", "wepy", ">=", 25.0),
@@ -205,6 +208,7 @@ def _run_group(spec: MatrixSpec, phase: Sequence[Contender], atoms: int, n_walke
         for k in workers:
             for c in phase:
                 row = _base_row(c.label, c.key, c.kind, workload, spec.sleep_s, atoms, n_walkers, k, c.processes(k), spec)
+                row["in_process"] = c.in_process
                 ram_need, shm_need = c.estimate(cycle_bytes, wb, k)
                 if WORKLOADS[workload].fed_back:
                     ram_need += cycle_bytes  # the made walkers stay while last cycle's results go in
@@ -288,7 +292,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     ``x_floor = overhead_s / floor_s`` (the floor of the same walker set);
     ``speedup_vs_baseline = baseline_cycle_s / cycle_s_median`` (the baseline of the same cell:
     wepy's WorkerMapper when measured, else wemap's WorkerMapper). The figures divided are
-    copied into the row (``floor_s``, ``baseline_cycle_s``) beside the ratio.
+    copied into the row (``floor_s``, ``baseline_cycle_s``) beside the ratio. A mapper that runs
+    in the calling process (wemap's ``Mapper``) moves no bytes, so it gets no speedup.
     """
     ok = [r for r in rows if r["status"] == "ok"]
     floors = {(r["atoms"], r["walkers"]): r for r in ok if r["key"] == "floor"}
@@ -296,7 +301,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         floor = floors.get((r["atoms"], r["walkers"]))
         r["floor_s"] = floor["cycle_s_median"] if floor else None
         r["x_floor"] = r["overhead_s"] / r["floor_s"] if r["floor_s"] else None
-        if r["key"] == "floor":
+        if r["key"] == "floor" or r.get("in_process", r["key"] == "Mapper"):
             r["baseline"] = r["baseline_cycle_s"] = r["speedup_vs_baseline"] = None
             continue
         base = None
@@ -309,8 +314,19 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["speedup_vs_baseline"] = r["baseline_cycle_s"] / r["cycle_s_median"] if base else None
 
 
+def goals_cell(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The cell the goals are measured in: `HEADLINE` when SharedMemWorkerMapper ran there, else the
+    no-op cell with the headline's walkers and workers and the most atoms it ran (``--quick`` runs no
+    1M-atom cell); `HEADLINE` (and so "not measured") when there is neither."""
+    ran = [r for r in rows if r["status"] == "ok" and r["key"] == "SharedMemWorkerMapper" and r["workload"] == "noop"]
+    if any(all(r[k] == v for k, v in HEADLINE.items()) for r in ran):
+        return dict(HEADLINE)
+    near = [r["atoms"] for r in ran if r["walkers"] == HEADLINE["walkers"] and r["workers"] == HEADLINE["workers"]]
+    return dict(HEADLINE, atoms=max(near)) if near else dict(HEADLINE)
+
+
 def goals(rows: list[dict[str, Any]], cell: dict[str, Any] = HEADLINE) -> list[dict[str, Any]]:
-    """The issue's goals for SharedMemWorkerMapper in ``cell``, each with the two figures it divides.
+    """The goals for SharedMemWorkerMapper in ``cell``, each with the two figures it divides.
 
     Speedups are ``other cycle_s_median / SharedMemWorkerMapper cycle_s_median``; the floor
     goal is ``SharedMemWorkerMapper cycle_s_median / floor cycle_s_median``. ``spread`` is the
@@ -359,7 +375,7 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float]:
 def per_task_goal(rows: list[dict[str, Any]], cell: dict[str, Any] = PER_TASK_CELL,
                   target_us: float = PER_TASK_TARGET_US) -> dict[str, Any]:
     """The per-task goal: SharedMemWorkerMapper's median cycle minus the memcpy floor's, per walker, in µs,
-    in ``cell`` (the issue's 8 walkers x 10k atoms on 2 workers).
+    in ``cell`` (8 walkers x 10k atoms on 2 workers).
 
     ``spread`` comes from the two rows' quartiles (lowest: SharedMemWorkerMapper's first quartile
     less the floor's third; highest: the other way round): with hundreds of cycles of a millisecond

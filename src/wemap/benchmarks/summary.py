@@ -5,40 +5,63 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .matrix import HEADLINE_COMMAND
 from .report import markdown_table
 
 __all__ = ["matrix_tables", "goals_table", "COLUMNS"]
 
-#: (row key, header, format); what each column means is in bench/README.md
+#: (row key, header, format); what each column means is in bench/README.md. Times are in
+#: milliseconds with three decimals throughout, so that every row of a column reads alike.
 COLUMNS = (
     ("atoms", "atoms", ",d"),
     ("mapper", "mapper", "s"),
-    ("cycle", "cycle s (median)", ".4g"),
-    ("spread", "min–max s", "s"),
-    ("overhead_s", "overhead s", ".4g"),
-    ("x_floor", "× floor", ".2f"),
-    ("speedup_vs_baseline", "× faster than baseline", ".2f"),
-    ("gb_per_s", "GB/s", ".2f"),
-    ("manager_cpu_s_median", "manager CPU s", ".4f"),
-    ("manager_cpu_pct", "manager CPU %", ".1f"),
+    ("cycle_ms", "cycle ms (median)", ",.3f"),
+    ("spread", "min–max ms", "s"),
+    ("overhead_ms", "overhead ms", ",.3f"),
+    ("x_floor", "overhead ÷ memcpy floor", ",.2f"),
+    ("speedup", "× faster than {baseline}", ",.2f"),
+    ("gb_per_s", "GB/s", ",.2f"),
+    ("manager_cpu_ms", "manager CPU ms", ",.3f"),
+    ("manager_cpu_pct", "manager CPU %", ",.1f"),
     ("manager_rss_mib", "manager RSS MiB", ",.0f"),
     ("worker_rss_mib", "workers RSS MiB", ",.0f"),
 )
+#: under a table with an in-process row
+IN_PROCESS_NOTE = ("Mapper runs every segment in the calling process and moves no bytes: it has no speedup "
+                   "and no GB/s (its overhead is the mapper's own bookkeeping).")
 
 
-def _display(row: dict[str, Any]) -> dict[str, Any]:
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def _display(row: dict[str, Any], baseline: str | None) -> dict[str, Any]:
+    """``baseline``: the one baseline the table's column names, or None to name it in each cell."""
     d = dict(row)
     if row["status"] != "ok":
-        d["cycle"] = f"{row['status']}: {row['reason']}"
-        return {k: d.get(k) for k in ("atoms", "mapper", "cycle")}
-    d["cycle"] = row["cycle_s_median"]
-    d["spread"] = f"{row['cycle_s_min']:.4g}–{row['cycle_s_max']:.4g}"
+        d["cycle_ms"] = f"{row['status']}: {row['reason']}"
+        return {k: d.get(k) for k in ("atoms", "mapper", "cycle_ms")}
+    d["cycle_ms"] = _ms(row["cycle_s_median"])
+    d["spread"] = f"{row['cycle_s_min'] * 1e3:,.3f}–{row['cycle_s_max'] * 1e3:,.3f}"
+    d["overhead_ms"] = _ms(row["overhead_s"])
+    d["manager_cpu_ms"] = _ms(row.get("manager_cpu_s_median"))
+    speedup = row.get("speedup_vs_baseline")
+    d["speedup"] = speedup if speedup is None or baseline else f"{speedup:,.2f} (vs {row['baseline']})"
     if row.get("manager_cpu_frac") is not None:
         d["manager_cpu_pct"] = 100 * row["manager_cpu_frac"]
     if row.get("manager_rss_peak_bytes") is not None:
         d["manager_rss_mib"] = row["manager_rss_peak_bytes"] / 2**20
         d["worker_rss_mib"] = row["worker_rss_peak_bytes"] / 2**20 if row["worker_processes"] else None
     return d
+
+
+def _columns(baseline: str | None, named: bool) -> list[tuple[str, str, str]]:
+    """`COLUMNS` with the speedup column named after the table's baseline."""
+    if baseline:
+        head = f"× faster than {baseline}"
+    else:
+        head = "× faster than (baseline)" if named else "× faster (no baseline measured)"
+    return [(k, head if k == "speedup" else h, f) for k, h, f in COLUMNS]
 
 
 def matrix_tables(rows: Sequence[dict[str, Any]]) -> str:
@@ -60,7 +83,12 @@ def matrix_tables(rows: Sequence[dict[str, Any]]) -> str:
         for atoms in sorted({r["atoms"] for r in group}):
             shown += [f for f in floors if f["atoms"] == atoms and f["walkers"] == walkers]
             shown += [r for r in group if r["atoms"] == atoms]
-        parts.append(markdown_table([_display(r) for r in shown], COLUMNS) + "\n")
+        baselines = {r["baseline"] for r in shown if r.get("speedup_vs_baseline") is not None}
+        baseline = next(iter(baselines)) if len(baselines) == 1 else None
+        table = markdown_table([_display(r, baseline) for r in shown], _columns(baseline, len(baselines) > 1))
+        if any(r.get("in_process", r["key"] == "Mapper") and r["status"] == "ok" for r in shown):
+            table += f"\n\n{IN_PROCESS_NOTE}"
+        parts.append(table + "\n")
     return "\n".join(parts)
 
 
@@ -68,7 +96,8 @@ def goals_table(goals: Sequence[dict[str, Any]]) -> str:
     """The goals with their measured values; one line when SharedMemWorkerMapper ran in none of their cells."""
     if goals and all(g["value"] is None for g in goals) and all("SharedMemWorkerMapper not" in g.get("reason", "")
                                                                   for g in goals):
-        return "not measured: SharedMemWorkerMapper did not run in the goals' cells in this run"
+        return (f"not measured: SharedMemWorkerMapper did not run in the goals' cells in this run; "
+                f"`{HEADLINE_COMMAND}` measures them")
     rows = []
     for g in goals:
         verdict = "—" if g["met"] is None else ("met" if g["met"] else "not met")
