@@ -15,12 +15,11 @@ import textwrap
 import threading
 import time
 
-import psutil
 import pytest
 
 from wemap._ring import Ring
 from wemap.errors import RingCorruptError, ShmSpaceError
-from wemap.segment import SEGMENT_PREFIX, Segment, remove_stale_segments, segment_name
+from wemap.segment import SEGMENT_PREFIX, Segment, segment_name
 
 SHM_DIR = "/dev/shm"
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm (Linux)")
@@ -32,14 +31,6 @@ def shm_path(name: str) -> str:
 
 def wemap_files() -> set[str]:
     return {n for n in os.listdir(SHM_DIR) if n.startswith(SEGMENT_PREFIX + "_")}
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    pid = int(proc.stdout)
-    assert not psutil.pid_exists(pid)
-    return pid
 
 
 def test_segment_name():
@@ -197,34 +188,6 @@ def test_fallocate_unsupported_still_works(monkeypatch):
     with Segment.create(2, 64) as seg:
         seg.ring.push_done(1)
         assert seg.ring.pop_done(0) == 1
-
-
-def test_remove_stale_segments(caplog):
-    dead = f"wemap_{dead_pid()}_{secrets.token_hex(8)}"
-    live = segment_name(os.getppid())  # our parent: alive, not us
-    mine = segment_name()  # never swept: ours
-    for name in (dead, live, mine):
-        os.close(os.open(shm_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
-    try:
-        with caplog.at_level(logging.INFO, logger="wemap.segment"):
-            removed = remove_stale_segments()
-        assert dead in removed and live not in removed and mine not in removed
-        assert not os.path.exists(shm_path(dead))
-        assert os.path.exists(shm_path(live)) and os.path.exists(shm_path(mine))
-        assert dead in caplog.text
-    finally:
-        for name in (dead, live, mine):
-            if os.path.exists(shm_path(name)):
-                os.unlink(shm_path(name))
-
-
-def test_remove_stale_segments_other_dir(tmp_path):
-    dead = f"wemap_{dead_pid()}_{secrets.token_hex(8)}"
-    for name in (dead, "wemap_1_notours", "other"):
-        (tmp_path / name).write_bytes(b"")
-    assert remove_stale_segments(str(tmp_path)) == [dead]
-    assert sorted(os.listdir(tmp_path)) == ["other", "wemap_1_notours"]
-    assert remove_stale_segments(str(tmp_path / "missing")) == []
 
 
 _CHILD = textwrap.dedent(

@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import stat
-import subprocess
-import sys
 
 import numpy as np
-import psutil
 import pytest
 import segfuncs
 
@@ -113,27 +110,6 @@ def test_wepy_walkers_travel_as_arrays():
     assert type(out) is wepy_walker.Walker and type(out.state) is wepy_walker.WalkerState
     np.testing.assert_array_equal(out.state["positions"], np.ones((4, 3)))
     assert out.state["time"] == 1.5 and out.weight == 0.5
-
-
-def test_stale_segments_of_dead_owners_are_removed():
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(proc.stdout)
-    assert not psutil.pid_exists(dead_pid)
-    stale = f"/dev/shm/wemap_{dead_pid}_deadbeefdeadbeef"
-    with open(stale, "wb") as f:
-        f.write(b"\0" * 4096)
-    live = f"/dev/shm/wemap_{os.getpid()}_0123456789abcdef"
-    with open(live, "wb") as f:
-        f.write(b"\0" * 4096)
-    try:
-        with SharedMemWorkerMapper(segment_func=segfuncs.add, num_workers=1):
-            pass
-        assert not os.path.exists(stale)
-        assert os.path.exists(live), "a live owner's segment is left alone"
-    finally:
-        for p in (stale, live):
-            if os.path.exists(p):
-                os.unlink(p)
 
 
 def test_zero_copy_results_survive_more_walkers_than_slots():

@@ -8,20 +8,30 @@ validates the header and never registers the segment with multiprocessing's reso
 tracker: only the creating process owns, and unlinks, it. The creator's registration is
 what removes the segment if the manager is killed; `remove_stale_segments` sweeps up
 after owners that died some other way.
+
+The creator holds an ``flock`` on every segment it made, from before the segment has a size
+until its name is removed (`create_reserved`). The kernel drops the lock when the owner dies,
+however it dies, and the lock is seen by every process that opens the name, in any pid
+namespace: so the sweep removes a segment only when it can take that lock, never by the pid
+in its name (containers sharing ``/dev/shm`` each number their processes from 1).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import re
 import secrets
+import stat
 import sys
 import threading
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
+
+import _posixshmem  # what SharedMemory itself opens and unlinks names with
 
 from .errors import RingCorruptError, ShmSpaceError
 
@@ -48,6 +58,28 @@ _SHM_FIX = (
 )
 # Serialises the resource_tracker.register patch used to attach untracked (< 3.13).
 _TRACKER_PATCH_LOCK = threading.Lock()
+#: names tried before `create_reserved` gives up (another is taken only while a sweep looks at one)
+_CREATE_TRIES = 8
+#: owner-lock descriptors this process holds; a forked child closes its copies (`_drop_inherited_locks`)
+_OWNER_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a child just forked (a worker started with ``fork``): close the copies of the parent's owner locks.
+
+    An flock belongs to the open file description, which fork shares: a child that kept the
+    copies would keep the parent's segments looking owned after the parent died. Closing a copy
+    leaves the parent's lock held (unlocking it would not).
+    """
+    for fd in list(_OWNER_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover - nothing else closes them
+            pass
+    _OWNER_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def segment_name(pid: int | None = None) -> str:
@@ -84,8 +116,69 @@ def _reserve(shm: SharedMemory, size: int) -> None:
     os.posix_fallocate(fd, 0, size)
 
 
+class _Owned(SharedMemory):
+    """A segment this process created: it holds the owner lock until its name is removed.
+
+    ``unlink`` (through `unlink_owned` or `_discard`) releases the lock with the name. Pickled,
+    it travels as a plain attachment: only the creating process owns a segment.
+    """
+
+    _lock_fd = -1
+    _lock_pid = 0
+
+    def unlink(self) -> None:
+        try:
+            super().unlink()
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0 and self._lock_pid == os.getpid():  # in a forked child the copy is closed already
+            _OWNER_LOCKS.discard(fd)
+            os.close(fd)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (_open_untracked, (self.name,))
+
+
+def _create_locked(size: int) -> _Owned:
+    """Create a fresh name, take its owner lock, then give it ``size`` bytes.
+
+    In that order a sweep never finds a segment with a size whose live owner does not hold the
+    lock yet: it leaves a segment without a size alone. A sweep that holds the lock of the new,
+    empty name for the instant it looks at it makes this take another name.
+    """
+    for _ in range(_CREATE_TRIES):
+        name = "/" + segment_name()
+        fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)  # close-on-exec
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _posixshmem.shm_unlink(name)
+            os.close(fd)
+            continue
+        except BaseException:
+            _posixshmem.shm_unlink(name)
+            os.close(fd)
+            raise
+        _OWNER_LOCKS.add(fd)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask: the mode a sweep takes for a segment's
+            os.ftruncate(fd, size)
+            shm = _Owned(name=name[1:])  # opened again, tracked: the resource tracker unlinks it if we are killed
+        except BaseException:
+            _posixshmem.shm_unlink(name)
+            _OWNER_LOCKS.discard(fd)
+            os.close(fd)
+            raise
+        shm._lock_fd, shm._lock_pid = fd, os.getpid()
+        return shm
+    raise FileExistsError(f"could not create a shared-memory segment: {_CREATE_TRIES} fresh names were busy")
+
+
 def create_reserved(size: int, what: str, shm_dir: str = "/dev/shm") -> SharedMemory:
-    """A new segment ``wemap_<pid>_<token>`` of ``size`` bytes, every page reserved now.
+    """A new segment ``wemap_<pid>_<token>`` of ``size`` bytes, every page reserved now, its owner lock held.
 
     ``what`` names it in the `ShmSpaceError` (leaving nothing behind) raised when ``shm_dir``
     cannot hold it. The caller owns it: `unlink_owned` and `close_or_hand_over` end it.
@@ -93,7 +186,7 @@ def create_reserved(size: int, what: str, shm_dir: str = "/dev/shm") -> SharedMe
     free = _free_bytes(shm_dir)
     if free is not None and size > free:
         raise _space_error(size, free, shm_dir, what)
-    shm = SharedMemory(name=segment_name(), create=True, size=size)
+    shm = _create_locked(size)
     try:
         _reserve(shm, size)
     except OSError as exc:
@@ -293,47 +386,52 @@ class Segment:
         return f"<Segment {self.name} {self.size} bytes, {role}{', closed' if self._closed else ''}>"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return psutil.pid_exists(pid)
-
-
 def remove_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
-    """Unlink ``wemap_<pid>_*`` segments whose owner pid is dead; return their names.
+    """Unlink the segments in ``shm_dir`` whose owner is gone; return their names. Never raises.
 
-    For segments orphaned by an owner that died without its resource tracker (e.g. the
-    whole process group SIGKILLed). Assumes ``shm_dir`` is not shared with another pid
-    namespace, where a live owner's pid would look dead from here.
+    For segments orphaned by an owner that died without its resource tracker (e.g. the whole
+    process group SIGKILLed). A segment goes only when it is provably orphaned: named
+    ``wemap_<pid>_<16 hex>``, a regular file of this user with mode 0600 and a size, as
+    `create_reserved` makes them, and nobody holds its owner lock. The pid in the name plays no
+    part: across pid namespaces a live owner's pid can look dead. Anything else under such a name
+    (another user's file, a directory, an entry this user cannot open) is left where it is.
     """
     try:
         names = sorted(os.listdir(shm_dir))
-    except FileNotFoundError:
+    except OSError as exc:
+        log.debug("not sweeping %s: %s", shm_dir, exc)
         return []
     removed: list[str] = []
-    me = os.getpid()
     for name in names:
-        m = _NAME_RE.match(name)
-        if m is None:
-            continue
-        pid = int(m.group(1))
-        if pid == me or _pid_alive(pid):
+        if _NAME_RE.match(name) is None:
             continue
         try:
-            os.unlink(os.path.join(shm_dir, name))
-        except FileNotFoundError:
-            continue  # another sweeper got it
-        except PermissionError as exc:
-            log.warning("cannot remove stale segment %s: %s", name, exc)
-            continue
-        log.info("removed stale shared-memory segment %s (owner pid %d is gone)", name, pid)
-        removed.append(name)
+            if _remove_if_orphaned(shm_dir, name):
+                removed.append(name)
+        except OSError as exc:  # gone meanwhile, not ours to open, ...: not an orphan we can prove
+            log.debug("left %s in %s: %s", name, shm_dir, exc)
     return removed
+
+
+def _remove_if_orphaned(shm_dir: str, name: str) -> bool:
+    path = os.path.join(shm_dir, name)
+    # O_NOFOLLOW: never a link's target; O_NONBLOCK: a FIFO under the name does not block the open
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600):
+            return False
+        if st.st_size == 0:  # perhaps a segment just made, its owner about to lock it
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its owner lives, in whichever pid namespace
+        now = os.stat(path, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False  # the name was removed, and made again, since it was opened here
+        os.unlink(path)
+    finally:
+        os.close(fd)
+    log.info("removed stale shared-memory segment %s (its owner is gone)", name)
+    return True
