@@ -103,6 +103,72 @@ def test_keyboard_interrupt_cleans_up(mapper_name):
         mapper.map([1], [1])
 
 
+# -- wepy's resamplers ---------------------------------------------------------------------------
+def _wepy_mean_x_distance():
+    """A wepy ``Distance`` on the walkers' mean x: the simplest metric REVO can spread walkers along."""
+    from wepy.resampling.distances.distance import Distance
+
+    class MeanX(Distance):
+        def image(self, state):
+            return np.array([float(np.mean(state["positions"][:, 0]))])
+
+        def image_distance(self, image_a, image_b):
+            return float(abs(image_a[0] - image_b[0]))
+
+    return MeanX()
+
+
+@pytest.mark.wepy
+def test_wepy_no_resampler_passes_the_walkers_through():
+    pytest.importorskip("wepy")
+    from wepy.resampling.resamplers.resampler import NoResampler
+
+    walkers = start_walkers(4)
+    result = sim.run(walkers, segfuncs.displace, wemap.Mapper(), 3, 5, resampler=NoResampler(), show_progress=False)
+    assert [c.n_walkers for c in result.cycles] == [4, 4, 4]
+    assert all(c.n_splits == 0 and c.n_merges == 0 for c in result.cycles)
+    assert [w.weight for w in result.walkers] == [w.weight for w in walkers]
+    np.testing.assert_allclose(result.walkers[1].state["positions"], walkers[1].state["positions"] + 0.015)
+
+
+@pytest.mark.wepy
+@pytest.mark.parametrize("mapper_name", ["Mapper", "WorkerMapper"])
+def test_wepy_revo_resampler_clones_and_merges_keeping_weight(mapper_name):
+    pytest.importorskip("wepy")
+    from wepy.resampling.resamplers.revo import REVOResampler
+
+    walkers = start_walkers(8)
+    # spread the walkers out in x and give them unequal weights, so REVO has something to do
+    weights = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.05, 0.05, 0.05])
+    walkers = [wemap.Walker({**w.state, "positions": w.state["positions"] + 0.05 * i}, float(weights[i]))
+               for i, w in enumerate(walkers)]
+    decisions = []
+
+    class RecordingREVO(REVOResampler):
+        def resample(self, walkers):
+            out = super().resample(walkers)
+            decisions.append([(int(r["decision_id"][0]), len(r["target_idxs"])) for r in out[1]])
+            return out
+
+    resampler = RecordingREVO(distance=_wepy_mean_x_distance(), init_state=walkers[0].state, char_dist=0.1,
+                              merge_dist=0.5, pmin=1e-6, pmax=0.5, seed=3)
+    mapper = MAPPERS[mapper_name](num_workers=2)
+    result = sim.run(walkers, segfuncs.displace, mapper, 4, 5, resampler=resampler, progress=mean_x,
+                     show_progress=False)
+    clone, squash = REVOResampler.DECISION.ENUM.CLONE.value, REVOResampler.DECISION.ENUM.SQUASH.value
+    for c, made in zip(result.cycles, decisions, strict=True):
+        assert c.n_walkers == 8, "REVO keeps the number of walkers"
+        assert abs(c.weight_sum - 1.0) < 1e-12
+        # splits: walkers cloned; merges: walkers merged away (as BinnedResampler counts them)
+        assert c.n_splits == sum(d == clone for d, _ in made)
+        assert c.n_merges == sum(d == squash for d, _ in made)
+        assert c.n_merges == sum(n - 1 for d, n in made if d == clone), "each extra clone takes a merged walker's place"
+        assert c.progress_min is not None
+    assert sum(c.n_splits for c in result.cycles) > 0, "REVO cloned nothing: the test shows nothing"
+    assert all(isinstance(w, wemap.Walker) for w in result.walkers)
+    assert max(w.weight for w in result.walkers) <= 0.5 + 1e-12
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="at least one walker"):
         sim.run([], segfuncs.displace, wemap.Mapper(), 1, 1, show_progress=False)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .walker import Walker
 
@@ -64,7 +65,7 @@ class BinnedResampler:
 
     def __init__(
         self,
-        edges: Sequence[float],
+        edges: ArrayLike,
         walkers_per_bin: int,
         *,
         progress: Callable[[Any], float] | None = None,
@@ -74,7 +75,7 @@ class BinnedResampler:
     ) -> None:
         self.edges = np.asarray(edges, dtype=np.float64)
         if self.edges.ndim != 1 or not np.all(np.isfinite(self.edges)) or np.any(np.diff(self.edges) <= 0):
-            raise ValueError(f"bin edges must be a 1-d list of finite, strictly increasing numbers, got {list(edges)}")
+            raise ValueError(f"bin edges must be a 1-d list of finite, strictly increasing numbers, got {edges!r}")
         if int(walkers_per_bin) < 1:
             raise ValueError(f"walkers_per_bin must be at least 1, got {walkers_per_bin}")
         if not min_weight > 0:
@@ -95,11 +96,11 @@ class BinnedResampler:
     def n_bins(self) -> int:
         return len(self.edges) + 1
 
-    def bin_of(self, values: Sequence[float]) -> np.ndarray:
+    def bin_of(self, values: ArrayLike) -> np.ndarray:
         """Bin index of each progress value."""
         return np.searchsorted(self.edges, np.asarray(values, dtype=np.float64), side="right")
 
-    def resample(self, walkers: Sequence[Any], values: Sequence[float] | None = None) -> ResampleResult:
+    def resample(self, walkers: Sequence[Any], values: ArrayLike | None = None) -> ResampleResult:
         """Resample ``walkers`` (progress values computed with ``progress`` unless given)."""
         walkers = list(walkers)
         if values is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,9 +35,42 @@ logger = logging.getLogger(__name__)
 
 
 class Resampler(Protocol):
-    """What `run` needs of a resampler (`wemap.resample.BinnedResampler` is one)."""
+    """What `run` needs of a wemap-style resampler (`wemap.resample.BinnedResampler` is one).
 
-    def resample(self, walkers: Sequence[Any], values: Sequence[float] | None = None) -> ResampleResult | list: ...
+    wepy's resamplers (subclasses of ``wepy.resampling.resamplers.resampler.Resampler``, whose
+    ``resample(walkers)`` returns ``(walkers, resampling_data, resampler_data)``) are taken too.
+    """
+
+    def resample(self, walkers: Sequence[Any], values: np.ndarray | None = None) -> ResampleResult | list: ...
+
+
+def _is_wepy_resampler(resampler: Any) -> bool:
+    # a wepy resampler's module is loaded whenever one exists, so nothing is imported here
+    module = sys.modules.get("wepy.resampling.resamplers.resampler")
+    return module is not None and isinstance(resampler, module.Resampler)
+
+
+def _resample(resampler: Any, walkers: list, values: np.ndarray | None) -> tuple[list, int, int]:
+    """(resampled walkers, splits, merges) from a wemap-style or a wepy resampler."""
+    if _is_wepy_resampler(resampler):
+        out, resampling_data, _ = resampler.resample(walkers)
+        return list(out), *_wepy_splits_merges(resampler, resampling_data)
+    result = resampler.resample(walkers, values)
+    if isinstance(result, ResampleResult):
+        return result.walkers, result.n_splits, result.n_merges
+    return list(result), 0, 0
+
+
+def _wepy_splits_merges(resampler: Any, resampling_data: Sequence[dict]) -> tuple[int, int]:
+    """Walkers cloned and walkers merged away, counted from a wepy resampler's decision records."""
+    enum = getattr(getattr(resampler, "DECISION", None), "ENUM", None)
+    clone, squash = getattr(enum, "CLONE", None), getattr(enum, "SQUASH", None)
+    splits = merges = 0
+    for record in resampling_data:
+        decision = int(np.asarray(record.get("decision_id", -1)).ravel()[0])
+        splits += clone is not None and decision == clone.value
+        merges += squash is not None and decision == squash.value
+    return splits, merges
 
 
 @dataclass
@@ -109,7 +143,7 @@ def run(
     segment_length: int,
     *,
     progress: Callable[[Any], float] | None = None,
-    resampler: Resampler | None = None,
+    resampler: Resampler | Any | None = None,
     boundary_conditions: Callable[[list, int], list] | Any = None,
     reporters: Iterable[Callable[[CycleStats, list], None]] = (),
     show_progress: bool | None = None,
@@ -119,7 +153,8 @@ def run(
 
     Per cycle: ``mapper.map(segment_func, ...)`` over the walkers → ``boundary_conditions``
     (a callable ``(walkers, cycle_idx) -> walkers``, or a wepy object with ``warp_walkers``)
-    → ``resampler.resample(walkers, values)`` (skipped if None) → each reporter
+    → ``resampler.resample(walkers, values)`` (skipped if None; a wepy resampler is called as
+    wepy's ``Manager`` calls it, ``resample(walkers)``) → each reporter
     ``(stats, walkers)``. ``progress`` (walker -> float) gives the values the resampler
     bins and the stats' range; it defaults to the resampler's own ``progress``.
     ``segment_func`` gets ``(walker, segment_length, cycle_idx=..., walker_idx=...)``.
@@ -180,11 +215,7 @@ def _cycle(
     values = np.array([progress(w) for w in new], dtype=np.float64) if progress is not None else None
     n_splits = n_merges = 0
     if resampler is not None:
-        out = resampler.resample(new, values)
-        if isinstance(out, ResampleResult):
-            n_splits, n_merges, new = out.n_splits, out.n_merges, out.walkers
-        else:
-            new = list(out)
+        new, n_splits, n_merges = _resample(resampler, new, values)
     t3 = time.perf_counter()
 
     stats = CycleStats(
