@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"no GPUs are visible: {exc}")
         if not gpus:
             p.error("no GPUs are visible: run under SLURM with --gres=gpu:N (or set CUDA_VISIBLE_DEVICES)")
-        devices: list[int] | None = worker_devices(gpus, args.workers_per_gpu)
-        num_workers = len(devices)
+        per_worker = worker_devices(gpus, args.workers_per_gpu)
+        devices: list[int] | None = per_worker
+        num_workers = len(per_worker)
     else:
         devices, num_workers = None, args.workers or 1
 

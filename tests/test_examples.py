@@ -193,3 +193,14 @@ def test_dask_example_joins_a_cluster_through_its_scheduler_file(tmp_path):
         deadline = time.monotonic() + 30  # the nannies' worker processes end after their nannies
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
             time.sleep(0.1)
+
+
+# -- type checking ------------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+def test_mypy_passes_on_the_public_api_and_the_examples(tmp_path):
+    """``python -m mypy`` with pyproject.toml's [tool.mypy]: the package's entry modules and examples/."""
+    pytest.importorskip("mypy", reason="mypy is in the test extra: pip install '.[test]'")
+    root = EXAMPLES.parent
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache")], cwd=root,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -227,7 +227,7 @@ def _run_group(spec: MatrixSpec, phase: Sequence[Contender], atoms: int, n_walke
         if why:
             floor_row.update(status="skipped", reason=why)
     todo = [p for p in plan if p[3]["status"] == "ok"]
-    walkers = None
+    walkers: list = []  # made only when a cell or the floor will run
     try:
         if todo or (floor_row is not None and floor_row["status"] == "ok"):
             bar.set_postfix_str(f"making {n_walkers} walkers × {atoms:,} atoms")

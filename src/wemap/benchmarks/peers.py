@@ -128,7 +128,7 @@ class ProcessPoolMapper:
         self._pool = ProcessPoolExecutor(max_workers=self.num_workers, mp_context=mp.get_context(self.start_method))
 
     def map(self, *args: Any) -> list[Any]:
-        assert self._pool is not None, "call init() first"
+        assert self._pool is not None and self.segment_func is not None, "call init() first"
         return list(self._pool.map(self.segment_func, *args))
 
     def cleanup(self, **kw: Any) -> None:
