@@ -190,6 +190,7 @@ class SharedMemWorkerMapper(MapperBase):
         self._attached: set[int] = set()  # worker indices serving the current segment
         self._served: set[int] = set()  # pids that finished a segment (past their first-segment allowance)
         self._timed_out: dict[int, float] = {}  # pid -> the timeout it was killed for
+        self._active_at: dict[int, int] = {}  # pid -> when (now_ns) it was last seen taking or finishing a walker
         self._blocks = BlockPool()  # memory for result walkers, reused once they are dropped
         self._refer = True  # fed-back walkers go by reference; off once a worker cannot map the arena
         self._arena_unmappable = False  # a worker could not map the arena: replace it after the cycle
@@ -203,7 +204,7 @@ class SharedMemWorkerMapper(MapperBase):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _start(self) -> None:
-        self._attached, self._served, self._timed_out = set(), set(), {}
+        self._attached, self._served, self._timed_out, self._active_at = set(), set(), {}, {}
         self._refer, self._arena_unmappable = True, False
         for name in remove_stale_segments():
             logger.warning("removed stale segment %s left by a dead process", name)
@@ -291,6 +292,7 @@ class SharedMemWorkerMapper(MapperBase):
                 w = self._pool.respawn(w)
                 continue
             self._attached.add(w.idx)
+            self._active_at[w.pid] = now_ns()  # it has to attach before it can take a walker
             return
         raise self._death(w, None)
 
@@ -457,6 +459,7 @@ class SharedMemWorkerMapper(MapperBase):
         in_flight: dict[int, int] = {}
         held: dict[int, int] = {}  # zero_copy: slot -> task whose result is still a view of it
         overflow: list[tuple[int, int]] = []
+        queued_at = [0] * ring.nslots  # per slot: when (now_ns) its walker was pushed to the ready ring
         next_check = time.monotonic() + self.liveness_interval
         while pending or in_flight:
             while pending and not free and held:  # more walkers than slots: move a held result out first
@@ -477,6 +480,7 @@ class SharedMemWorkerMapper(MapperBase):
                 # status, flags: one assignment, in the order of the C struct wm_slot_header
                 hdr[()] = (i, spec.cycle_idx, spec.walker_idx, -1, 0, 0, 0, encoded[i].nbytes, 0, -1, 0)
                 in_flight[slot] = i
+                queued_at[slot] = now_ns()
                 ring.push_ready(slot)
             slot = ring.pop_done(self.liveness_interval)
             if slot is not None:
@@ -492,7 +496,7 @@ class SharedMemWorkerMapper(MapperBase):
                     free.append(slot)
             if time.monotonic() >= next_check or slot is None:
                 next_check = time.monotonic() + self.liveness_interval
-                dead = self._dead_workers(in_flight)
+                dead = self._dead_workers(in_flight, queued_at)
                 if dead:
                     lost = self._salvage(dead, in_flight, specs, results, overflow, attempts)
                     return overflow, lost + list(pending)
@@ -527,6 +531,7 @@ class SharedMemWorkerMapper(MapperBase):
                                            where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})")
             return True
         self._served.add(pid)  # past its first segment (what its timeout allows)
+        self._active_at[pid] = max(self._active_at.get(pid, 0), t1)
         self._worker_segment_times[widx].append(max(0, t1 - t0) * 1e-9)
         try:
             if status == STATUS_CORRUPT:
@@ -560,26 +565,45 @@ class SharedMemWorkerMapper(MapperBase):
                                   pool=self._blocks)
         results[i] = out_args[0]
 
-    def _dead_workers(self, in_flight: dict[int, int]) -> list[WorkerProcess]:
-        """Workers whose process ended; first kill any that ran past their segment's timeout."""
+    def _dead_workers(self, in_flight: dict[int, int], queued_at: list[int]) -> list[WorkerProcess]:
+        """Workers whose process ended; first kill any that kept a walker past its timeout."""
         assert self._pool is not None
-        self._kill_overtime(in_flight)
+        busy, oldest = self._kill_overtime(in_flight, queued_at)
+        if oldest is not None:
+            hdr = self._segment.ring.header_view(oldest)
+            self._kill_stalled(self._pool.workers, busy, queued_at[oldest],
+                               f"took no walker within its {{:.3g}} s timeout while walker {int(hdr['walker_idx'])} "
+                               f"of cycle {int(hdr['cycle'])} waited in the ready ring")
         workers = self._pool.workers
         ready = wait([w.sentinel for w in workers], timeout=0)
         return [w for w in workers if w.sentinel in ready]
 
-    def _kill_overtime(self, in_flight: dict[int, int]) -> None:
-        """Kill every worker still running a walker past its ``task_timeout`` (``first_task_timeout``)."""
-        if self.policy.task_timeout is None and self.policy.first_task_timeout is None:
-            return
+    def _kill_overtime(self, in_flight: dict[int, int], queued_at: list[int] | None = None
+                       ) -> tuple[set[int], int | None]:
+        """Kill every worker still running a walker past its ``task_timeout`` (``first_task_timeout``).
+
+        Returns the pids running a walker, and the slot of the walker that has waited longest for
+        a worker to take it (by ``queued_at``, per slot when it was pushed; None: none waits).
+        """
+        busy: set[int] = set()
+        oldest: int | None = None
+        if not in_flight or (self.policy.task_timeout is None and self.policy.first_task_timeout is None):
+            return busy, oldest
         workers = self._pool.workers
         ring = self._segment.ring
         now = now_ns()
         for slot in in_flight:
             hdr = ring.header_view(slot)
             pid, t0, t1 = int(hdr["worker_pid"]), int(hdr["t_start_ns"]), int(hdr["t_end_ns"])
-            if not pid or not t0 or t1:  # not claimed yet, or finished and waiting to be collected
+            if not pid or not t0:  # not claimed yet: it waits in the ready ring
+                if queued_at is not None and (oldest is None or queued_at[slot] < queued_at[oldest]):
+                    oldest = slot
                 continue
+            if self._active_at.get(pid, 0) < max(t0, t1):
+                self._active_at[pid] = max(t0, t1)
+            if t1:  # finished and waiting to be collected
+                continue
+            busy.add(pid)
             limit = self.policy.timeout_for(first_segment=pid not in self._served)
             if limit is not None and now - t0 > limit * 1e9 and pid not in self._timed_out:
                 w = next((w for w in workers if w.pid == pid), None)
@@ -589,6 +613,30 @@ class SharedMemWorkerMapper(MapperBase):
                     self._timed_out[pid] = limit
                     w.process.kill()
                     w.process.join(1.0)
+        return busy, oldest
+
+    def _kill_stalled(self, workers: list[WorkerProcess], busy: set[int], since: int, doing: str) -> None:
+        """Kill each of ``workers`` that, running no walker, has done nothing for its whole timeout although
+        it had something to do from ``since`` (``now_ns``): a walker to take, or a closed ring to leave
+        (``doing`` says which, its ``{}`` the timeout, for the log).
+
+        A live worker that runs no walker sleeps in the ready ring and takes a walker (or leaves a
+        closed ring) at once; one that did neither for as long as a walker may run is frozen
+        (SIGSTOP, a cgroup freeze) or stuck, and would keep the walkers waiting for ever. It is
+        killed at the deadline `WorkerMapper` gives a walker it hands a worker, and what it kept
+        waiting runs on the others and its replacement, uncharged (it held no walker).
+        """
+        now = now_ns()
+        for w in workers:
+            if w.pid in busy or w.pid in self._timed_out:
+                continue
+            limit = self.policy.timeout_for(first_segment=w.pid not in self._served)
+            if limit is None or now - max(since, self._active_at.get(w.pid, 0)) <= limit * 1e9:
+                continue
+            logger.error("%s %s (frozen or stuck?); killing it", w.describe(), doing.format(limit))
+            self._timed_out[w.pid] = limit
+            w.process.kill()
+            w.process.join(1.0)
 
     def _salvage(self, dead: list[WorkerProcess], in_flight, specs, results, overflow, attempts: Attempts) -> list[int]:
         """A worker is gone: stop the ring, let the others finish, keep what completed, re-queue the rest.
@@ -639,10 +687,13 @@ class SharedMemWorkerMapper(MapperBase):
         waiting = {w.conn: w for w in self._pool.workers if w not in dead and w.idx in self._attached}
         self._attached.clear()
         by_sentinel = {w.sentinel: w for w in waiting.values()}
+        closed_at = now_ns()
         while waiting:
             ready = wait(list(waiting) + list(by_sentinel), timeout=self.liveness_interval)
-            if not ready and in_flight:
-                self._kill_overtime(in_flight)
+            if not ready:
+                busy, _ = self._kill_overtime(in_flight or {})
+                self._kill_stalled(list(waiting.values()), busy, closed_at,
+                                   "did not leave the closed ready ring within its {:.3g} s timeout")
             for r in ready:
                 w = waiting.get(r) or by_sentinel.get(r)
                 if w is None or w.conn not in waiting:
