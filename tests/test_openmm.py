@@ -13,7 +13,6 @@ openmm = pytest.importorskip("openmm")
 
 import wemap  # noqa: E402
 from test_contract import MAPPERS as ALL_MAPPERS  # noqa: E402
-from wemap import openmm as wemap_openmm  # noqa: E402
 from wemap import systems  # noqa: E402
 from wemap.openmm import (  # noqa: E402
     TIMING_FIELDS,
@@ -21,9 +20,6 @@ from wemap.openmm import (  # noqa: E402
     WEPY_FEATURE_SHAPES,
     OpenMMRunner,
     json_topology,
-    nvidia_gpu_count,
-    platform_properties_for,
-    visible_devices,
     walkers_from_pdb,
     walkers_from_simulation,
     walkers_from_state,
@@ -208,61 +204,7 @@ def test_context_settings_give_each_worker_its_seed(ala):
     assert OpenMMRunner(ala.system, ala.integrator(seed=42), platform="CPU", seed=7).context_settings(0, 2)[1] == 7
 
 
-# -- devices -----------------------------------------------------------------------------------------
-def test_device_per_worker_round_robin():
-    got = [platform_properties_for("CUDA", i, 4, devices=[0, 1])["DeviceIndex"] for i in range(4)]
-    assert got == ["0", "1", "0", "1"]
-    two_per_gpu = [platform_properties_for("CUDA", i, 4, devices=[0, 0, 1, 1])["DeviceIndex"] for i in range(4)]
-    assert two_per_gpu == ["0", "0", "1", "1"]
-    assert platform_properties_for("OpenCL", 2, 3, devices=[5, 6, 7])["DeviceIndex"] == "7"
-    assert platform_properties_for("HIP", 1, 2, devices=[0, 1])["DeviceIndex"] == "1"
-
-
-def test_device_defaults_follow_the_visible_set(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # what SLURM sets
-    assert visible_devices() == [0, 1, 2, 3]
-    assert [platform_properties_for("CUDA", i, 8)["DeviceIndex"] for i in range(8)] == list("01230123")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    monkeypatch.setattr(wemap_openmm.devices, "NVIDIA_GPUS_DIR", "/nonexistent/nvidia/gpus")  # a node without the driver
-    assert visible_devices({}) is None and nvidia_gpu_count() is None
-    assert "DeviceIndex" not in platform_properties_for("CUDA", 0, 1)  # one worker: OpenMM picks
-    assert platform_properties_for("CUDA", 1, 2)["DeviceIndex"] == "1"
-
-
-def test_without_a_mask_cuda_workers_share_the_nodes_gpus_in_turn(monkeypatch, tmp_path):
-    """8 workers on a 4-GPU node with no CUDA_VISIBLE_DEVICES: DeviceIndex 0-3 twice, never 4-7."""
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("HIP_VISIBLE_DEVICES", raising=False)
-    for bus in ("0000:17:00.0", "0000:65:00.0", "0000:ca:00.0", "0000:e3:00.0"):
-        (tmp_path / bus).mkdir()  # what the NVIDIA driver lists, one directory per GPU
-    monkeypatch.setattr(wemap_openmm.devices, "NVIDIA_GPUS_DIR", str(tmp_path))
-    assert nvidia_gpu_count() == 4
-    assert [platform_properties_for("CUDA", i, 8)["DeviceIndex"] for i in range(8)] == list("01230123")
-    assert platform_properties_for("OpenCL", 5, 8)["DeviceIndex"] == "5", "OpenCL counts its own devices"
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")  # a mask still wins
-    assert {platform_properties_for("CUDA", i, 3)["DeviceIndex"] for i in range(3)} == {"0"}
-
-
-def test_explicit_properties_win_and_cpu_threads_split(monkeypatch):
-    monkeypatch.delenv("OPENMM_CPU_THREADS", raising=False)
-    assert platform_properties_for("CUDA", 1, 2, devices=[0, 1], base={"DeviceIndex": "3"})["DeviceIndex"] == "3"
-    assert platform_properties_for("CPU", 0, 4, cores=16)["Threads"] == "4"
-    assert platform_properties_for("CPU", 0, 4, cores=2)["Threads"] == "1"
-    assert platform_properties_for("CPU", 0, 1, cores=8, base={"Threads": 2})["Threads"] == "2"
-    assert platform_properties_for("Reference", 0, 2, devices=[0, 1]) == {}
-    assert platform_properties_for("CUDA", 0, 2, devices=[0, 1], base={"Precision": "mixed"}) == {
-        "Precision": "mixed", "DeviceIndex": "0"
-    }
-
-
-def test_devices_from_worker_attributes(ala):
-    runner = OpenMMRunner(ala.system, ala.integrator(), platform="CPU")
-    props, _ = runner.context_settings(1, 2, {"devices": [0, 1]})
-    assert "DeviceIndex" not in props and "Threads" in props
-    gpu = OpenMMRunner(ala.system, ala.integrator(), platform="CUDA")  # known platform: a warning here, no error
-    assert gpu.context_settings(3, 4, {"devices": [2, 3]})[0]["DeviceIndex"] == "3"
-    pinned = OpenMMRunner(ala.system, ala.integrator(), platform="CUDA", devices=[0])
-    assert pinned.context_settings(3, 4, {"devices": [2, 3]})[0]["DeviceIndex"] == "0"  # the runner's list wins
+# the devices, the platform check and the OpenMM floor: tests/test_devices.py
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -390,7 +332,3 @@ def test_context_inherited_through_fork_is_not_used(ala):
     np.testing.assert_allclose(there.state["positions"], here.state["positions"], atol=1e-5)
     runner.release()
 
-
-def test_empty_devices_list_is_refused():
-    with pytest.raises(ValueError, match="devices is empty"):
-        platform_properties_for("CUDA", 0, 2, devices=[])

@@ -180,6 +180,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO if verbose == 1 else logging.DEBUG,
                             format="%(levelname)s %(name)s: %(message)s")
     r = _resolve(args)
+    if r["openmm"]:  # a platform this install lacks fails now, not after the matrix or a 100k-atom box
+        from .openmm_section import check_platform
+
+        check_platform(args.platform, required=args.openmm_only)
     out_dir = args.out or default_out_dir()
     name = args.name or ("wemap-bench-openmm" if args.openmm_only else "wemap-bench-quick" if args.quick else "wemap-bench")
     notes: list[str] = []

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["run_openmm_section", "TimedWepySegment", "availability"]
+__all__ = ["run_openmm_section", "TimedWepySegment", "availability", "check_platform"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,29 @@ def availability() -> str | None:
     except ImportError as exc:
         return f"wemap.openmm not available ({exc})"
     return None
+
+
+def check_platform(platform: str, required: bool = False) -> str | None:
+    """Why the section cannot run on ``platform`` here (a note), or None; before any box is built.
+
+    Raises ValueError for a name OpenMM does not know, and for any reason when ``required``
+    (``--openmm-only``: nothing else would be measured).
+    """
+    why = availability()
+    if why is None:
+        from wemap.openmm.devices import KNOWN_PLATFORMS, require_platform
+
+        try:
+            require_platform(platform)
+        except ValueError as exc:
+            if required or platform not in KNOWN_PLATFORMS:
+                raise
+            why = str(exc)
+        else:
+            return None
+    elif required:
+        raise ValueError(why)
+    return why
 
 
 class TimedWepySegment:
@@ -140,6 +163,9 @@ def run_openmm_section(
     why = availability()
     if why:
         return {"status": "skipped", "reason": why, "params": params, "rows": []}
+    why = check_platform(platform)
+    if why:
+        return {"status": "unavailable", "reason": why, "params": params, "rows": []}
     from wemap.openmm import OpenMMRunner, platform_properties_for
     from wemap.systems import water_box
 

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ class _LiveContext:
     pristine: Any = None  # the fresh Context's time, step count, box and integrator state
     pid: int = field(default_factory=os.getpid)
     segments: int = 0
+    request: tuple = ()  # the platform and properties asked for (`resolve_platform`); another request rebuilds
 
 
 #: this process's contexts: (runner id, worker index) -> _LiveContext
@@ -65,6 +66,22 @@ _LIVE: dict[tuple[str, int], _LiveContext] = {}
 #: contexts a forked child inherited: unusable here (their threads stayed in the parent), and
 #: destroying them may hang, so they are only kept out of the way
 _INHERITED: list[_LiveContext] = []
+#: how often each (runner id, worker index) lost its Context here to another runner's (see `_evict_others`)
+_EVICTED: dict[tuple[str, int], int] = {}
+
+
+def _evict_others(runner_id: str) -> None:
+    """Drop the Contexts other runners built in this process before ``runner_id`` builds its own.
+
+    A worker keeps the Context (GPU memory, CPU threads) of the last runner it ran only: a mapper
+    that runs one runner after another (equilibration, then production) would otherwise hold one
+    Context per runner in every worker for good. A runner used again builds a new one.
+    """
+    for key in [k for k, v in _LIVE.items() if k[0] != runner_id and v.pid == os.getpid()]:
+        gone = _LIVE.pop(key)
+        _EVICTED[key] = _EVICTED.get(key, 0) + 1
+        logger.info("worker %d (pid %d): dropped runner %s's Context (%s) for another runner's",
+                    gone.worker_idx, gone.pid, key[0][:8], gone.platform)
 
 
 class OpenMMRunner:
@@ -113,7 +130,7 @@ class OpenMMRunner:
         self.n_atoms = system.getNumParticles()
         self.platform = platform
         self.platform_properties = {k: str(v) for k, v in (platform_properties or {}).items()}
-        self.devices = None if devices is None else list(devices)
+        self.devices = _devices.check_devices(devices, platform)
         self.enforce_periodic_box = enforce_periodic_box
         self.get_forces = get_forces
         self.get_energy = get_energy
@@ -131,51 +148,89 @@ class OpenMMRunner:
         """A fresh, unbound copy of the integrator."""
         return openmm.XmlSerializer.deserialize(self._integrator_xml)
 
+    def resolve_platform(
+        self, platform: str | None = None, platform_kwargs: Mapping[str, Any] | None = None
+    ) -> tuple[str | None, dict[str, str]]:
+        """(platform, properties) a segment asks for: the task's over the runner's.
+
+        wepy's GPU and CPU workers (and `wemap.openmm.OpenMMGPUWorker` / ``OpenMMCPUWorker``) pass
+        ``platform`` and ``platform_kwargs`` (``{"DeviceIndex": "3"}``, ``{"Threads": "4"}``) to the
+        segment function. A property the task gives wins over the runner's own
+        ``platform_properties``, which apply only on the runner's platform.
+        """
+        if platform is not None and not isinstance(platform, str):
+            raise TypeError(f"platform must be an OpenMM platform name such as 'CUDA' or 'CPU', got {platform!r}")
+        name = self.platform if platform is None else platform
+        props = dict(self.platform_properties) if name == self.platform else {}
+        props.update({str(k): str(v) for k, v in (platform_kwargs or {}).items()})
+        return name, props
+
     def context_settings(
-        self, worker_idx: int, num_workers: int, attributes: dict | None = None
+        self, worker_idx: int, num_workers: int, attributes: dict | None = None,
+        platform: str | None = None, properties: Mapping[str, str] | None = None,
     ) -> tuple[dict[str, str], int | None]:
-        """(platform properties, integrator seed) for one worker; see `platform_properties_for`."""
+        """(platform properties, integrator seed) for one worker; see `platform_properties_for`.
+
+        ``platform`` and ``properties`` (from `resolve_platform`) default to the runner's own.
+        """
         devices = self.devices if self.devices is not None else (attributes or {}).get("devices")
-        props = _devices.platform_properties_for(self.platform, worker_idx, num_workers, devices, self.platform_properties)
+        platform = self.platform if platform is None else platform
+        asked = self.platform_properties if properties is None else properties
+        props = _devices.platform_properties_for(platform, worker_idx, num_workers, devices, asked)
         base = self.seed
         if base is None:
             integ = self.integrator
             base = integ.getRandomNumberSeed() if hasattr(integ, "getRandomNumberSeed") else None
         return props, (None if base is None else worker_seed(int(base), worker_idx))
 
-    def _live_context(self) -> tuple[_LiveContext, float]:
+    def _live_context(
+        self, platform: str | None = None, platform_kwargs: Mapping[str, Any] | None = None
+    ) -> tuple[_LiveContext, float]:
         worker = current_worker()
         idx, n, attrs = (worker.worker_idx, worker.num_workers, worker.attributes) if worker else (0, 1, {})
         key = (self.runner_id, idx)
+        name, asked = self.resolve_platform(platform, platform_kwargs)
+        request = (name, tuple(sorted(asked.items())))
         live = _LIVE.get(key)
         if live is not None and live.pid == os.getpid():
-            return live, 0.0
-        if live is not None:  # inherited through fork (a Mapper ran in the parent first)
+            if live.request == request:
+                return live, 0.0
+            logger.info("worker %d (pid %d): a task asks for platform %s %s, not %s %s: rebuilding its Context",
+                        idx, live.pid, name, asked, live.platform, dict(live.request[1]))
+            del _LIVE[key]
+            _EVICTED[key] = _EVICTED.get(key, 0) + 1  # the new Context must not replay the old one's random stream
+        elif live is not None:  # inherited through fork (a Mapper ran in the parent first)
             _INHERITED.append(_LIVE.pop(key))
         t0 = time.perf_counter()
-        props, seed = self.context_settings(idx, n, attrs)
+        props, seed = self.context_settings(idx, n, attrs, platform=name, properties=asked)
+        _evict_others(self.runner_id)
+        # a Context rebuilt after an eviction must not replay the random stream its first one drew
+        stream = idx + (_EVICTED.get(key, 0) << 16)
+        if seed and stream != idx:
+            seed = worker_seed(seed, stream)
         system, integrator = self.system, self.integrator
         if seed is not None and hasattr(integrator, "setRandomNumberSeed"):
             integrator.setRandomNumberSeed(seed)
         for force in system.getForces():  # barostats, Andersen thermostats: the same rule
             if hasattr(force, "setRandomNumberSeed") and force.getRandomNumberSeed() != 0:
-                force.setRandomNumberSeed(worker_seed(force.getRandomNumberSeed(), idx))
-        platform = openmm.Platform.getPlatformByName(self.platform)
+                force.setRandomNumberSeed(worker_seed(force.getRandomNumberSeed(), stream))
         try:
-            context = openmm.Context(system, integrator, platform, props)
+            if name is None:  # OpenMM's own choice (wepy's platform=Ellipsis)
+                context = openmm.Context(system, integrator)
+            else:
+                context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(name), props)
         except Exception as exc:
-            raise RuntimeError(
-                f"worker {idx} could not create an OpenMM Context on platform {self.platform!r} with "
-                f"properties {props}: {exc}. Check the platform, the devices list (DeviceIndex counts "
-                f"inside CUDA_VISIBLE_DEVICES) and the platform_properties."
-            ) from exc
-        pristine = context.getState(integratorParameters=True)
-        live = _LiveContext(context, integrator, system, self.platform, props, seed, idx, pristine)
+            devices = self.devices if self.devices is not None else (attrs or {}).get("devices")
+            raise RuntimeError(_devices.explain_context_failure(exc, name, props, idx, n, devices)) from exc
+        # the fresh Context's context parameters too: a walker's state may set them (wepy's runner)
+        pristine = context.getState(integratorParameters=True, parameters=True)
+        built_on = context.getPlatform().getName()
+        live = _LiveContext(context, integrator, system, built_on, props, seed, idx, pristine, request=request)
         _LIVE[key] = live
         built = time.perf_counter() - t0
         logger.info(
             "worker %d (pid %d): built OpenMM Context on %s %s, seed %s, in %.3f s",
-            idx, live.pid, self.platform, props, seed, built,
+            idx, live.pid, built_on, props, seed, built,
         )
         return live, built
 
@@ -189,9 +244,20 @@ class OpenMMRunner:
         return [v for k, v in _LIVE.items() if k[0] == self.runner_id]
 
     # -- the segment --------------------------------------------------------------------------
-    def run_segment(self, walker: Any, segment_length: int, **kwargs: Any) -> Any:
-        """Run ``segment_length`` integrator steps from ``walker``'s state; return a new walker."""
-        live, built = self._live_context()
+    def run_segment(
+        self,
+        walker: Any,
+        segment_length: int,
+        platform: str | None = None,
+        platform_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``segment_length`` integrator steps from ``walker``'s state; return a new walker.
+
+        ``platform`` / ``platform_kwargs`` (passed by GPU and CPU workers) choose the worker's
+        Context as `resolve_platform` says; one OpenMM cannot honour is an error naming it.
+        """
+        live, built = self._live_context(platform, platform_kwargs)
         t1 = time.perf_counter()
         state = walker.state
         ctx = live.context
