@@ -6,7 +6,8 @@ segment and read back as zero-copy views; only the metadata (weights, scalars, n
 shapes) is pickled. Built in, chosen by type:
 
 =====================  ===========================================================
-``walker``             `wemap.Walker`: every ndarray in ``state`` is an array field
+``walker``             `wemap.Walker`: every plain ndarray in ``state`` is an array field (a
+                       subclass, such as a masked array, travels pickled, whole)
 ``scalar``             an int, float, bool, str, bytes or None: kept in the descriptor
 ``wepy_walker``        wepy's ``Walker`` whose state is a ``WalkerState``
 ``array``              a bare ``numpy.ndarray``
@@ -139,9 +140,15 @@ class Codec:
 
 
 def _split_state(state: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """A state's plain ndarrays (array fields) apart from the rest (pickled in the metadata).
+
+    Subclasses (masked arrays, ``np.matrix``, ``np.memmap``, a subclass with attributes of its own)
+    are more than their bytes: they travel pickled, as `WorkerMapper` sends them, and come back as
+    the same type with their mask or attributes.
+    """
     arrays, rest = {}, {}
     for k, v in state.items():
-        if isinstance(v, np.ndarray):
+        if type(v) is np.ndarray:
             arrays[k] = v
         else:
             rest[k] = v
