@@ -280,3 +280,14 @@ def scale(walker, factor, **kwargs):
         return walker * factor
     return wemap.Walker({k: v * factor if isinstance(v, np.ndarray) else v for k, v in walker.state.items()},
                         walker.weight)
+
+
+def rendezvous(x, started, release, **kwargs):
+    """Say so through FIFO ``started`` once running, then wait until FIFO ``release`` is written and closed
+    (both None: return at once)."""
+    if started is not None:
+        with open(started, "w") as f:
+            f.write("running")
+        with open(release) as f:
+            f.read()
+    return x
