@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from wepy.reporter.hdf5 import WepyHDF5Reporter
@@ -40,8 +41,8 @@ class PhiPsiDistance(Distance):
     def __init__(self, phi_atoms: tuple[int, int, int, int], psi_atoms: tuple[int, int, int, int]) -> None:
         self.phi_atoms, self.psi_atoms = phi_atoms, psi_atoms
 
-    def image(self, state: object) -> np.ndarray:
-        positions = np.asarray(state["positions"])  # type: ignore[index]
+    def image(self, state: Any) -> np.ndarray:
+        positions = np.asarray(state["positions"])
         return np.array([dihedral(positions, self.phi_atoms), dihedral(positions, self.psi_atoms)])
 
     def image_distance(self, image_a: np.ndarray, image_b: np.ndarray) -> float:
