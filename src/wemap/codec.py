@@ -10,6 +10,7 @@ shapes) is pickled. Built in, chosen by type:
                        subclass, such as a masked array, travels pickled, whole)
 ``scalar``             an int, float, bool, str, bytes or None: kept in the descriptor
 ``wepy_walker``        wepy's ``Walker`` whose state is a ``WalkerState``
+``openmm_walker``      wepy's ``OpenMMWalker`` over a `wemap.openmm.ArrayState` (lazy: see `LazyCodec`)
 ``array``              a bare ``numpy.ndarray``
 ``pickle5``            anything else: pickle protocol 5, buffers out of band, so a
                        contiguous array inside an odd object still travels as raw bytes
@@ -48,9 +49,11 @@ its input (a no-op) is then already in memory the manager can hand out, and nobo
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import pickle
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -231,6 +234,39 @@ class WepyWalkerCodec(Codec):
         return walker_t(state_t(**_merge_state(arrays, rest, order)), weight)
 
 
+class LazyCodec(Codec):
+    """A codec for an optional package's walker type, imported only once that type can exist.
+
+    ``accepts`` is False while module ``trigger`` is not imported (no such object exists yet);
+    after that, and for decoding, ``target`` (``"module:Class"``) is imported and does the work.
+    """
+
+    def __init__(self, name: str, trigger: str, target: str) -> None:
+        self.name, self._trigger, self._target = name, trigger, target
+        self._codec: Codec | None = None
+
+    def _load(self) -> Codec:
+        if self._codec is None:
+            module, _, cls = self._target.partition(":")
+            self._codec = getattr(importlib.import_module(module), cls)()
+        return self._codec
+
+    def accepts(self, obj: Any) -> bool:
+        if self._codec is None and self._trigger not in sys.modules:
+            return False
+        return self._load().accepts(obj)
+
+    def encode(self, obj: Any) -> tuple[dict[str, np.ndarray], Any]:
+        return self._load().encode(obj)
+
+    def decode(self, arrays: dict[str, np.ndarray], meta: Any) -> Any:
+        return self._load().decode(arrays, meta)
+
+
+#: (name, trigger, target) of the `LazyCodec` built-ins: wepy's OpenMMWalker over a wemap ArrayState
+LAZY_CODECS = (("openmm_walker", "wepy.runners.openmm", "wemap.openmm.wepy_walkers:OpenMMWalkerCodec"),)
+
+
 class ArrayCodec(Codec):
     name = "array"
 
@@ -272,7 +308,8 @@ class CodecRegistry:
     def __init__(self, extra: list[Codec] | tuple[Codec, ...] = ()) -> None:
         extra = tuple(extra)  # a generator would be used up by the first of the two uses below
         walker, scalar, array = WalkerCodec(), ScalarCodec(), ArrayCodec()
-        self.codecs: list[Codec] = [*extra, walker, scalar, WepyWalkerCodec(), array, Pickle5Codec()]
+        self.codecs: list[Codec] = [*extra, walker, scalar, WepyWalkerCodec(),
+                                    *(LazyCodec(*c) for c in LAZY_CODECS), array, Pickle5Codec()]
         self._extra = extra
         # the built-ins that accept by type alone, as for_object's loop would pick them after the user's codecs
         self._by_type: dict[type, Codec] = {Walker: walker, np.ndarray: array, **dict.fromkeys(_SCALARS, scalar)}
@@ -282,7 +319,7 @@ class CodecRegistry:
                 raise ValueError(
                     f"codec name {c.name!r} is used by both {type(self.by_name[c.name]).__name__} and "
                     f"{type(c).__name__}: give each codec a unique `name` (the built-ins are "
-                    f"walker, scalar, wepy_walker, array, pickle5)")
+                    f"walker, scalar, wepy_walker, openmm_walker, array, pickle5)")
             self.by_name[c.name] = c
         self._parsed: dict[bytes, CallLayout] = {}
         self._made: dict[tuple, bytes] = {}
