@@ -217,6 +217,7 @@ class SharedMemWorkerMapper(MapperBase):
             worker_init=self.worker_init,
             start_method=self.start_method,
             start_timeout=self.start_timeout,
+            stop_timeout=self.stop_timeout,
         )
         pool.check_picklable(
             segment_func=self.segment_func,
