@@ -80,7 +80,8 @@ def test_numpy_numbers_are_accepted():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"task_timeout": math.inf}, {"first_task_timeout": math.inf}, {"task_timeout": math.inf, "first_task_timeout": 2.0}],
+    [{"task_timeout": math.inf}, {"first_task_timeout": math.inf},
+     {"task_timeout": math.inf, "first_task_timeout": 2.0}],
     ids=["task", "first", "task-with-first"],
 )
 def test_infinite_task_timeout_means_no_limit(timeout_mapper_cls, kwargs):
@@ -106,7 +107,8 @@ def test_infinite_task_timeout_means_no_limit(timeout_mapper_cls, kwargs):
         ("stop_timeout", math.inf, ValueError, "stop_timeout must be finite"),
         ("stop_timeout", None, TypeError, "stop_timeout must be a number of seconds .*got NoneType"),
     ],
-    ids=["start-nan", "start-zero", "start-negative", "start-str", "stop-nan", "stop-negative", "stop-inf", "stop-None"],
+    ids=["start-nan", "start-zero", "start-negative", "start-str",
+         "stop-nan", "stop-negative", "stop-inf", "stop-None"],
 )
 def test_bad_pool_timeouts_are_refused_before_any_worker_starts(pool_mapper_cls, name, value, error, match):
     m = pool_mapper_cls(segment_func=segfuncs.add, num_workers=1, **{name: value})
