@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("wepy")
 
 import dropin_funcs  # noqa: E402
+import segfuncs  # noqa: E402
 import wemap  # noqa: E402
 from test_contract import MAPPERS, PROCESS_MAPPERS  # noqa: E402
 from wepy.work_mapper.mapper import TaskException as WepyTaskException  # noqa: E402
@@ -79,13 +80,13 @@ def test_wepy_positional_order_reaches_the_worker_type(wepy_openmm):
         with m:
             results = m.map(dropin_funcs.walkers(2), [1, 1])
         assert all(p == "OpenCL" and d in ("5", "6") for _, p, d, _ in _records(results))
-    m = wemap.Mapper(dropin_funcs.fail_on)  # wepy's Mapper(segment_func=None, **kwargs)
-    assert m.segment_func is dropin_funcs.fail_on
+    m = wemap.Mapper(segfuncs.fail_on)  # wepy's Mapper(segment_func=None, **kwargs)
+    assert m.segment_func is segfuncs.fail_on
 
 
 def test_a_function_given_as_worker_type_is_refused_with_the_fix():
     with pytest.raises(TypeError, match="segment_func"):
-        wemap.WorkerMapper(2, dropin_funcs.fail_on)
+        wemap.WorkerMapper(2, segfuncs.fail_on)
 
 
 @pytest.mark.parametrize("name", list(MAPPERS))
@@ -118,7 +119,7 @@ def test_proc_start_method_is_the_start_method(cls):
 
 def test_wepy_except_clauses_catch_wemaps_task_exception():
     for name, cls in MAPPERS.items():
-        with cls(num_workers=2, segment_func=dropin_funcs.fail_on) as m:
+        with cls(num_workers=2, segment_func=segfuncs.fail_on) as m:
             with pytest.raises(WepyTaskException) as info:
                 m.map([1, 2, 3, 4], [3] * 4, walker_idx=[10, 11, 12, 13], cycle_idx=[5] * 4)
         exc = info.value
@@ -129,7 +130,7 @@ def test_wepy_except_clauses_catch_wemaps_task_exception():
 
 def test_wepy_except_clauses_catch_wemaps_worker_exception(process_mapper_cls):
     kw = {} if process_mapper_cls.__name__ == "DaskMapper" else {"max_retries": 0}
-    with process_mapper_cls(num_workers=2, segment_func=dropin_funcs.exit_on, **kw) as m:
+    with process_mapper_cls(num_workers=2, segment_func=segfuncs.exit_on, **kw) as m:
         with pytest.raises(WepyWorkerException) as info:
             m.map([1, 2, 3], [2, 2, 2], walker_idx=[20, 21, 22], cycle_idx=[4] * 3)
     exc = info.value
