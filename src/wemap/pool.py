@@ -266,18 +266,31 @@ class WorkerPool:
             name=f"{self.name}-{idx}",
             daemon=True,
         )
-        proc.start()
-        child_conn.close()
-        lifeline_r.close()
-        wp = WorkerProcess(idx=idx, process=proc, conn=conn, lifeline=lifeline_w, pid=proc.pid)
-        logger.info("started worker %d (pid %d, %s)", idx, proc.pid, self.start_method)
+        try:
+            proc.start()
+            child_conn.close()
+            lifeline_r.close()
+            wp = WorkerProcess(idx=idx, process=proc, conn=conn, lifeline=lifeline_w, pid=proc.pid)
+            logger.info("started worker %d (pid %d, %s)", idx, proc.pid, self.start_method)
+        except BaseException:
+            # Interrupted (a Ctrl-C) before the caller holds it: end it here, or the handles in this
+            # frame, kept alive by the traceback, keep it running. A child whose pid never came back
+            # sees its lifeline close and exits by itself.
+            for c in (conn, child_conn, lifeline_r, lifeline_w):
+                c.close()
+            if proc.pid:
+                proc.kill()
+                proc.join(1.0)
+            raise
         return wp
 
     def start(self) -> None:
         """Start every worker and wait until each has run its ``Worker.init`` (bounded)."""
         self.environ = dict(os.environ)
+        self.workers = []
         try:
-            self.workers = [self.spawn(i) for i in range(self.num_workers)]
+            for i in range(self.num_workers):
+                self.workers.append(self.spawn(i))  # one at a time: an interrupted start stops those started
             self.wait_ready(self.workers)
         except BaseException:
             self.stop()
