@@ -333,6 +333,7 @@ class WorkerPool:
                         exitcode=code,
                     ) from None
                 if kind == "init_failed":
+                    w.extra["init_failed"] = True
                     raise WorkerException(
                         f"{w.describe()} failed in Worker.init: {payload.exc_type}: {payload.exc_message}\n\n"
                         f"Traceback in the worker:\n{payload.traceback}",
@@ -397,8 +398,10 @@ class WorkerPool:
     def respawn(self, w: WorkerProcess, attempts: int = 3) -> WorkerProcess:
         """Reap a dead worker and start a ready replacement with the same index (same device).
 
-        A replacement killed while starting (an OOM kill during init, say) is started again,
-        up to ``attempts`` times; one whose ``Worker.init`` raises is a bug and fails at once.
+        A replacement killed while starting (an OOM kill during init, say), or not done starting
+        within ``start_timeout`` (frozen, or stuck in the kernel: the worker it replaces did start in
+        time) is ended and started again, up to ``attempts`` times; one whose ``Worker.init`` raises
+        is a bug and fails at once.
         """
         w.process.join(0.5)
         for c in (w.conn, w.lifeline):
@@ -410,11 +413,16 @@ class WorkerPool:
                 self.wait_ready([new])
                 return new
             except WorkerException as exc:
-                if exc.exitcode is None or attempt == attempts:
+                if new.extra.get("init_failed") or attempt == attempts:
                     raise
-                logger.warning("replacement %s died while starting (%s); starting another (%d of %d)",
-                               new.describe(), describe_exitcode(exc.exitcode), attempt + 1, attempts)
-                new.process.join(0.5)
+                if exc.exitcode is None:  # alive, not ready within start_timeout
+                    why = f"did not finish starting within {self.start_timeout:.3g} s (start_timeout)"
+                    new.process.kill()
+                else:
+                    why = f"died while starting ({describe_exitcode(exc.exitcode)})"
+                logger.warning("replacement %s %s; starting another (%d of %d)",
+                               new.describe(), why, attempt + 1, attempts)
+                new.process.join(1.0)
                 for c in (new.conn, new.lifeline):
                     c.close()
         raise AssertionError("unreachable")
