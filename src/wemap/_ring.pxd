@@ -34,6 +34,7 @@ cdef extern from "ring.h" nogil:
         WM_SYSERR
         WM_CORRUPT
         WM_WAKE_FAILED
+        WM_SIGNALED
 
     ctypedef struct wm_layout_t:
         uint32_t nslots
@@ -98,6 +99,6 @@ cdef class Ring:
     cdef _raise_attach_error(self, int st, size_t length)
     cdef _check_expected(self, nslots, region_size, creator_pid)
     cdef uint32_t _slot(self, object slot) except? 0xFFFFFFFF
-    cdef object _pop(self, int ring, object timeout)
+    cdef object _pop(self, int ring, object timeout, object epoch)
     cdef object _try_pop(self, int ring)
     cdef int _push(self, int ring, object slot) except -1

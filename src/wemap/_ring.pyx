@@ -5,8 +5,9 @@
 
 A :class:`Ring` lives in any writable, C-contiguous, 64-byte aligned buffer; in
 wemap that is a ``multiprocessing.shared_memory.SharedMemory`` buffer managed by
-:mod:`wemap.segment`.  Blocking pops release the GIL and wait in slices of at
-most 50 ms, checking for signals between slices, so Ctrl-C works.
+:mod:`wemap.segment`.  Blocking pops release the GIL and sleep until a slot, a
+close, an interrupt, the timeout or a signal (whose handlers then run, so Ctrl-C
+works): nothing wakes periodically.
 """
 
 cimport cython
@@ -55,8 +56,6 @@ SLOT_HEADER_SIZE = WM_SLOT_HEADER_SIZE
 ALIGN = WM_ALIGN
 MAX_SLOTS = WM_MAX_SLOTS
 
-# Longest stretch a pop waits without the GIL before checking for signals.
-cdef int64_t _SLICE_NS = 50_000_000
 cdef uint64_t _MAX_REGION = (1 << 63) - 1
 
 #: numpy dtype of the 128-byte slot header (struct wm_slot_header in ring.h).
@@ -216,6 +215,8 @@ cdef int _check_status(int st) except -1:
         raise RingClosed("ring closed")
     if st == WM_INTERRUPTED:
         raise InterruptedError("ring wait interrupted")
+    if st == WM_SIGNALED:
+        raise InterruptedError("ring wait interrupted by a signal")
     if st == WM_BAD_INDEX:
         raise IndexError("slot index out of range")
     if st == WM_BAD_MAGIC:
@@ -469,7 +470,7 @@ cdef class Ring:
             raise queue.Full(
                 f"{'ready' if ring == WM_READY else 'done'} ring full "
                 f"({self._seg.layout.ring_capacity} cells), or a consumer died mid-pop")
-        if st == WM_WAKE_FAILED:  # pushed: a sleeping consumer finds it at its next wait slice
+        if st == WM_WAKE_FAILED:  # pushed: a sleeping consumer finds it when it next wakes
             _log.warning("slot %d pushed, but waking a waiting process failed: %s", s, os.strerror(errno))
             return 0
         return _check_status(st)
@@ -489,14 +490,14 @@ cdef class Ring:
             raise RingCorruptError("ring delivered a slot index beyond nslots")
         _check_status(st)
 
-    cdef object _pop(self, int ring, object timeout):
+    cdef object _pop(self, int ring, object timeout, object epoch):
         cdef uint32_t slot = 0
         cdef int st
-        cdef uint32_t epoch
+        cdef uint32_t ep
         cdef bint forever = timeout is None
         cdef uint64_t deadline = 0
         cdef uint64_t now
-        cdef int64_t slice_ns
+        cdef int64_t wait_ns = -1
         cdef double t
         if not forever:
             t = timeout
@@ -504,27 +505,21 @@ cdef class Ring:
                 raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
         self._enter()
         try:
-            epoch = wm_interrupt_epoch(&self._seg, ring)
+            ep = wm_interrupt_epoch(&self._seg, ring) if epoch is None else <uint32_t>epoch
             if not forever:
                 deadline = wm_now_ns() + <uint64_t>min(t * 1e9, 4e18)
             while True:
-                if forever:
-                    slice_ns = _SLICE_NS
-                else:
+                if not forever:
                     now = wm_now_ns()
-                    slice_ns = <int64_t>(deadline - now) if deadline > now else 0
-                    if slice_ns > _SLICE_NS:
-                        slice_ns = _SLICE_NS
+                    wait_ns = <int64_t>(deadline - now) if deadline > now else 0
                 with nogil:
-                    st = wm_pop_epoch(&self._seg, ring, &slot, slice_ns, epoch)
+                    st = wm_pop_epoch(&self._seg, ring, &slot, wait_ns, ep)
                 if st == WM_OK:
                     return slot
-                if st == WM_TIMEOUT:
-                    if not forever and wm_now_ns() >= deadline:
-                        return None
-                    PyErr_CheckSignals()
+                if st == WM_SIGNALED:
+                    PyErr_CheckSignals()  # a handler that raises (Ctrl-C) ends the wait
                     continue
-                if st == WM_INTERRUPTED:
+                if st == WM_TIMEOUT or st == WM_INTERRUPTED:
                     return None
                 if st == WM_CLOSED:
                     raise RingClosed(f"{'ready' if ring == WM_READY else 'done'} ring closed")
@@ -544,17 +539,24 @@ cdef class Ring:
         """Hand a finished slot back to the manager."""
         self._push(WM_DONE, slot)
 
-    def pop_ready(self, timeout=None):
+    def pop_ready(self, timeout=None, epoch=None):
         """Wait for a slot from the ready ring; None on timeout or interrupt.
 
-        ``timeout`` in seconds, None waits forever.  Raises RingClosed once the
-        ring is closed and empty.
+        ``timeout`` in seconds, None waits forever.  ``epoch``: the ring's
+        :meth:`epoch` taken before the caller last looked for work, so an
+        interrupt since then ends the wait at once (default: now).  Raises
+        RingClosed once the ring is closed and empty.
         """
-        return self._pop(WM_READY, timeout)
+        return self._pop(WM_READY, timeout, epoch)
 
-    def pop_done(self, timeout=None):
-        """Wait for a slot from the done ring; None on timeout or interrupt."""
-        return self._pop(WM_DONE, timeout)
+    def pop_done(self, timeout=None, epoch=None):
+        """Wait for a slot from the done ring; None on timeout or interrupt (see :meth:`pop_ready`)."""
+        return self._pop(WM_DONE, timeout, epoch)
+
+    def done_epoch(self):
+        """The done ring's interrupt count, for :meth:`pop_done`'s ``epoch``."""
+        self._enter_nobusy()
+        return wm_interrupt_epoch(&self._seg, WM_DONE)
 
     def try_pop_ready(self):
         """Pop a slot from the ready ring if one is there, else None."""
@@ -582,7 +584,8 @@ cdef class Ring:
     def interrupt_done(self):
         """Make every pop_done now blocked (in any process) return None.
 
-        For the manager's monitor thread, to wake the manager when a worker dies.
+        For the manager's watcher thread (wemap.shm.watcher): it wakes the
+        manager when a worker dies, writes to its pipe, or a timeout is due.
         """
         self._enter_nobusy()
         _check_status(wm_interrupt(&self._seg, WM_DONE))
