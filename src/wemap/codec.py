@@ -161,6 +161,8 @@ class CodecRegistry:
         walker, scalar, array = WalkerCodec(), ScalarCodec(), ArrayCodec()
         self.codecs: list[Codec] = [*extra, walker, scalar, WepyWalkerCodec(), array, Pickle5Codec()]
         self._extra = extra
+        #: user codecs come first: they may claim even a plain number
+        self.custom = bool(extra)
         # the built-ins that accept by type alone, as for_object's loop would pick them after the user's codecs
         self._by_type: dict[type, Codec] = {Walker: walker, np.ndarray: array, **dict.fromkeys(_SCALARS, scalar)}
         self.by_name: dict[str, Codec] = {}

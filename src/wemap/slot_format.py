@@ -116,7 +116,18 @@ def encode_plain(value: Any, extras: list | None = None) -> bytes:
     """``value`` in the plain encoding; what is not plain goes into ``extras`` (an index stays in its
     place), or, with ``extras`` None, raises `NotPlain`."""
     out: list[bytes] = []
-    _enc(value, out, extras, 0)
+    if type(value) is list:  # a descriptor's values: mostly floats and ints, encoded here at once
+        out.append(b"l" + _U32.pack(len(value)))
+        for v in value:
+            t = type(v)
+            if t is float:
+                out.append(b"d" + _F64.pack(v))
+            elif t is int and -(2**63) <= v < 2**63:
+                out.append(b"i" + _I64.pack(v))
+            else:
+                _enc(v, out, extras, 1)
+    else:
+        _enc(value, out, extras, 0)
     return b"".join(out)
 
 
@@ -196,7 +207,26 @@ class _Reader:
 def decode_plain(raw: bytes | memoryview, extras: list = ()) -> Any:  # type: ignore[assignment]
     """The value `encode_plain` wrote, its extras taken from ``extras`` (what came over the pipe)."""
     r = _Reader(raw, extras)
-    value = r.value(0)
+    if r.end >= 5 and raw[0] == 108:  # a list (a descriptor's values): its floats and ints read here at once
+        n = _U32.unpack_from(raw, 1)[0]
+        r.pos = 5
+        if n > r.end:
+            raise ValueError(f"a container of {n} items in {r.end - 5} bytes")
+        items = []
+        for _ in range(n):
+            pos = r.pos
+            tag = raw[pos] if pos < r.end else -1
+            if tag == 100 and pos + 9 <= r.end:
+                items.append(_F64.unpack_from(raw, pos + 1)[0])
+                r.pos = pos + 9
+            elif tag == 105 and pos + 9 <= r.end:
+                items.append(_I64.unpack_from(raw, pos + 1)[0])
+                r.pos = pos + 9
+            else:
+                items.append(r.value(1))
+        value: Any = items
+    else:
+        value = r.value(0)
     if r.pos != r.end:
         raise ValueError(f"{r.end - r.pos} bytes after the value")
     return value
@@ -333,12 +363,19 @@ class Layouts:
 # -- descriptors ---------------------------------------------------------------------------
 
 
+_TABLES = [struct.Struct(f"<{n}I") for n in range(9)]
+
+
+def _table(n: int) -> struct.Struct:
+    return _TABLES[n] if n < len(_TABLES) else struct.Struct(f"<{n}I")
+
+
 def pack(blocks: list[int], layout: bytes, values: bytes, n_extras: int, result_block: int = NO_BLOCK) -> bytes:
     """One descriptor (see the module docstring)."""
-    n = HEAD.size + 4 * len(blocks) + 8 + len(layout) + len(values)
-    return b"".join((HEAD.pack(MAGIC, n, result_block, len(blocks), n_extras),
-                     struct.pack(f"<{len(blocks)}I", *blocks), _U32.pack(len(layout)), layout,
-                     _U32.pack(len(values)), values))
+    nb = len(blocks)
+    n = HEAD.size + 4 * nb + 8 + len(layout) + len(values)
+    return b"".join((HEAD.pack(MAGIC, n, result_block, nb, n_extras), _table(nb).pack(*blocks),
+                     _U32.pack(len(layout)), layout, _U32.pack(len(values)), values))
 
 
 def unpack(region: np.ndarray | memoryview, layouts: Layouts, nblocks: int
@@ -355,7 +392,9 @@ def unpack(region: np.ndarray | memoryview, layouts: Layouts, nblocks: int
                          f"a region of {len(mv)} bytes)")
     if result_block != NO_BLOCK and result_block >= nblocks:
         raise ValueError(f"malformed slot descriptor: result block {result_block} of {nblocks}")
-    blocks = list(struct.unpack_from(f"<{n_blocks}I", mv, HEAD.size))
+    if HEAD.size + 4 * n_blocks > len(mv):
+        raise ValueError(f"malformed slot descriptor: {n_blocks} blocks in a region of {len(mv)} bytes")
+    blocks = list(_table(n_blocks).unpack_from(mv, HEAD.size))
     if any(b >= nblocks and b != NO_BLOCK for b in blocks):
         raise ValueError(f"malformed slot descriptor: a block beyond the arena's {nblocks} in {blocks}")
     pos = HEAD.size + 4 * n_blocks

@@ -19,6 +19,8 @@ from ..slot_format import NO_BLOCK, Extra, Layout, Layouts, NotPlain, dtype_desc
 __all__ = ["Encoded", "encode_call", "decode_call", "ALIGN"]
 
 ALIGN = 64
+_PLAIN_SCALARS = frozenset({int, float, bool, type(None)})
+_SCALAR_ENTRY = ("scalar", ())
 
 
 class Encoded:
@@ -50,6 +52,10 @@ def encode_call(layouts: Layouts, reg: CodecRegistry, args: tuple, kwargs: dict,
     cursor = array_bytes = 0
     largest = ("", 0)
     for which, value in (*enumerate(args), *kwargs.items()):
+        if type(value) in _PLAIN_SCALARS and not reg.custom:  # a segment length: what `ScalarCodec` says
+            vals.append(value)
+            entries.append(_SCALAR_ENTRY)
+            continue
         codec = reg.for_object(value)
         try:
             fields, meta = codec.encode(value)

@@ -34,9 +34,9 @@ RETRY, TOO_BIG = "retry", "too big"
 class Cycle:
     """The walkers of one ``map`` call on their way through shared memory."""
 
-    def __init__(self, transport: Transport, specs: list[TaskSpec]) -> None:
+    def __init__(self, transport: Transport, specs: list[TaskSpec], segment_times: dict[int, list[float]]) -> None:
         n = len(specs)
-        self.m, self.specs = transport, specs
+        self.m, self.specs, self.times = transport, specs, segment_times
         self.results: list[Any] = [None] * n
         self.encoded: list[Encoded | None] = [None] * n
         self.inputs: list[tuple[int, np.ndarray] | None] = [None] * n  # (block, its array): the copy in
@@ -81,11 +81,12 @@ class Cycle:
             want = [i for i in todo if self.outputs[i] is None]
             want += [i for i in todo if self.inputs[i] is None and self.encoded[i].copies]  # type: ignore[union-attr]
             arena = m.arena
-            blocks = arena.take(len(want)) if arena is not None and size <= arena.block_size else []
-            if len(blocks) == len(want):
-                break
+            if arena is not None and size <= arena.block_size:
+                blocks = arena.take(len(want))
+                if len(blocks) == len(want):
+                    break
+                del blocks
             # no arena yet, or one too small or too full: a new one, and every walker laid out again in it
-            del blocks
             self.inputs, self.outputs, self.written = [None] * n, [None] * n, [False] * n
             m.new_arena(max(3 * n, 2 * len(todo)), max(size, arena.block_size if arena is not None else 0))
         for i, block in zip(want, blocks):
@@ -112,13 +113,7 @@ class Cycle:
                     self.outputs[i][0])
         hdr, region, _ = m.views[i]
         memoryview(region)[: len(desc)] = desc
-        hdr["task_id"] = i
-        hdr["cycle"] = spec.cycle_idx
-        hdr["walker_idx"] = spec.walker_idx
-        hdr["worker_pid"] = 0
-        hdr["t_start_ns"] = 0
-        hdr["t_end_ns"] = 0
-        hdr["status"] = -1
+        hdr.reset(i, spec.cycle_idx & 0xFFFF_FFFF_FFFF_FFFF, spec.walker_idx)
         self.in_flight.add(i)
         self.pushed_at[i] = now_ns()
         m.ring.push_ready(i)
@@ -173,22 +168,21 @@ class Cycle:
         """Take walker ``i``'s finished slot: None, `RETRY` (``retry_on``) or `TOO_BIG`."""
         m, spec = self.m, self.specs[i]
         hdr = m.views[i][0]
-        task, widx, pid, status = int(hdr["task_id"]), int(hdr["worker_idx"]), int(hdr["worker_pid"]), int(hdr["status"])
-        t0, t1 = int(hdr["t_start_ns"]), int(hdr["t_end_ns"])
+        task, widx, pid, status, t0, t1 = hdr.task_id, hdr.worker_idx, hdr.worker_pid, hdr.status, hdr.t_start_ns, hdr.t_end_ns
         where = f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"
         if task != i or not 0 <= widx < m.worker_count():
             raise WorkerException(f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task "
                                   f"{task} of worker {widx}; the segment is corrupt", worker_idx=widx, pid=pid,
                                   walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
         m.recovery.finished(pid, t1)
-        m.segment_times(widx).append(max(0, t1 - t0) * 1e-9)
+        self.times[widx].append(max(0, t1 - t0) * 1e-9)
         try:
             if status == STATUS_OK:
-                extras = m.message(widx, "result", i, self)[2] if int(hdr["flags"]) else []
+                extras = m.message(widx, "result", i, self)[2] if hdr.flags else []
                 self.results[i] = self.decode_result(i, extras)
                 return None
             if status == STATUS_TOO_BIG:
-                self.too_big.append((i, int(hdr["out_nbytes"]), int(hdr["in_nbytes"])))
+                self.too_big.append((i, hdr.out_nbytes, hdr.in_nbytes))
                 return TOO_BIG
             if status not in (STATUS_FAILED, STATUS_CORRUPT):
                 raise ValueError(f"unknown status {status}")

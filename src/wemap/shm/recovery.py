@@ -79,7 +79,7 @@ class Recovery:
         due: list[int] = []
         for i in (cycle.in_flight if cycle is not None else ()):
             hdr = self.m.header(i)
-            pid, t0, t1 = int(hdr["worker_pid"]), int(hdr["t_start_ns"]), int(hdr["t_end_ns"])
+            pid, t0, t1 = hdr.worker_pid, hdr.t_start_ns, hdr.t_end_ns
             if not pid or not t0:  # not taken yet: it waits in the ready ring
                 pushed = cycle.pushed_at[i]
                 if waiting is None or pushed < waiting[0]:
@@ -130,11 +130,11 @@ class Recovery:
         lost: list[int] = []
         for i in sorted(cycle.in_flight):
             hdr = self.m.header(i)
-            if int(hdr["status"]) >= 0 and int(hdr["t_end_ns"]) > 0:
+            if hdr.status >= 0 and hdr.t_end_ns > 0:
                 if cycle.collect(i) is not None:
                     lost.append(i)
                 continue
-            pid = int(hdr["worker_pid"])
+            pid = hdr.worker_pid
             if not pid:  # still queued: no worker was left to take it, so it runs again uncharged
                 lost.append(i)
                 continue

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._ring import SlotHeader
 from ..arena import PAGE, Arena
 from ..codec import CodecRegistry
 from ..errors import WorkerException
@@ -39,13 +39,11 @@ MIN_REGION = 1024
 class Transport:
     """The shared-memory side of one mapper run (see the module docstring)."""
 
-    def __init__(self, pool: WorkerPool, registry: CodecRegistry, policy: RetryPolicy,
-                 segment_times: Callable[[], dict[int, list[float]]]) -> None:
+    def __init__(self, pool: WorkerPool, registry: CodecRegistry, policy: RetryPolicy) -> None:
         self.pool, self.registry, self.policy = pool, registry, policy
-        self._segment_times = segment_times
         self.recovery = Recovery(self)
         self.segment: Segment | None = None
-        self.views: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per slot: header, input, output
+        self.views: list[tuple[SlotHeader, np.ndarray, np.ndarray]] = []  # per slot: header, input, output
         self.arena: Arena | None = None
         self.layouts = Layouts(registry.by_name, 0)
         self.min_block, self.min_region = PAGE, MIN_REGION
@@ -69,11 +67,8 @@ class Transport:
     def worker_count(self) -> int:
         return self.pool.num_workers
 
-    def header(self, i: int) -> np.ndarray:
+    def header(self, i: int) -> SlotHeader:
         return self.views[i][0]
-
-    def segment_times(self, widx: int) -> list[float]:
-        return self._segment_times()[widx]
 
     def _interrupt(self) -> None:
         with self._ring_lock:
@@ -157,7 +152,7 @@ class Transport:
         self.drop_ring()
         seg = Segment.create(nslots, region)
         r = seg.ring
-        views = [(r.header_view(k), r.input_view(k), r.output_view(k)) for k in range(r.nslots)]
+        views = [(r.header(k), r.input_view(k), r.output_view(k)) for k in range(r.nslots)]
         with self._ring_lock:
             self.segment, self.views = seg, views
         self._renew = False

@@ -71,7 +71,7 @@ class _Server:
 
     def serve(self) -> None:
         ring, arena = self.seg.ring, self.arena
-        views = [(ring.header_view(k), ring.input_view(k), ring.output_view(k)) for k in range(ring.nslots)]
+        views = [(ring.header(k), ring.input_view(k), ring.output_view(k)) for k in range(ring.nslots)]
         pid = self.worker.pid
         while True:
             try:
@@ -81,11 +81,11 @@ class _Server:
             if slot is None:
                 continue
             hdr, inp, out = views[slot]
-            task = int(hdr["task_id"])
-            hdr["worker_idx"] = self.worker.worker_idx
-            hdr["worker_pid"] = pid  # the claim: the manager's timeout and loss checks read it
-            hdr["t_start_ns"] = now_ns()
-            hdr["t_end_ns"] = 0
+            task = hdr.task_id
+            hdr.worker_idx = self.worker.worker_idx
+            hdr.worker_pid = pid  # the claim: the manager's timeout and loss checks read it
+            hdr.t_start_ns = now_ns()
+            hdr.t_end_ns = 0
             failure, extras, need = None, [], 0
             try:
                 result_block, blocks, layout, raw, n_extras = unpack(inp, self.layouts, arena.nblocks)
@@ -105,7 +105,7 @@ class _Server:
                     allowed = {b for b in blocks if b != NO_BLOCK}
                     try:
                         status, nbytes, need, extras = self.write_result(result, task, result_block, allowed, out,
-                                                                          f"result of walker {int(hdr['walker_idx'])}")
+                                                                          f"result of walker {hdr.walker_idx}")
                     except Exception as exc:  # the result itself can't be carried: the segment's problem
                         status, failure = STATUS_FAILED, TaskFailure.capture(exc)
                 else:
@@ -116,12 +116,12 @@ class _Server:
                 nbytes = 0
             elif extras:
                 self.conn.send_bytes(extras)
-            hdr["status"] = status
-            hdr["out_nbytes"] = nbytes
-            hdr["in_nbytes"] = need
-            hdr["flags"] = 1 if extras else 0
-            hdr["t_start_ns"] = t0
-            hdr["t_end_ns"] = t1
+            hdr.status = status
+            hdr.out_nbytes = nbytes
+            hdr.in_nbytes = need
+            hdr.flags = 1 if extras else 0
+            hdr.t_start_ns = t0
+            hdr.t_end_ns = t1
             ring.push_done(slot)
 
     def write_result(self, result: Any, task: int, result_block: int, allowed: set[int], out: np.ndarray, where: str
