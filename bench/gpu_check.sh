@@ -90,7 +90,7 @@ PY
     # geomm builds beside wemap; wepy's runner does not import it
     geomm=$(ls .whl/geomm-*.tar.gz 2>/dev/null | head -n 1)
     if [ -n "$geomm" ]; then
-        step geomm 150 tolerated "${pip[@]}" --no-build-isolation --target /tmp/geomm "$geomm" &
+        step geomm 100 tolerated "${pip[@]}" --no-build-isolation --target /tmp/geomm "$geomm" &
         geomm_pid=$!
     fi
     export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 4)}

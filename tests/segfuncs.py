@@ -251,3 +251,43 @@ def slow_first_displace(walker, segment_length, seconds, **kwargs):
         _FIRST_CALL[0] = False
         time.sleep(seconds)
     return displace(walker, segment_length)
+
+
+class InfoArray(np.ndarray):
+    """An ndarray subclass with an attribute of its own that survives slicing, arithmetic and pickling."""
+
+    def __new__(cls, values, info=None):
+        obj = np.asarray(values).view(cls)
+        obj.info = info
+        return obj
+
+    def __array_finalize__(self, obj):
+        if obj is not None:
+            self.info = getattr(obj, "info", None)
+
+    def __reduce__(self):
+        rebuild, args, state = super().__reduce__()
+        return rebuild, args, (state, self.info)
+
+    def __setstate__(self, state):
+        base, self.info = state
+        super().__setstate__(base)
+
+
+def scale(walker, factor, **kwargs):
+    """An array, or every array of a wemap walker's state, times ``factor`` (subclasses stay what they are)."""
+    if isinstance(walker, np.ndarray):
+        return walker * factor
+    return wemap.Walker({k: v * factor if isinstance(v, np.ndarray) else v for k, v in walker.state.items()},
+                        walker.weight)
+
+
+def rendezvous(x, started, release, **kwargs):
+    """Say so through FIFO ``started`` once running, then wait until FIFO ``release`` is written and closed
+    (both None: return at once)."""
+    if started is not None:
+        with open(started, "w") as f:
+            f.write("running")
+        with open(release) as f:
+            f.read()
+    return x

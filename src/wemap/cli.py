@@ -119,19 +119,17 @@ def add_demo_parser(subparsers: Any) -> None:
 
 
 def require_platform(name: str) -> None:
-    """Raise `CommandError` unless this OpenMM install has platform ``name`` (the workers share the install)."""
-    import openmm
+    """Raise `CommandError` unless this OpenMM install can run platform ``name`` (the workers share the install).
 
-    here = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-    if name in here:
-        return
-    # only the failures of this platform's plugins (OpenCL's missing libOpenCL says nothing about CUDA)
-    plugin = f"/libopenmm{name.lower()}."
-    failures = [" ".join(f.split()) for f in openmm.Platform.getPluginLoadFailures() if plugin in f.lower()]
-    raise CommandError(
-        f"OpenMM platform {name!r} is not available here (this install has {', '.join(here)})"
-        + (f"; its plugin failed to load: {' | '.join(failures)}" if failures else "")
-    )
+    The check is `wemap.openmm.devices.require_platform`'s: it names the plugin's load failures and
+    the extra that installs the platform.
+    """
+    from .openmm.devices import require_platform as check
+
+    try:
+        check(name)
+    except ValueError as exc:  # PlatformUnavailableError, or DeviceError for a mask that hides every GPU
+        raise CommandError(str(exc)) from exc
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ chosen by type:
 ``walker``             `wemap.Walker`: its ``state`` are the fields, its weight the meta
 ``scalar``             an int, float, bool, str, bytes or None: the meta itself
 ``wepy_walker``        wepy's ``Walker`` whose state is a plain ``WalkerState``
+``openmm_walker``      wepy's ``OpenMMWalker`` over a `wemap.openmm.ArrayState` (lazy: see `LazyCodec`)
 ``array``              a bare ``numpy.ndarray`` (a subclass, such as a masked array,
                        goes to ``pickle5``: its extra parts are not raw bytes)
 ``pickle5``            anything else: pickle protocol 5 over the pipe, its contiguous
@@ -22,14 +23,17 @@ Codecs of your own (``SharedMemWorkerMapper(codecs=[...])``) are tried first.
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import sys
 from typing import Any
 
 import numpy as np
 
 from .walker import Walker
 
-__all__ = ["Codec", "WalkerCodec", "ScalarCodec", "WepyWalkerCodec", "ArrayCodec", "Pickle5Codec", "CodecRegistry"]
+__all__ = ["Codec", "WalkerCodec", "ScalarCodec", "WepyWalkerCodec", "LazyCodec", "ArrayCodec", "Pickle5Codec",
+           "CodecRegistry"]
 
 
 class Codec:
@@ -121,6 +125,39 @@ class WepyWalkerCodec(Codec):
         return walker_t(state_t(**fields), meta)
 
 
+class LazyCodec(Codec):
+    """A codec for an optional package's walker type, imported only once that type can exist.
+
+    ``accepts`` is False while module ``trigger`` is not imported (no such object exists yet);
+    after that, and for decoding, ``target`` (``"module:Class"``) is imported and does the work.
+    """
+
+    def __init__(self, name: str, trigger: str, target: str) -> None:
+        self.name, self._trigger, self._target = name, trigger, target
+        self._codec: Codec | None = None
+
+    def _load(self) -> Codec:
+        if self._codec is None:
+            module, _, cls = self._target.partition(":")
+            self._codec = getattr(importlib.import_module(module), cls)()
+        return self._codec
+
+    def accepts(self, obj: Any) -> bool:
+        if self._codec is None and self._trigger not in sys.modules:
+            return False
+        return self._load().accepts(obj)
+
+    def encode(self, obj: Any) -> tuple[dict[str, Any], Any]:
+        return self._load().encode(obj)
+
+    def decode(self, fields: dict[str, Any], meta: Any) -> Any:
+        return self._load().decode(fields, meta)
+
+
+#: (name, trigger, target) of the `LazyCodec` built-ins: wepy's OpenMMWalker over a wemap ArrayState
+LAZY_CODECS = (("openmm_walker", "wepy.runners.openmm", "wemap.openmm.wepy_walkers:OpenMMWalkerCodec"),)
+
+
 class ArrayCodec(Codec):
     name = "array"
 
@@ -159,7 +196,8 @@ class CodecRegistry:
     def __init__(self, extra: list[Codec] | tuple[Codec, ...] = ()) -> None:
         extra = tuple(extra)  # a generator would be used up by the first of the two uses below
         walker, scalar, array = WalkerCodec(), ScalarCodec(), ArrayCodec()
-        self.codecs: list[Codec] = [*extra, walker, scalar, WepyWalkerCodec(), array, Pickle5Codec()]
+        self.codecs: list[Codec] = [*extra, walker, scalar, WepyWalkerCodec(),
+                                    *(LazyCodec(*c) for c in LAZY_CODECS), array, Pickle5Codec()]
         self._extra = extra
         #: user codecs come first: they may claim even a plain number
         self.custom = bool(extra)
@@ -171,7 +209,7 @@ class CodecRegistry:
                 raise ValueError(
                     f"codec name {c.name!r} is used by both {type(self.by_name[c.name]).__name__} and "
                     f"{type(c).__name__}: give each codec a unique `name` (the built-ins are "
-                    f"walker, scalar, wepy_walker, array, pickle5)")
+                    f"walker, scalar, wepy_walker, openmm_walker, array, pickle5)")
             self.by_name[c.name] = c
 
     def for_object(self, obj: Any) -> Codec:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from .errors import TaskTimeout, WorkerException
-from .worker import TaskFailure
+from .worker import SIGNAL_MARK, TaskFailure
 
 __all__ = ["RetryPolicy", "Attempts", "sigterm_raises"]
 
@@ -113,26 +113,48 @@ class _Terminated(SystemExit):
 
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into an exception while a ``map`` runs (main thread, default handler only).
+    """While a ``map`` runs (main thread, default handlers only): SIGTERM raises, and the
+    exceptions SIGTERM and Ctrl-C raise are marked as the signal's (`worker.from_signal`).
 
-    Without this, SIGTERM kills the manager on the spot: no cleanup, workers orphaned until
-    their lifeline fires, the segment left to the resource tracker.
+    Without the first, SIGTERM kills the manager on the spot: no cleanup, workers orphaned until
+    their lifeline fires, the segment left to the resource tracker. The mark is for `wemap.Mapper`,
+    whose segments run in the manager: a Ctrl-C or SIGTERM landing in a segment stops the map,
+    while a ``KeyboardInterrupt`` or ``SystemExit`` the segment raises itself is its failure
+    (`TaskException`). A SIGINT handler of the user's own is left alone, and then a
+    ``KeyboardInterrupt`` inside a `Mapper` segment counts as the segment's.
     """
     # _signal's functions: signal's wrappers convert every handler to and from an enum, which
     # costs more than the rest of a small walker's cycle bookkeeping
-    if threading.current_thread() is not threading.main_thread() or _signal.getsignal(_SIGTERM) != _signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _signal.signal(_SIGTERM, _on_sigterm)
+    term = _signal.getsignal(_SIGTERM) == _signal.SIG_DFL
+    sigint = _signal.getsignal(_SIGINT) is _signal.default_int_handler
+    if term:
+        _signal.signal(_SIGTERM, _on_sigterm)
+    if sigint:
+        _signal.signal(_SIGINT, _on_sigint)
     try:
         yield
     finally:
-        _signal.signal(_SIGTERM, _signal.SIG_DFL)
+        if sigint:
+            _signal.signal(_SIGINT, _signal.default_int_handler)
+        if term:
+            _signal.signal(_SIGTERM, _signal.SIG_DFL)
 
 
 _SIGTERM = int(signal.SIGTERM)
+_SIGINT = int(signal.SIGINT)
 
 
 def _on_sigterm(signum, frame):
     logger.error("SIGTERM received during map(): stopping workers and freeing shared memory")
-    raise _Terminated(128 + _SIGTERM)
+    exc = _Terminated(128 + _SIGTERM)
+    setattr(exc, SIGNAL_MARK, True)
+    raise exc
+
+
+def _on_sigint(signum, frame):
+    exc = KeyboardInterrupt()  # the type Python's own handler raises, marked
+    setattr(exc, SIGNAL_MARK, True)
+    raise exc

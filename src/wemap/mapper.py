@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import sys
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -124,6 +125,11 @@ def resolve_start_method(start_method: str | None, proc_start_method: str | None
 _RUNNING: weakref.WeakSet[MapperBase] = weakref.WeakSet()
 
 
+#: mappers inside ``map`` now, each at most once (checked and added under ``_MAP_GUARD``)
+_MAPPING: weakref.WeakSet[MapperBase] = weakref.WeakSet()
+_MAP_GUARD = threading.Lock()
+
+
 @atexit.register
 def _cleanup_running_mappers() -> None:
     for mapper in list(_RUNNING):
@@ -211,18 +217,34 @@ class MapperBase:
         logger.debug("%s started with %d worker(s)", type(self).__name__, self._worker_count())
 
     def map(self, *args: Iterable[Any], **kwargs: Iterable[Any]) -> list[Any]:
-        """Apply ``segment_func`` to each walker's arguments; results in input order."""
-        if self._state == "new":
-            raise RuntimeError(f"{type(self).__name__}.map() called before init(); call init(segment_func=...) first")
-        if self._state == "closed":
-            raise RuntimeError(f"{type(self).__name__}.map() called after cleanup(); call init() again to restart it")
-        specs = prepare_tasks(args, kwargs, self._cycle_counter)
-        self._cycle_counter += 1
-        self._worker_segment_times = {i: [] for i in range(self._worker_count())}
-        if not specs:
-            return []
-        with sigterm_raises():
-            return self._run(specs)
+        """Apply ``segment_func`` to each walker's arguments; results in input order.
+
+        One ``map`` at a time per mapper: a call made while another ``map`` of the same mapper runs
+        (in another thread, or from inside a segment) raises ``RuntimeError`` at once and touches
+        nothing, and the running one goes on. Threads that map at the same time need a mapper each.
+        """
+        with _MAP_GUARD:
+            if self in _MAPPING:
+                raise RuntimeError(
+                    f"{type(self).__name__}.map() called while another map() of this mapper is running: a mapper "
+                    f"runs one map() at a time; use a separate mapper for each thread that maps at the same time"
+                )
+            _MAPPING.add(self)
+        try:
+            name = type(self).__name__
+            if self._state == "new":
+                raise RuntimeError(f"{name}.map() called before init(); call init(segment_func=...) first")
+            if self._state == "closed":
+                raise RuntimeError(f"{name}.map() called after cleanup(); call init() again to restart it")
+            specs = prepare_tasks(args, kwargs, self._cycle_counter)
+            self._cycle_counter += 1
+            self._worker_segment_times = {i: [] for i in range(self._worker_count())}
+            if not specs:
+                return []
+            with sigterm_raises():
+                return self._run(specs)
+        finally:
+            _MAPPING.discard(self)
 
     def cleanup(self, **kwargs: Any) -> None:
         """End every process and free every segment; safe to call twice and after errors."""

@@ -4,7 +4,8 @@
 
     manager                                    worker i (forkserver or spawn child)
     ───────                                    ────────────────────────────────────
-    WorkerPool.start ── Process(args) ───────▶ _worker_main: faulthandler, ignore SIGINT,
+    WorkerPool.start ── Process(args) ───────▶ _worker_main: environment of start, faulthandler,
+                                               ignore SIGINT,
                      ◀── ("ready", pid) ────── Worker.init() (once: e.g. an OpenMM Context)
     mapper's dispatch ── tasks ──────────────▶ loop(worker, conn, ...)   (pipe or ring)
     wait(conns + sentinels)  ◀── results ────
@@ -15,6 +16,12 @@ Nothing polls: the manager blocks in ``multiprocessing.connection.wait`` on pipe
 sentinels (a killed worker wakes it at once), workers block in ``recv`` or a futex.
 Workers are never forked from the manager by default: a manager that has touched CUDA or
 holds threads breaks forked children (openmm#1886), so everything a worker needs is pickled.
+
+Every worker, a replacement included, runs in the manager's environment as of `WorkerPool.start`
+(the mapper's ``init``), not the forkserver's, which dates from the first pool of the process: a
+``CUDA_VISIBLE_DEVICES`` or ``OMP_NUM_THREADS`` set between two mappers reaches the second one's
+``Worker.init`` and segments. A library that the forkserver itself loaded (what the main module
+imports) read its variables then; start with ``spawn`` to have those re-read too.
 """
 
 from __future__ import annotations
@@ -150,7 +157,17 @@ def _watch_lifeline(lifeline: Connection) -> None:
     os._exit(EXIT_ORPHANED)
 
 
+def _apply_environment(environ: dict[str, str]) -> None:
+    """Make this process's environment ``environ``: what is missing from it goes, the rest is set."""
+    for key in [k for k in os.environ if k not in environ]:
+        del os.environ[key]
+    for key, value in environ.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def _worker_main(
+    environ: dict[str, str],
     worker_type: type[Worker],
     idx: int,
     num_workers: int,
@@ -161,6 +178,9 @@ def _worker_main(
     loop: Callable[..., None],
     loop_args: tuple,
 ) -> None:
+    # A forkserver child inherits the environment the forkserver started with, at the first mapper
+    # of the process: the manager's as of init replaces it before anything reads it.
+    _apply_environment(environ)
     faulthandler.enable()
     # Ctrl-C reaches the whole process group; the manager owns the shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -205,6 +225,8 @@ class WorkerPool:
         self.start_timeout = start_timeout
         self.name = name
         self.workers: list[WorkerProcess] = []
+        #: the manager's environment as of `start`, which every worker gets (a replacement too)
+        self.environ: dict[str, str] = dict(os.environ)
 
     def check_picklable(self, **objects: Any) -> None:
         if self.start_method == "fork":
@@ -220,6 +242,7 @@ class WorkerPool:
         proc = self.ctx.Process(
             target=_worker_main,
             args=(
+                self.environ,
                 self.worker_type,
                 idx,
                 self.num_workers,
@@ -242,6 +265,7 @@ class WorkerPool:
 
     def start(self) -> None:
         """Start every worker and wait until each has run its ``Worker.init`` (bounded)."""
+        self.environ = dict(os.environ)
         try:
             self.workers = [self.spawn(i) for i in range(self.num_workers)]
             self.wait_ready(self.workers)

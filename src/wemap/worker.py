@@ -184,16 +184,34 @@ class TaskFailure:
         )
 
 
+#: attribute set on the exception a signal handler of the manager raises while a ``map`` runs
+#: (Ctrl-C's KeyboardInterrupt, SIGTERM's SystemExit): it is the user's, not the segment's
+SIGNAL_MARK = "_wemap_from_signal"
+
+
+def from_signal(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by the manager's signal handler rather than by a segment."""
+    return getattr(exc, SIGNAL_MARK, False)
+
+
 def run_timed(
     worker: Worker, task: Task, retry_on: tuple[type[BaseException], ...] = ()
 ) -> tuple[bool, Any, float, int, int]:
-    """Run ``task`` on ``worker``; return (ok, result or TaskFailure, seconds, t_start_ns, t_end_ns)."""
+    """Run ``task`` on ``worker``; return (ok, result or TaskFailure, seconds, t_start_ns, t_end_ns).
+
+    Whatever the segment raises is its failure, ``sys.exit()`` and ``raise KeyboardInterrupt``
+    included: data for the manager, not ours to raise here. Only an exception that a signal
+    handler raised (`from_signal`: a Ctrl-C or SIGTERM reaching `wemap.Mapper`'s manager while
+    the segment runs) goes through: it stops the map, as it would stop any other code.
+    """
     previous = _set_current(worker)
     t0 = time.monotonic_ns()
     try:
         result = worker.run_task(task)
         ok = True
-    except Exception as exc:  # a segment's failure is data for the manager, not ours to raise here
+    except BaseException as exc:
+        if from_signal(exc):
+            raise
         result = TaskFailure.capture(exc, retry_on)
         ok = False
     finally:

@@ -9,18 +9,30 @@
  * slots, the done ring is the free list, so both rings see several producers
  * and several consumers.  Every delivery is checked: nothing lost, nothing
  * delivered twice, no torn slot, each producer's order kept per consumer.
+ * The stress runs twice: with 16 slots, and at the capacity edge with 2 (both
+ * rings full or empty most of the time, every cell lapped over and over,
+ * positions crossing 2^64 and 2^63).
+ *
+ * No wait can hang the run: every pop has a timeout and the time it took is
+ * checked, and every wait that could block for ever (a pop without a
+ * timeout, a join) runs under a watchdog that fails the test after a few
+ * seconds, naming the wait.  A lost wake-up fails in seconds, not at the
+ * caller's timeout.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include "ring_internal.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Atomic int g_checks; /* CHECK runs in threads too */
 
@@ -46,6 +58,124 @@ static _Atomic int g_checks; /* CHECK runs in threads too */
     } while (0)
 
 #define MS (INT64_C(1000000))
+
+/* How long a woken sleeper may take to return, and how long the watchdog
+ * lets a wait that should end at once block before it fails the run. */
+#define WAKE_BOUND_MS 1000
+#define WATCHDOG_MS 5000
+/* A full ring must answer WM_FULL at once: well under the busy-cell stall
+ * bound (WM_STALL_NS in ring.c, 1 s) that a push waits out otherwise. */
+#define FULL_BOUND_MS 500
+
+/* ---------------------------------------------------------------------- */
+/* Watchdog                                                               */
+/* ---------------------------------------------------------------------- */
+
+/* One thread that ends the run when the wait the main thread armed it for
+ * outlives its bound.  Waits in other threads are bounded by their own
+ * timeouts, or by the main thread's watched join. */
+static pthread_mutex_t g_wd_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_wd_cv;
+static pthread_t g_wd_thread;
+static const char *g_wd_what; /* the wait being watched; NULL: none */
+static int g_wd_line;
+static uint64_t g_wd_bound_ns, g_wd_deadline; /* wm_now_ns() clock */
+static bool g_wd_quit;
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    CHECK(pthread_mutex_lock(&g_wd_mu) == 0);
+    while (!g_wd_quit) {
+        int rc;
+        if (g_wd_what == NULL) {
+            rc = pthread_cond_wait(&g_wd_cv, &g_wd_mu);
+        } else if (wm_now_ns() >= g_wd_deadline) {
+            fprintf(stderr, "%s:%d: still blocked after %.1f s: %s (a lost wake-up?)\n", __FILE__,
+                    g_wd_line, (double)g_wd_bound_ns / 1e9, g_wd_what);
+            fflush(stderr);
+            _exit(1); /* the blocked thread cannot be joined */
+        } else {
+            struct timespec ts = { (time_t)(g_wd_deadline / UINT64_C(1000000000)),
+                                   (long)(g_wd_deadline % UINT64_C(1000000000)) };
+            rc = pthread_cond_timedwait(&g_wd_cv, &g_wd_mu, &ts);
+            if (rc == ETIMEDOUT)
+                rc = 0;
+        }
+        CHECK(rc == 0);
+    }
+    CHECK(pthread_mutex_unlock(&g_wd_mu) == 0);
+    return NULL;
+}
+
+static void watchdog_start(void)
+{
+    pthread_condattr_t attr;
+    CHECK(pthread_condattr_init(&attr) == 0);
+    CHECK(pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0); /* wm_now_ns()'s clock */
+    CHECK(pthread_cond_init(&g_wd_cv, &attr) == 0);
+    CHECK(pthread_condattr_destroy(&attr) == 0);
+    CHECK(pthread_create(&g_wd_thread, NULL, watchdog_main, NULL) == 0);
+}
+
+static void watchdog_stop(void)
+{
+    CHECK(pthread_mutex_lock(&g_wd_mu) == 0);
+    g_wd_quit = true;
+    CHECK(pthread_cond_signal(&g_wd_cv) == 0);
+    CHECK(pthread_mutex_unlock(&g_wd_mu) == 0);
+    CHECK(pthread_join(g_wd_thread, NULL) == 0);
+    CHECK(pthread_cond_destroy(&g_wd_cv) == 0);
+}
+
+static void watchdog_arm(const char *what, int line, uint64_t bound_ns)
+{
+    CHECK(pthread_mutex_lock(&g_wd_mu) == 0);
+    g_wd_what = what;
+    g_wd_line = line;
+    g_wd_bound_ns = bound_ns;
+    g_wd_deadline = wm_now_ns() + bound_ns;
+    CHECK(pthread_cond_signal(&g_wd_cv) == 0);
+    CHECK(pthread_mutex_unlock(&g_wd_mu) == 0);
+}
+
+static void watchdog_disarm(void)
+{
+    CHECK(pthread_mutex_lock(&g_wd_mu) == 0);
+    g_wd_what = NULL;
+    CHECK(pthread_mutex_unlock(&g_wd_mu) == 0);
+}
+
+/* Run stmt (main thread only); fail the run if it blocks longer than ms. */
+#define BOUNDED_AT(line, ms, what, stmt)                                       \
+    do {                                                                       \
+        watchdog_arm((what), (line), (uint64_t)(ms) * (uint64_t)MS);           \
+        stmt;                                                                  \
+        watchdog_disarm();                                                     \
+    } while (0)
+#define BOUNDED(ms, what, stmt) BOUNDED_AT(__LINE__, ms, what, stmt)
+
+static void join_bounded(pthread_t t, uint64_t ms, const char *what, int line)
+{
+    BOUNDED_AT(line, ms, what, CHECK(pthread_join(t, NULL) == 0));
+}
+#define JOIN_BOUNDED(t, ms, what) join_bounded((t), (ms), (what), __LINE__)
+
+static wm_ring_ctl *ring_ctl(const wm_seg_t *seg, int ring)
+{
+    uint64_t off = ring == WM_READY ? seg->layout.ready_offset : seg->layout.done_offset;
+    return (wm_ring_ctl *)(void *)(seg->base + off);
+}
+
+static wm_cell *ring_cells(const wm_seg_t *seg, int ring)
+{
+    return (wm_cell *)(void *)((unsigned char *)ring_ctl(seg, ring) + WM_RING_CTL_SIZE);
+}
+
+static double secs_since(uint64_t t0)
+{
+    return (double)(wm_now_ns() - t0) / 1e9;
+}
 
 static void *seg_alloc(uint32_t nslots, uint64_t region, wm_seg_t *seg, size_t *len_out)
 {
@@ -213,10 +343,12 @@ static void test_close(void)
     CHECK(wm_is_closed(&seg, WM_READY) && !wm_is_closed(&seg, WM_DONE));
     CHECK_ST(wm_try_pop(&seg, WM_READY, &s), WM_OK); /* drained first */
     CHECK(s == 1);
-    CHECK_ST(wm_pop(&seg, WM_READY, &s, -1), WM_OK);
+    BOUNDED(WATCHDOG_MS, "pop without a timeout, an index queued",
+            CHECK_ST(wm_pop(&seg, WM_READY, &s, -1), WM_OK));
     CHECK(s == 2);
     CHECK_ST(wm_try_pop(&seg, WM_READY, &s), WM_CLOSED);
-    CHECK_ST(wm_pop(&seg, WM_READY, &s, -1), WM_CLOSED);
+    BOUNDED(WATCHDOG_MS, "pop without a timeout on a closed, empty ring",
+            CHECK_ST(wm_pop(&seg, WM_READY, &s, -1), WM_CLOSED));
     CHECK_ST(wm_pop(&seg, WM_READY, &s, 0), WM_CLOSED);
     CHECK_ST(wm_try_pop(&seg, WM_DONE, &s), WM_EMPTY);
     /* pushes after close are still delivered to whoever looks */
@@ -244,60 +376,94 @@ static void *blocker_main(void *arg)
     return NULL;
 }
 
+/* Start a blocking pop on an empty ring and return once it is a registered
+ * sleeper (past W2), given a moment more to be inside futex_wait: whatever
+ * happens next (push, close, interrupt) must wake it. */
 static void run_blocker(struct blocker *b, pthread_t *t)
 {
+    _Atomic uint32_t *waiters = &ring_ctl(b->seg, b->ring)->wait.waiters;
+    CHECK(atomic_load(waiters) == 0);
     atomic_store(&b->started, 0);
     CHECK(pthread_create(t, NULL, blocker_main, b) == 0);
-    while (!atomic_load(&b->started))
-        sleep_ms(1);
-    sleep_ms(30); /* let it get past the spin and into the futex */
+    BOUNDED(WATCHDOG_MS, "a blocking pop to register as a sleeper",
+            while (atomic_load(waiters) == 0) sleep_ms(1));
+    CHECK(atomic_load(&b->started));
+    sleep_ms(20);
 }
+
+/* Join a sleeper woken at t0 (wm_now_ns()): it must be back within
+ * WAKE_BOUND_MS.  A sleeper without a timeout that no one woke fails the run
+ * through the watchdog; one with a timeout returns at its deadline, too late. */
+static void join_woken(pthread_t t, uint64_t t0, const char *what, int line)
+{
+    join_bounded(t, WATCHDOG_MS, what, line);
+    double dt = secs_since(t0);
+    if (dt * 1000 >= WAKE_BOUND_MS) {
+        fprintf(stderr, "%s:%d: %s: back %.3f s after the wake-up, more than %d ms (a lost wake-up?)\n",
+                __FILE__, line, what, dt, WAKE_BOUND_MS);
+        exit(1);
+    }
+    g_checks++;
+}
+#define JOIN_WOKEN(t, t0, what) join_woken((t), (t0), (what), __LINE__)
 
 static void test_wakeups(void)
 {
     wm_seg_t seg;
     pthread_t t;
     uint32_t s;
+    uint64_t t0;
     void *mem = seg_alloc(4, 0, &seg, NULL);
     struct blocker b = { .seg = &seg, .ring = WM_READY, .timeout = -1 };
 
-    /* a push wakes a sleeper */
-    run_blocker(&b, &t);
-    uint64_t t0 = wm_now_ns();
-    CHECK_ST(wm_push(&seg, WM_READY, 3), WM_OK);
-    CHECK(pthread_join(t, NULL) == 0);
-    CHECK_ST(b.status, WM_OK);
-    CHECK(b.slot == 3);
-    CHECK(wm_now_ns() - t0 < (uint64_t)(1000 * MS));
+    /* a push wakes a lone sleeper, on either ring, with or without a timeout */
+    const int64_t timeouts[] = { -1, 5000 * MS };
+    for (int ring = WM_READY; ring <= WM_DONE; ring++) {
+        for (size_t k = 0; k < sizeof timeouts / sizeof timeouts[0]; k++) {
+            b.ring = ring;
+            b.timeout = timeouts[k];
+            run_blocker(&b, &t);
+            t0 = wm_now_ns();
+            CHECK_ST(wm_push(&seg, ring, 3), WM_OK);
+            JOIN_WOKEN(t, t0, timeouts[k] < 0 ? "a lone sleeper (no timeout) woken by a push"
+                                              : "a lone sleeper (5 s timeout) woken by a push");
+            CHECK_ST(b.status, WM_OK);
+            CHECK(b.slot == 3);
+        }
+    }
+    b.ring = WM_READY;
+    b.timeout = -1;
 
     /* an interrupt wakes a sleeper; a pop that starts later is unaffected */
     run_blocker(&b, &t);
+    t0 = wm_now_ns();
     CHECK_ST(wm_interrupt(&seg, WM_READY), WM_OK);
-    CHECK(pthread_join(t, NULL) == 0);
+    JOIN_WOKEN(t, t0, "a sleeper woken by an interrupt");
     CHECK_ST(b.status, WM_INTERRUPTED);
     CHECK_ST(wm_pop(&seg, WM_READY, &s, 5 * MS), WM_TIMEOUT);
     /* a stale epoch reports the interrupt at once; an item still wins */
     uint32_t old = wm_interrupt_epoch(&seg, WM_DONE);
     CHECK_ST(wm_interrupt(&seg, WM_DONE), WM_OK);
-    CHECK_ST(wm_pop_epoch(&seg, WM_DONE, &s, -1, old), WM_INTERRUPTED);
+    BOUNDED(WATCHDOG_MS, "pop without a timeout, with a stale epoch",
+            CHECK_ST(wm_pop_epoch(&seg, WM_DONE, &s, -1, old), WM_INTERRUPTED));
     CHECK_ST(wm_push(&seg, WM_DONE, 2), WM_OK);
-    CHECK_ST(wm_pop_epoch(&seg, WM_DONE, &s, -1, old), WM_OK);
+    BOUNDED(WATCHDOG_MS, "pop without a timeout, with a stale epoch and an index queued",
+            CHECK_ST(wm_pop_epoch(&seg, WM_DONE, &s, -1, old), WM_OK));
     CHECK(s == 2);
 
-    /* a timed sleeper is woken by a push before its deadline */
-    b.timeout = 5000 * MS;
-    run_blocker(&b, &t);
-    CHECK_ST(wm_push(&seg, WM_READY, 1), WM_OK);
-    CHECK(pthread_join(t, NULL) == 0);
-    CHECK_ST(b.status, WM_OK);
-    CHECK(b.slot == 1);
-
-    /* close wakes a sleeper */
-    b.timeout = -1;
-    run_blocker(&b, &t);
-    CHECK_ST(wm_close(&seg, WM_READY), WM_OK);
-    CHECK(pthread_join(t, NULL) == 0);
-    CHECK_ST(b.status, WM_CLOSED);
+    /* close wakes a sleeper, with or without a timeout */
+    for (size_t k = 0; k < sizeof timeouts / sizeof timeouts[0]; k++) {
+        b.timeout = timeouts[k];
+        wm_seg_t fresh;
+        void *mem2 = seg_alloc(4, 0, &fresh, NULL);
+        b.seg = &fresh;
+        run_blocker(&b, &t);
+        t0 = wm_now_ns();
+        CHECK_ST(wm_close(&fresh, WM_READY), WM_OK);
+        JOIN_WOKEN(t, t0, "a sleeper woken by close");
+        CHECK_ST(b.status, WM_CLOSED);
+        free(mem2);
+    }
     free(mem);
 }
 
@@ -470,9 +636,9 @@ static void test_busy_cell(void)
     struct releaser rl = { &cells[0], 2 };
     CHECK(pthread_create(&t, NULL, releaser_main, &rl) == 0);
     uint64_t t0 = wm_now_ns();
-    CHECK_ST(wm_push(&seg, WM_READY, 1), WM_OK);
+    BOUNDED(WATCHDOG_MS, "a push waiting for a busy cell", CHECK_ST(wm_push(&seg, WM_READY, 1), WM_OK));
     CHECK(wm_now_ns() - t0 >= (uint64_t)(20 * MS));
-    CHECK(pthread_join(t, NULL) == 0);
+    JOIN_BOUNDED(t, WATCHDOG_MS, "the thread releasing a busy cell");
     CHECK_ST(wm_try_pop(&seg, WM_READY, &s), WM_OK);
     CHECK(s == 1);
 
@@ -483,7 +649,8 @@ static void test_busy_cell(void)
     CHECK_ST(wm_push(&seg, WM_READY, 1), WM_OK);            /* position 4, cell 0 */
     CHECK_ST(wm_try_pop(&seg, WM_READY, &s), WM_OK);
     t0 = wm_now_ns();
-    CHECK_ST(wm_push(&seg, WM_READY, 1), WM_FULL);          /* position 5, cell 1: stuck */
+    BOUNDED(WATCHDOG_MS, "a push waiting for a cell never released",
+            CHECK_ST(wm_push(&seg, WM_READY, 1), WM_FULL)); /* position 5, cell 1: stuck */
     uint64_t dt = wm_now_ns() - t0;
     CHECK(dt >= (uint64_t)(900 * MS) && dt < (uint64_t)(5000 * MS));
     /* a truly full ring answers at once */
@@ -496,6 +663,31 @@ static void test_busy_cell(void)
     CHECK(wm_now_ns() - t0 < (uint64_t)(50 * MS));
     free(mem2);
     free(mem);
+
+    /* At the capacity edge: cap - 1 indices queued and the cell the next push
+     * needs still busy (its consumer between C2 and C3).  Not full: the push
+     * waits for the release, and every index comes out once, in order. */
+    mem = seg_alloc(4, 0, &seg, NULL); /* capacity 4 */
+    r = ring_ctl(&seg, WM_READY);
+    cells = ring_cells(&seg, WM_READY);
+    for (uint32_t i = 0; i < 4; i++)
+        CHECK_ST(wm_push(&seg, WM_READY, i), WM_OK); /* positions 0..3: full */
+    pos = 0;
+    CHECK(atomic_compare_exchange_strong(&r->head, &pos, 1)); /* C2 of position 0 ... */
+    CHECK(cells[0].value == 0);                              /* ... and it stalls */
+    struct releaser edge = { &cells[0], 4 };
+    CHECK(pthread_create(&t, NULL, releaser_main, &edge) == 0);
+    t0 = wm_now_ns();
+    BOUNDED(WATCHDOG_MS, "a push waiting for a busy cell, cap - 1 queued",
+            CHECK_ST(wm_push(&seg, WM_READY, 0), WM_OK)); /* position 4, cell 0 */
+    CHECK(wm_now_ns() - t0 >= (uint64_t)(20 * MS));
+    JOIN_BOUNDED(t, WATCHDOG_MS, "the thread releasing a busy cell");
+    for (uint32_t want = 1; want <= 4; want++) {
+        CHECK_ST(wm_try_pop(&seg, WM_READY, &s), WM_OK);
+        CHECK(s == want % 4);
+    }
+    CHECK_ST(wm_try_pop(&seg, WM_READY, &s), WM_EMPTY);
+    free(mem);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -504,10 +696,18 @@ static void test_busy_cell(void)
 
 #define NPROD 4
 #define NCONS 4
-#define NSLOTS 16
+#define MAX_SLOTS 16
 #define PAYLOAD_WORDS 16
+/* A stress pop's timeout, and how long one that got an index may have
+ * taken: with every thread busy moving slots, a pop waits microseconds
+ * unless its wake-up was lost (it then returns at its timeout). */
+#define STRESS_POP_TIMEOUT_MS 10000
+#define STRESS_POP_BOUND_MS 5000
+/* How long the main thread waits for all the stress threads to finish. */
+#define STRESS_JOIN_MS 300000
 
 static wm_seg_t g_seg;
+static uint32_t g_nslots;
 static uint64_t g_items;                   /* per producer */
 static _Atomic unsigned char *g_seen;      /* [NPROD * g_items] delivery counts */
 static _Atomic uint64_t g_delivered;
@@ -517,12 +717,25 @@ static uint64_t stamp_word(uint64_t p, uint64_t seq, int k)
     return (p << 56) ^ (seq << 8) ^ (uint64_t)k ^ UINT64_C(0x9E3779B97F4A7C15);
 }
 
+/* A stress pop: bounded, and failing the run when it took too long. */
+static int stress_pop(int ring, uint32_t *slot, const char *who)
+{
+    uint64_t t0 = wm_now_ns();
+    int st = wm_pop(&g_seg, ring, slot, STRESS_POP_TIMEOUT_MS * MS);
+    double dt = secs_since(t0);
+    if (st == WM_OK && dt * 1000 >= STRESS_POP_BOUND_MS) {
+        fprintf(stderr, "%s: a pop took %.3f s to get an index (a lost wake-up?)\n", who, dt);
+        exit(1);
+    }
+    return st;
+}
+
 static void *producer_main(void *arg)
 {
     uint64_t p = (uint64_t)(uintptr_t)arg;
     for (uint64_t seq = 0; seq < g_items; seq++) {
         uint32_t slot;
-        int st = wm_pop(&g_seg, WM_DONE, &slot, 20000 * MS); /* free list */
+        int st = stress_pop(WM_DONE, &slot, "producer"); /* free list */
         if (st != WM_OK) {
             fprintf(stderr, "producer %llu: free-list pop: %s\n", (unsigned long long)p,
                     wm_status_str(st));
@@ -555,7 +768,7 @@ static void *consumer_main(void *arg)
         last[p] = -1;
     for (;;) {
         uint32_t slot;
-        int st = wm_pop(&g_seg, WM_READY, &slot, 20000 * MS);
+        int st = stress_pop(WM_READY, &slot, "consumer");
         if (st == WM_CLOSED)
             break;
         if (st != WM_OK) {
@@ -596,19 +809,23 @@ static void *consumer_main(void *arg)
     return NULL;
 }
 
-static void test_mpmc(uint64_t items)
+/* Move NPROD * items stamped slots through nslots slots, the rings' positions
+ * starting at ready_start and done_start. */
+static void run_mpmc(const char *name, uint32_t nslots, uint64_t items, uint64_t ready_start,
+                     uint64_t done_start)
 {
     pthread_t prod[NPROD], cons[NCONS];
-    void *mem = seg_alloc(NSLOTS, PAYLOAD_WORDS * 8, &g_seg, NULL);
+    void *mem = seg_alloc(nslots, PAYLOAD_WORDS * 8, &g_seg, NULL);
 
+    CHECK(nslots <= MAX_SLOTS);
+    g_nslots = nslots;
     g_items = items;
     g_seen = calloc((size_t)(NPROD * items), 1);
     CHECK(g_seen != NULL);
     atomic_store(&g_delivered, 0);
-    /* start near 2^32 so the stress run crosses it too */
-    CHECK_ST(wm_debug_set_positions(&g_seg, WM_READY, (UINT64_C(1) << 32) - 1000), WM_OK);
-    CHECK_ST(wm_debug_set_positions(&g_seg, WM_DONE, (UINT64_C(1) << 32) - 777), WM_OK);
-    for (uint32_t i = 0; i < NSLOTS; i++)
+    CHECK_ST(wm_debug_set_positions(&g_seg, WM_READY, ready_start), WM_OK);
+    CHECK_ST(wm_debug_set_positions(&g_seg, WM_DONE, done_start), WM_OK);
+    for (uint32_t i = 0; i < nslots; i++)
         CHECK_ST(wm_push(&g_seg, WM_DONE, i), WM_OK);
 
     uint64_t t0 = wm_now_ns();
@@ -617,35 +834,110 @@ static void test_mpmc(uint64_t items)
     for (int i = 0; i < NPROD; i++)
         CHECK(pthread_create(&prod[i], NULL, producer_main, (void *)(uintptr_t)i) == 0);
     for (int i = 0; i < NPROD; i++)
-        CHECK(pthread_join(prod[i], NULL) == 0);
+        JOIN_BOUNDED(prod[i], STRESS_JOIN_MS, "a stress producer to finish");
     CHECK_ST(wm_close(&g_seg, WM_READY), WM_OK);
     for (int i = 0; i < NCONS; i++)
-        CHECK(pthread_join(cons[i], NULL) == 0);
-    double secs = (double)(wm_now_ns() - t0) / 1e9;
+        JOIN_BOUNDED(cons[i], STRESS_JOIN_MS, "a stress consumer to leave the closed ring");
+    double secs = secs_since(t0);
 
     CHECK(atomic_load(&g_delivered) == NPROD * items);
     for (uint64_t i = 0; i < NPROD * items; i++)
         CHECK(atomic_load_explicit(&g_seen[i], memory_order_relaxed) == 1);
     /* every slot is back on the free list exactly once */
-    unsigned char back[NSLOTS] = { 0 };
+    unsigned char back[MAX_SLOTS] = { 0 };
     uint32_t s;
     int st;
     while ((st = wm_try_pop(&g_seg, WM_DONE, &s)) == WM_OK) {
-        CHECK(s < NSLOTS && back[s] == 0);
+        CHECK(s < nslots && back[s] == 0);
         back[s] = 1;
     }
     CHECK_ST(st, WM_EMPTY);
-    for (int i = 0; i < NSLOTS; i++)
+    for (uint32_t i = 0; i < nslots; i++)
         CHECK(back[i] == 1);
+    /* each ring's positions moved by exactly what went through it */
     uint64_t head, tail;
     CHECK_ST(wm_debug_positions(&g_seg, WM_READY, &head, &tail), WM_OK);
-    CHECK(head == tail && head > (UINT64_C(1) << 32));
+    CHECK(head == tail && head == ready_start + NPROD * items);
+    CHECK_ST(wm_debug_positions(&g_seg, WM_DONE, &head, &tail), WM_OK);
+    CHECK(head == tail && head == done_start + nslots + NPROD * items);
 
-    printf("mpmc: %d producers x %llu items, %d consumers, %d slots: %.2f s (%.0f items/s)\n",
-           NPROD, (unsigned long long)items, NCONS, NSLOTS, secs,
-           (double)(NPROD * items) / secs);
+    printf("mpmc, %s: %d producers x %llu items, %d consumers, %u slots: %.2f s (%.0f items/s)\n",
+           name, NPROD, (unsigned long long)items, NCONS, nslots, secs, (double)(NPROD * items) / secs);
     free((void *)g_seen);
     free(mem);
+}
+
+static void test_mpmc(uint64_t items)
+{
+    /* 16 slots, starting near 2^32 so the run crosses it */
+    run_mpmc("16 slots", 16, items, (UINT64_C(1) << 32) - 1000, (UINT64_C(1) << 32) - 777);
+    /* the capacity edge: 2 slots in rings of 2 cells, so both rings are full or
+     * empty most of the time and every cell is lapped while its consumer may
+     * still hold it; the positions cross 2^64 and 2^63 */
+    run_mpmc("capacity edge", 2, items / 4 + 1, UINT64_MAX - 100, (UINT64_C(1) << 63) - 77);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The capacity edge, one thread                                          */
+/* ---------------------------------------------------------------------- */
+
+/* What the k-th push at a ring stores: it changes from one lap to the next,
+ * so an index left over from the previous lap of a cell shows. */
+static uint32_t edge_value(uint64_t k, uint32_t nslots)
+{
+    return (uint32_t)((k + k / nslots) % nslots);
+}
+
+/* A ring holding exactly cap indices refuses the next push at once (WM_FULL,
+ * not after waiting out the busy-cell stall) and keeps what it holds; each
+ * index comes out once, in order, as the positions cross 2^32, 2^63 and 2^64
+ * with the ring full. */
+static void test_full_edge(void)
+{
+    const uint64_t starts[] = { 0, (UINT64_C(1) << 32) - 3, (UINT64_C(1) << 63) - 3, UINT64_MAX - 2 };
+    const uint32_t sizes[] = { 2, 4, 8 }; /* nslots == capacity */
+
+    for (size_t n = 0; n < sizeof sizes / sizeof sizes[0]; n++) {
+        uint32_t cap = sizes[n], s;
+        wm_seg_t seg;
+        void *mem = seg_alloc(cap, 0, &seg, NULL);
+        CHECK(seg.layout.ring_capacity == cap);
+        for (size_t k = 0; k < sizeof starts / sizeof starts[0]; k++) {
+            for (int ring = WM_READY; ring <= WM_DONE; ring++) {
+                uint64_t head, tail, pushed = 0, popped = 0;
+                CHECK_ST(wm_debug_set_positions(&seg, ring, starts[k]), WM_OK);
+                for (uint32_t round = 0; round < 3 * cap; round++) {
+                    while (pushed - popped < cap)
+                        CHECK_ST(wm_push(&seg, ring, edge_value(pushed++, cap)), WM_OK);
+                    uint64_t t0 = wm_now_ns();
+                    CHECK_ST(wm_push(&seg, ring, edge_value(pushed, cap)), WM_FULL);
+                    double dt = secs_since(t0);
+                    if (dt * 1000 >= FULL_BOUND_MS) {
+                        fprintf(stderr, "%s:%d: a full ring of %u took %.3f s to answer WM_FULL\n",
+                                __FILE__, __LINE__, cap, dt);
+                        exit(1);
+                    }
+                    CHECK_ST(wm_debug_positions(&seg, ring, &head, &tail), WM_OK);
+                    CHECK(head == starts[k] + popped && tail == starts[k] + pushed);
+                    /* one out and in again at the edge, then (every other round)
+                     * down to one, so the full point moves round the cells */
+                    uint32_t drop = round % 2 ? cap - 1 : 1;
+                    for (uint32_t i = 0; i < drop; i++) {
+                        CHECK_ST(wm_try_pop(&seg, ring, &s), WM_OK);
+                        CHECK(s == edge_value(popped++, cap));
+                    }
+                }
+                while (popped != pushed) {
+                    CHECK_ST(wm_try_pop(&seg, ring, &s), WM_OK);
+                    CHECK(s == edge_value(popped++, cap));
+                }
+                CHECK_ST(wm_try_pop(&seg, ring, &s), WM_EMPTY);
+                CHECK_ST(wm_debug_positions(&seg, ring, &head, &tail), WM_OK);
+                CHECK(head == tail && head == starts[k] + pushed);
+            }
+        }
+        free(mem);
+    }
 }
 
 /* A scribbled cell (its turn marker ahead of the ring's position) must make
@@ -661,7 +953,8 @@ static void test_corrupt_cell(void)
     atomic_store(&ready[0].seq, 5); /* pop at head 0 expects 1 (full) or 0 (empty) */
     CHECK_ST(wm_try_pop(&seg, WM_READY, &s), WM_CORRUPT);
     CHECK_ST(wm_pop(&seg, WM_READY, &s, 20 * MS), WM_CORRUPT);
-    CHECK_ST(wm_pop(&seg, WM_READY, &s, -1), WM_CORRUPT);
+    BOUNDED(WATCHDOG_MS, "pop without a timeout on a scribbled cell",
+            CHECK_ST(wm_pop(&seg, WM_READY, &s, -1), WM_CORRUPT));
     atomic_store(&done[0].seq, 9); /* push at tail 0 expects 0 */
     CHECK_ST(wm_push(&seg, WM_DONE, 1), WM_CORRUPT);
     CHECK(s == 99);
@@ -676,6 +969,7 @@ int main(int argc, char **argv)
     if (items == 0)
         items = 1;
 
+    watchdog_start();
     test_layout();
     test_fields_and_names();
     test_push_pop_basic();
@@ -683,10 +977,12 @@ int main(int argc, char **argv)
     test_close();
     test_wakeups();
     test_attach();
+    test_full_edge();
     test_wrap();
     test_busy_cell();
     test_corrupt_cell();
     test_mpmc(items);
+    watchdog_stop();
     printf("test_ring: all %d checks passed\n", atomic_load(&g_checks));
     return 0;
 }

@@ -8,6 +8,12 @@ per-process cache keyed by the runner's id (which survives pickling, so it works
 mapper pickles the runner once per worker or once per task), and afterwards only sets
 positions, velocities and box vectors, steps, and reads the state back.
 
+`WepyOpenMMRunner` (needs wepy) is wepy's ``OpenMMRunner`` on the same per-worker Context: wepy's
+constructor, wepy's ``OpenMMWalker``/``OpenMMState`` with what wepy's states hold (wrapped positions,
+forces, box volume, ...), bit for bit on the Reference platform, its arrays carried through shared
+memory as an `ArrayState`. `OpenMMGPUWorker` / `OpenMMCPUWorker` pass each task its platform and
+``DeviceIndex`` / ``Threads`` as wepy's workers do. docs/openmm.md compares the two runners.
+
 Devices
 -------
 ``devices=[d0, d1, ...]`` (on the runner, or ``worker_attributes={"devices": [...]}`` on the
@@ -66,6 +72,7 @@ except ImportError as exc:  # openmm is an optional extra
         "(or conda install -c conda-forge openmm)"
     ) from exc
 
+from .array_state import ArrayState
 from .devices import GPU_PLATFORMS, NVIDIA_GPUS_DIR, nvidia_gpu_count, platform_properties_for, visible_devices
 from .runner import TIMING_FIELDS, WEPY_FEATURE_DTYPES, WEPY_FEATURE_SHAPES, OpenMMRunner, worker_seed
 from .walkers import (
@@ -77,9 +84,27 @@ from .walkers import (
     walkers_from_simulation,
     walkers_from_state,
 )
+from .workers import OpenMMCPUWorker, OpenMMGPUWorker
+
+#: the names that need wepy, imported on first use from these modules (wemap.openmm works without wepy)
+_WEPY_NAMES = {
+    "WepyOpenMMRunner": "wepy_runner",
+    "OpenMMWalkerCodec": "wepy_walkers",
+    "openmm_walker": "wepy_walkers",
+    "array_walker": "wepy_walkers",
+    "array_walkers": "wepy_walkers",
+}
 
 __all__ = [
     "OpenMMRunner",
+    "WepyOpenMMRunner",
+    "OpenMMGPUWorker",
+    "OpenMMCPUWorker",
+    "ArrayState",
+    "openmm_walker",
+    "array_walker",
+    "array_walkers",
+    "OpenMMWalkerCodec",
     "platform_properties_for",
     "visible_devices",
     "nvidia_gpu_count",
@@ -97,3 +122,20 @@ __all__ = [
     "WEPY_FEATURE_SHAPES",
     "WEPY_FEATURE_DTYPES",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def __getattr__(name: str):
+    module = _WEPY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"{__name__}.{module}")
+    except ImportError as exc:  # an AttributeError keeps hasattr() and getattr(..., None) working
+        raise AttributeError(f"wemap.openmm.{name} needs wepy: pip install 'wemap[wepy]' ({exc})") from exc
+    return getattr(mod, name)

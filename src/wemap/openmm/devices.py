@@ -475,8 +475,8 @@ def platform_properties_for(
     platform: str,
     worker_idx: int,
     num_workers: int,
-    devices: Sequence[int | str] | None = None,
-    base: dict[str, str] | None = None,
+    devices: Iterable[Any] | None = None,
+    base: Mapping[str, Any] | None = None,
     cores: int | None = None,
 ) -> dict[str, str]:
     """Platform properties for worker ``worker_idx`` of ``num_workers``: ``base`` plus its device.
@@ -554,7 +554,7 @@ def gpu_compute_modes(timeout: float = 10.0) -> list[tuple[str, str]] | None:
 
 def explain_context_failure(
     exc: BaseException,
-    platform: str,
+    platform: str | None,
     props: Mapping[str, str],
     worker_idx: int,
     num_workers: int,
@@ -564,7 +564,7 @@ def explain_context_failure(
     text = str(exc)
     head = (f"worker {worker_idx} could not create an OpenMM Context on platform {platform!r} with properties "
             f"{dict(props)}: {text}")
-    if "registered Platform" in text:
+    if "registered Platform" in text and platform is not None:
         return f"{head}. {platform_problem(platform) or ''}"
     if "could not be loaded" in text or "OUT_OF_MEMORY" in text.upper() or "out of memory" in text:
         said = [head]

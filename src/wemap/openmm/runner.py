@@ -248,6 +248,7 @@ class OpenMMRunner:
         self,
         walker: Any,
         segment_length: int,
+        *,
         platform: str | None = None,
         platform_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,

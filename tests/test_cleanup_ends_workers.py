@@ -1,0 +1,68 @@
+"""``cleanup`` itself ends every worker: when it returns, each worker process is gone and reaped.
+
+The per-test leak check waits a few seconds for stray children, long enough for a worker that
+``cleanup`` skipped to notice its closed pipe and leave on its own; here nothing waits. The
+workers are this process's children (multiprocessing's own helpers aside), taken after a ``map``.
+"""
+
+from __future__ import annotations
+
+import faultfuncs
+import psutil
+import pytest
+from conftest import our_children
+from test_contract import MAPPERS, PROCESS_MAPPERS
+
+from wemap import TaskException
+
+pytestmark = pytest.mark.timeout(60)
+
+N = 12
+
+
+@pytest.fixture(params=PROCESS_MAPPERS)
+def process_mapper_cls(request):
+    return MAPPERS[request.param]
+
+
+def still_there(procs: list[psutil.Process]) -> list[tuple[int, str]]:
+    """Those of ``procs`` still running or not yet reaped (``is_running`` is False once the pid is
+    gone or belongs to another process)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running():
+                out.append((p.pid, p.status()))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("num_workers", [1, 3])
+def test_cleanup_returns_with_every_worker_gone(process_mapper_cls, num_workers):
+    m = process_mapper_cls(segment_func=faultfuncs.pid_of, num_workers=num_workers)
+    m.init()
+    try:
+        ran = set(m.map(list(range(N)), victim=[-1] * N))
+        workers = our_children()
+        assert ran <= {p.pid for p in workers}, "the segments ran in child processes of this one"
+        assert len(workers) >= num_workers
+    except BaseException:
+        m.cleanup()
+        raise
+    m.cleanup()
+    assert still_there(workers) == [], "cleanup() returned before ending every worker"
+
+
+def test_a_failed_map_returns_with_every_worker_gone(process_mapper_cls):
+    m = process_mapper_cls(segment_func=faultfuncs.raise_at, num_workers=3)
+    m.init()
+    try:
+        m.map(list(range(N)), victim=[-1] * N, walker_idx=range(N))
+        workers = our_children()
+        assert len(workers) >= 3
+        with pytest.raises(TaskException):
+            m.map(list(range(N)), victim=[4] * N, walker_idx=range(N))
+        assert still_there(workers) == [], "a failed map() returned before ending every worker"
+    finally:
+        m.cleanup()
