@@ -113,7 +113,8 @@ class WepyWalkerCodec(Codec):
         if self._types is None:
             return False
         walker_t, state_t = self._types
-        return type(obj) is walker_t and type(obj.state) is state_t and isinstance(getattr(obj.state, "_data", None), dict)
+        return (type(obj) is walker_t and type(obj.state) is state_t
+                and isinstance(getattr(obj.state, "_data", None), dict))
 
     def encode(self, obj: Any) -> tuple[dict[str, Any], Any]:
         return obj.state._data, obj.weight

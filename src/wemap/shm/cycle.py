@@ -168,7 +168,8 @@ class Cycle:
         """Take walker ``i``'s finished slot: None, `RETRY` (``retry_on``) or `TOO_BIG`."""
         m, spec = self.m, self.specs[i]
         hdr = m.views[i][0]
-        task, widx, pid, status, t0, t1 = hdr.task_id, hdr.worker_idx, hdr.worker_pid, hdr.status, hdr.t_start_ns, hdr.t_end_ns
+        task, widx, pid, status = hdr.task_id, hdr.worker_idx, hdr.worker_pid, hdr.status
+        t0, t1 = hdr.t_start_ns, hdr.t_end_ns
         where = f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"
         if task != i or not 0 <= widx < m.worker_count():
             raise WorkerException(f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task "

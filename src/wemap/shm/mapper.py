@@ -11,7 +11,6 @@ the slot to the done ring; the manager hands the result back as views of those b
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -91,7 +90,6 @@ class SharedMemWorkerMapper(MapperBase):
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._transport: Transport | None = None
-        self._map_lock: threading.Lock | None = None  # made by init: wepy's Configuration deep-copies mappers
 
     @property
     def segment_name(self) -> str | None:
@@ -117,7 +115,6 @@ class SharedMemWorkerMapper(MapperBase):
                              worker_attributes=self.worker_attributes, worker_init=self.worker_init,
                              codecs=self.codecs)
         pool.start()
-        self._map_lock = threading.Lock()
         try:
             self._transport = Transport(pool, self._registry, self.policy)
         except BaseException:
@@ -130,10 +127,6 @@ class SharedMemWorkerMapper(MapperBase):
             t.stop(abort, self.stop_timeout)
 
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
-        assert self._map_lock is not None
-        if not self._map_lock.acquire(blocking=False):
-            raise RuntimeError("SharedMemWorkerMapper.map() called from two threads at once; one mapper runs one "
-                               "map at a time (use a mapper per thread)")
         try:
             assert self._transport is not None
             cycle = Cycle(self._transport, specs, self._worker_segment_times)
@@ -144,5 +137,3 @@ class SharedMemWorkerMapper(MapperBase):
         except BaseException:
             self._abort()
             raise
-        finally:
-            self._map_lock.release()

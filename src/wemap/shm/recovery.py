@@ -96,7 +96,8 @@ class Recovery:
                 continue
             if now - t0 > limit * 1e9:
                 spec = cycle.specs[i]
-                self._kill(w, limit, f"ran walker {spec.walker_idx} of cycle {spec.cycle_idx} past its {limit:.3g} s timeout")
+                self._kill(w, limit, f"ran walker {spec.walker_idx} of cycle {spec.cycle_idx} past its "
+                                     f"{limit:.3g} s timeout")
             else:
                 due.append(t0 + int(limit * 1e9))
         since, doing = None, ""
@@ -106,7 +107,8 @@ class Recovery:
             doing = (f"took no walker within its {{:.3g}} s timeout while walker {spec.walker_idx} of cycle "
                      f"{spec.cycle_idx} waited in the ready ring (frozen or stuck?)")
         elif idle_since is not None:
-            since, doing = idle_since, "did not leave the closed ready ring within its {:.3g} s timeout (frozen or stuck?)"
+            since = idle_since
+            doing = "did not leave the closed ready ring within its {:.3g} s timeout (frozen or stuck?)"
         if since is not None:
             for w in workers:
                 limit = self._limit(w.pid)

@@ -89,7 +89,8 @@ class Transport:
         kind = msg[0] if type(msg) is tuple and msg else None
         if kind == "extras":  # a worker took a walker with values that are neither arrays nor plain
             task = msg[1]
-            enc = cycle.encoded[task] if cycle is not None and type(task) is int and 0 <= task < len(cycle.encoded) else None
+            ok = cycle is not None and type(task) is int and 0 <= task < len(cycle.encoded)
+            enc = cycle.encoded[task] if ok else None  # type: ignore[union-attr]
             w.conn.send(("extras", task, enc.extras if enc is not None else []))
         elif kind == "detached":
             self.detached[w.idx] = msg[2]
