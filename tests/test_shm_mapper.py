@@ -9,7 +9,6 @@ from __future__ import annotations
 import fractions
 import os
 import stat
-import threading
 import time
 
 import numpy as np
@@ -185,30 +184,6 @@ def test_keywords_of_earlier_versions_warn_and_change_nothing():
     with m:
         out = m.map(ws, [1, 1])
         assert all(in_arena(o.state["positions"], m.arena_name) for o in out)
-
-
-def test_map_from_two_threads_at_once_is_refused():
-    with SharedMemWorkerMapper(segment_func=segfuncs.sleep_for, num_workers=1) as m:
-        m.map([0], [0.0])
-        errors: list[BaseException] = []
-        started = threading.Event()
-
-        def second():
-            started.wait()
-            time_limit = time.monotonic() + 5
-            while time.monotonic() < time_limit:  # until the first map is surely running
-                try:
-                    m.map([1], [0.0])
-                except RuntimeError as exc:
-                    errors.append(exc)
-                    return
-
-        t = threading.Thread(target=second)
-        t.start()
-        started.set()
-        m.map([0], [1.0])
-        t.join()
-        assert errors and "two threads" in str(errors[0])
 
 
 def test_too_little_shared_memory_is_a_clear_error_before_any_walker_goes(monkeypatch):

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..codec import CodecRegistry
-from ..slot_format import NO_BLOCK, Extra, Layout, Layouts, NotPlain, dtype_description, encode_plain
+from ..plain_values import Extra, NotPlain, encode_plain
+from ..slot_format import NO_BLOCK, Layout, Layouts, dtype_description
 
 __all__ = ["Encoded", "encode_call", "decode_call", "ALIGN"]
 
