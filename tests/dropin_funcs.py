@@ -29,18 +29,6 @@ def mapper_attributes(x, **kwargs):
     return worker.worker_idx, dict(worker.mapper_attributes)
 
 
-def fail_on(x, bad, **kwargs):
-    if x == bad:
-        raise ValueError(f"walker value {x} is bad")
-    return x
-
-
-def exit_on(x, bad, **kwargs):
-    if x == bad:
-        os._exit(3)
-    return x
-
-
 class ShiftRunner:
     """A wepy-style runner (``run_segment``, ``pre_cycle``, ``post_cycle``) with deterministic moves."""
 

@@ -315,6 +315,7 @@ def test_memory_budget_follows_a_cgroup_limit(tmp_path):
 
 def test_wepy_runner_gets_each_workers_device(monkeypatch):
     """In the OpenMM section wepy's runner, like wemap's, runs each worker on that worker's device."""
+    pytest.importorskip("openmm")
     import wemap
     from wemap.benchmarks.openmm_section import TimedWepySegment
     from wemap.worker import _set_current

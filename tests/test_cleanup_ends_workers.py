@@ -3,6 +3,11 @@
 The per-test leak check waits a few seconds for stray children, long enough for a worker that
 ``cleanup`` skipped to notice its closed pipe and leave on its own; here nothing waits. The
 workers are this process's children (multiprocessing's own helpers aside), taken after a ``map``.
+
+A worker skipped by ``cleanup`` also leaves on its own, at once, when the manager's handle on it
+is garbage-collected (its pipes close), and the forkserver reaps it. Something that keeps those
+handles alive (a traceback kept by an interactive session, a debugger) keeps such a worker running
+for ever, so the tests hold them (`held_handles`): then only ``cleanup`` can end a worker.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ N = 12
 @pytest.fixture(params=PROCESS_MAPPERS)
 def process_mapper_cls(request):
     return MAPPERS[request.param]
+
+
+def held_handles(mapper) -> list:
+    """The manager's handles on its worker processes (pipes included), where it has a pool of them."""
+    pool = getattr(mapper, "_pool", None)
+    return list(pool.workers) if pool is not None else []
 
 
 def still_there(procs: list[psutil.Process]) -> list[tuple[int, str]]:
@@ -47,11 +58,13 @@ def test_cleanup_returns_with_every_worker_gone(process_mapper_cls, num_workers)
         workers = our_children()
         assert ran <= {p.pid for p in workers}, "the segments ran in child processes of this one"
         assert len(workers) >= num_workers
+        handles = held_handles(m)
     except BaseException:
         m.cleanup()
         raise
     m.cleanup()
     assert still_there(workers) == [], "cleanup() returned before ending every worker"
+    del handles
 
 
 def test_a_failed_map_returns_with_every_worker_gone(process_mapper_cls):
@@ -61,8 +74,10 @@ def test_a_failed_map_returns_with_every_worker_gone(process_mapper_cls):
         m.map(list(range(N)), victim=[-1] * N, walker_idx=range(N))
         workers = our_children()
         assert len(workers) >= 3
+        handles = held_handles(m)
         with pytest.raises(TaskException):
             m.map(list(range(N)), victim=[4] * N, walker_idx=range(N))
         assert still_there(workers) == [], "a failed map() returned before ending every worker"
+        del handles
     finally:
         m.cleanup()

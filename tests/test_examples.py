@@ -89,6 +89,7 @@ def test_wepy_manager_example_writes_the_hdf5_file(tmp_path, runner, datasets):
 
 # -- one GPU node under SLURM ----------------------------------------------------------------------
 def test_gpu_node_puts_k_workers_on_each_gpu_side_by_side():
+    pytest.importorskip("openmm")  # the example imports it
     gpu_node = load("gpu_node")
     assert gpu_node.worker_devices([0, 1, 2, 3], 1) == [0, 1, 2, 3]
     assert gpu_node.worker_devices([0, 1], 2) == [0, 0, 1, 1]

@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("wepy")
 
 import dropin_funcs  # noqa: E402
+import segfuncs  # noqa: E402
 import wemap  # noqa: E402
 from test_contract import MAPPERS, PROCESS_MAPPERS  # noqa: E402
-from wepy.runners.openmm import OpenMMCPUWorker, OpenMMGPUWorker  # noqa: E402
 from wepy.work_mapper.mapper import TaskException as WepyTaskException  # noqa: E402
 from wepy.work_mapper.mapper import WorkerException as WepyWorkerException  # noqa: E402
 
@@ -38,11 +38,20 @@ def _records(results):
             for w in results]
 
 
-def test_wepy_gpu_worker_gets_its_device_from_mapper_attributes(process_mapper_cls):
+@pytest.fixture
+def wepy_openmm():
+    """wepy's OpenMM runner module, for its workers: it needs OpenMM, which the rest of this file does not."""
+    pytest.importorskip("openmm")
+    import wepy.runners.openmm
+
+    return wepy.runners.openmm
+
+
+def test_wepy_gpu_worker_gets_its_device_from_mapper_attributes(process_mapper_cls, wepy_openmm):
     """wepy's OpenMMGPUWorker, unchanged: worker i passes DeviceIndex device_ids[i] and the platform."""
     device_ids = [3, 7]
-    with process_mapper_cls(num_workers=2, worker_type=OpenMMGPUWorker, segment_func=dropin_funcs.record_task_kwargs,
-                            device_ids=device_ids, platform="CUDA") as m:
+    with process_mapper_cls(num_workers=2, worker_type=wepy_openmm.OpenMMGPUWorker,
+                            segment_func=dropin_funcs.record_task_kwargs, device_ids=device_ids, platform="CUDA") as m:
         assert m.attributes == {"device_ids": device_ids, "platform": "CUDA"}
         results = m.map(dropin_funcs.walkers(8), [1] * 8)
     records = _records(results)
@@ -53,15 +62,17 @@ def test_wepy_gpu_worker_gets_its_device_from_mapper_attributes(process_mapper_c
     assert {r[0] for r in records} <= {0, 1}
 
 
-def test_wepy_cpu_worker_passes_its_thread_count(process_mapper_cls):
-    with process_mapper_cls(num_workers=2, worker_type=OpenMMCPUWorker, worker_attributes={"num_threads": 3},
+def test_wepy_cpu_worker_passes_its_thread_count(process_mapper_cls, wepy_openmm):
+    with process_mapper_cls(num_workers=2, worker_type=wepy_openmm.OpenMMCPUWorker,
+                            worker_attributes={"num_threads": 3},
                             segment_func=dropin_funcs.record_task_kwargs) as m:
         results = m.map(dropin_funcs.walkers(4), [1] * 4)
     assert [r[3] for r in _records(results)] == ["3"] * 4
 
 
-def test_wepy_positional_order_reaches_the_worker_type():
+def test_wepy_positional_order_reaches_the_worker_type(wepy_openmm):
     """WorkerMapper(num_workers, worker_type, worker_attributes, segment_func), as wepy orders them."""
+    OpenMMGPUWorker = wepy_openmm.OpenMMGPUWorker
     for cls in (wemap.WorkerMapper, wemap.SharedMemWorkerMapper):
         m = cls(2, OpenMMGPUWorker, None, dropin_funcs.record_task_kwargs, device_ids=[5, 6], platform="OpenCL")
         assert m.num_workers == 2 and m.worker_type is OpenMMGPUWorker
@@ -69,13 +80,13 @@ def test_wepy_positional_order_reaches_the_worker_type():
         with m:
             results = m.map(dropin_funcs.walkers(2), [1, 1])
         assert all(p == "OpenCL" and d in ("5", "6") for _, p, d, _ in _records(results))
-    m = wemap.Mapper(dropin_funcs.fail_on)  # wepy's Mapper(segment_func=None, **kwargs)
-    assert m.segment_func is dropin_funcs.fail_on
+    m = wemap.Mapper(segfuncs.fail_on)  # wepy's Mapper(segment_func=None, **kwargs)
+    assert m.segment_func is segfuncs.fail_on
 
 
 def test_a_function_given_as_worker_type_is_refused_with_the_fix():
     with pytest.raises(TypeError, match="segment_func"):
-        wemap.WorkerMapper(2, dropin_funcs.fail_on)
+        wemap.WorkerMapper(2, segfuncs.fail_on)
 
 
 @pytest.mark.parametrize("name", list(MAPPERS))
@@ -108,7 +119,7 @@ def test_proc_start_method_is_the_start_method(cls):
 
 def test_wepy_except_clauses_catch_wemaps_task_exception():
     for name, cls in MAPPERS.items():
-        with cls(num_workers=2, segment_func=dropin_funcs.fail_on) as m:
+        with cls(num_workers=2, segment_func=segfuncs.fail_on) as m:
             with pytest.raises(WepyTaskException) as info:
                 m.map([1, 2, 3, 4], [3] * 4, walker_idx=[10, 11, 12, 13], cycle_idx=[5] * 4)
         exc = info.value
@@ -119,7 +130,7 @@ def test_wepy_except_clauses_catch_wemaps_task_exception():
 
 def test_wepy_except_clauses_catch_wemaps_worker_exception(process_mapper_cls):
     kw = {} if process_mapper_cls.__name__ == "DaskMapper" else {"max_retries": 0}
-    with process_mapper_cls(num_workers=2, segment_func=dropin_funcs.exit_on, **kw) as m:
+    with process_mapper_cls(num_workers=2, segment_func=segfuncs.exit_on, **kw) as m:
         with pytest.raises(WepyWorkerException) as info:
             m.map([1, 2, 3], [2, 2, 2], walker_idx=[20, 21, 22], cycle_idx=[4] * 3)
     exc = info.value

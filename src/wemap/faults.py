@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import _signal
 import logging
+import math
+import numbers
 import signal
 import threading
 from collections import Counter
@@ -20,9 +22,27 @@ from typing import Iterator
 from .errors import TaskTimeout, WorkerException
 from .worker import SIGNAL_MARK, TaskFailure
 
-__all__ = ["RetryPolicy", "Attempts", "sigterm_raises"]
+__all__ = ["RetryPolicy", "Attempts", "sigterm_raises", "check_seconds"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_seconds(name: str, value: object, *, zero: bool = False, infinite: bool = True) -> float:
+    """``value`` as seconds, or a `TypeError`/`ValueError` naming parameter ``name``.
+
+    A real number (numpy's too, not a bool), never nan; positive, or ``>= 0`` with ``zero``;
+    ``inf`` (no limit) only with ``infinite``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds (int or float), got {type(value).__name__} {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds):
+        raise ValueError(f"{name} must be a number of seconds, got nan")
+    if seconds < 0 or (seconds == 0 and not zero):
+        raise ValueError(f"{name} must be {'>= 0' if zero else 'positive'} (seconds), got {value!r}")
+    if math.isinf(seconds) and not infinite:
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -31,7 +51,8 @@ class RetryPolicy:
 
     A worker's first segment also builds its engine state (an OpenMM ``Context`` can take
     minutes for a large system), so it gets ``first_task_timeout`` instead (default: ten
-    times ``task_timeout``).
+    times ``task_timeout``). A timeout of ``None`` or ``inf`` is no limit; nan, zero, negative
+    or non-numeric values are refused, naming the parameter.
     """
 
     max_retries: int = 2
@@ -40,20 +61,29 @@ class RetryPolicy:
     first_task_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        for t in (self.task_timeout, self.first_task_timeout):
-            if t is not None and t <= 0:
-                raise ValueError(f"task timeouts must be positive seconds, got {t}")
+        n = self.max_retries
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"max_retries must be an int, got {type(n).__name__} {n!r}")
+        if n < 0:
+            raise ValueError(f"max_retries must be >= 0, got {n}")
+        object.__setattr__(self, "max_retries", int(n))
+        for name in ("task_timeout", "first_task_timeout"):
+            t = getattr(self, name)
+            if t is not None:
+                object.__setattr__(self, name, check_seconds(name, t))
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
             raise TypeError(f"retry_on must be a tuple of exception types, got {self.retry_on!r}")
 
     def timeout_for(self, first_segment: bool) -> float | None:
-        if self.task_timeout is None:
-            return self.first_task_timeout if first_segment else None
-        if first_segment:
-            return self.first_task_timeout if self.first_task_timeout is not None else 10 * self.task_timeout
-        return self.task_timeout
+        """Seconds a segment may run (a worker's first, or a later one); ``None``: no limit."""
+        limit: float | None
+        if first_segment and self.first_task_timeout is not None:
+            limit = self.first_task_timeout
+        elif first_segment:
+            limit = None if self.task_timeout is None else 10 * self.task_timeout
+        else:
+            limit = self.task_timeout
+        return None if limit is None or math.isinf(limit) else limit
 
 
 class Attempts:

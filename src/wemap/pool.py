@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -40,6 +41,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from .errors import WorkerException
+from .faults import check_seconds
 from .worker import TaskFailure, Worker
 
 __all__ = [
@@ -199,7 +201,13 @@ def _worker_main(
 
 
 class WorkerPool:
-    """Start ``num_workers`` processes running ``loop(worker, conn, *loop_args)`` and stop them."""
+    """Start ``num_workers`` processes running ``loop(worker, conn, *loop_args)`` and stop them.
+
+    ``start_timeout``: seconds every worker has to finish starting (its ``Worker.init``
+    included), ``inf`` for no limit; ``stop_timeout``: seconds `stop` waits for workers to
+    finish by themselves before ending them, finite (a stop always ends). Both are checked
+    here, before any process starts.
+    """
 
     def __init__(
         self,
@@ -212,8 +220,11 @@ class WorkerPool:
         worker_init: Callable | None = None,
         start_method: str | None = None,
         start_timeout: float = 120.0,
+        stop_timeout: float = 5.0,
         name: str = "wemap-worker",
     ) -> None:
+        self.start_timeout = check_seconds("start_timeout", start_timeout)
+        self.stop_timeout = check_seconds("stop_timeout", stop_timeout, zero=True, infinite=False)
         self.start_method = start_method or default_start_method()
         self.ctx = mp.get_context(self.start_method)
         self.num_workers = num_workers
@@ -222,7 +233,6 @@ class WorkerPool:
         self.worker_type = worker_type
         self.worker_attributes = dict(worker_attributes or {})
         self.worker_init = worker_init
-        self.start_timeout = start_timeout
         self.name = name
         self.workers: list[WorkerProcess] = []
         #: the manager's environment as of `start`, which every worker gets (a replacement too)
@@ -283,10 +293,12 @@ class WorkerPool:
             if remaining <= 0:
                 names = ", ".join(w.describe() for w in waiting.values())
                 raise WorkerException(
-                    f"{names} did not finish starting within {self.start_timeout:.0f} s "
+                    f"{names} did not finish starting within {self.start_timeout:.3g} s "
                     f"(start_timeout); a slow Worker.init or import may need a larger value"
                 )
-            for r in wait(list(waiting) + [w.sentinel for w in waiting.values()], timeout=remaining):
+            ready = wait(list(waiting) + [w.sentinel for w in waiting.values()],
+                         timeout=None if math.isinf(remaining) else remaining)
+            for r in ready:
                 w = waiting.get(r) or by_sentinel[r]
                 if w.conn not in waiting:
                     continue
@@ -317,15 +329,17 @@ class WorkerPool:
                 w.ready = True
                 del waiting[w.conn]
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask, join with a timeout, terminate, kill: every step bounded; safe to call twice.
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask, join with a timeout (default ``stop_timeout``), terminate, kill: every step
+        bounded; safe to call twice. A worker still starting (in its ``Worker.init``) reads no
+        request to stop, so it is not waited for: a failed or interrupted start ends at once.
 
         Interrupted (a second Ctrl-C while workers are asked to stop), it still kills and
         reaps every worker before the interrupt goes on: nothing is left holding a GPU.
         """
         workers, self.workers = self.workers, []
         try:
-            self._stop_gently(workers, timeout)
+            self._stop_gently(workers, self.stop_timeout if timeout is None else timeout)
         finally:
             self._reap(workers)
 
@@ -338,11 +352,15 @@ class WorkerPool:
                 pass
         deadline = time.monotonic() + timeout
         for w in workers:
-            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.ready:
+                w.process.join(max(0.0, deadline - time.monotonic()))
         for step in ("terminate", "kill"):
             alive = [w for w in workers if w.process.is_alive()]
             for w in alive:
-                logger.warning("%s did not stop in time; sending %s", w.describe(), step)
+                if w.ready or step == "kill":
+                    logger.warning("%s did not stop in time; sending %s", w.describe(), step)
+                else:
+                    logger.info("%s is still starting; sending %s", w.describe(), step)
                 getattr(w.process, step)()
             for w in alive:
                 w.process.join(1.0)

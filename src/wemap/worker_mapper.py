@@ -13,11 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, wait
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from .faults import Attempts
 from .mapper import MapperBase, TaskSpec, resolve_start_method
+from .pickling import dumps
 from .pool import ABORT_STOP_TIMEOUT, WorkerPool, control_messages, describe_exitcode
 from .worker import Task, TaskFailure, Worker, run_timed
 
@@ -33,13 +33,15 @@ def pipe_loop(
     for task_idx, args, kwargs in control_messages(conn):
         ok, result, seconds, _, _ = run_timed(worker, Task(segment_func, *args, **kwargs), retry_on)
         try:
-            conn.send((task_idx, ok, result, seconds))
+            payload = dumps((task_idx, ok, result, seconds))
         except Exception as exc:  # an unpicklable result is the segment's bug: report it as such
             failure = TaskFailure.capture(exc)
             failure = TaskFailure(
                 failure.exc_type, f"the segment's result could not be sent to the manager: {exc}", failure.traceback
             )
-            conn.send((task_idx, False, failure, seconds))
+            payload = dumps((task_idx, False, failure, seconds))
+        del result
+        conn.send_bytes(payload)
 
 
 class WorkerMapper(MapperBase):
@@ -94,6 +96,7 @@ class WorkerMapper(MapperBase):
             worker_init=self.worker_init,
             start_method=self.start_method,
             start_timeout=self.start_timeout,
+            stop_timeout=self.stop_timeout,
         )
         pool.check_picklable(
             segment_func=self.segment_func,
@@ -152,7 +155,7 @@ class WorkerMapper(MapperBase):
                 w = pool.workers[idx]
                 timeout = self.policy.timeout_for(first_segment=not w.extra.get("served"))
                 try:
-                    payload = ForkingPickler.dumps((spec.task_idx, spec.args, spec.kwargs))
+                    payload = dumps((spec.task_idx, spec.args, spec.kwargs))
                 except Exception as exc:  # any pickling failure is the caller's input
                     raise ValueError(
                         f"walker {spec.walker_idx} (cycle {spec.cycle_idx}): its arguments cannot be sent to a "

@@ -110,6 +110,7 @@ class SharedMemWorkerMapper(MapperBase):
             self._worker_count(), ring_loop, (self.segment_func, self.codecs, self.policy.retry_on),
             worker_type=self.worker_factory, worker_attributes=self.worker_attributes,
             worker_init=self.worker_init, start_method=self.start_method, start_timeout=self.start_timeout,
+            stop_timeout=self.stop_timeout,
         )
         pool.check_picklable(segment_func=self.segment_func, worker_type=self.worker_type,
                              worker_attributes=self.worker_attributes, worker_init=self.worker_init,
