@@ -95,7 +95,7 @@ PY
     fi
     export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 4)}
     step wemap-build 240 "" "${pip[@]}" --no-build-isolation --target /tmp/wemap \
-        -C cmake.define.WEMAP_COMPILE_PY=OFF -C build-dir=/tmp/wemap-build .
+        -C build-dir=/tmp/wemap-build .
     [ -n "${geomm_pid:-}" ] && wait "$geomm_pid"
     export PYTHONPATH=/tmp/wemap:/tmp/geomm:$PYTHONPATH
 fi

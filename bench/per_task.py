@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/per_task.json")
     args = ap.parse_args(argv)
     walkers = make_walkers(args.walkers, args.atoms)
-    configs = {"copy": {}, "zero_copy": {"zero_copy": True}}
-    mappers = {k: wemap.SharedMemWorkerMapper(num_workers=args.workers, segment_func=noop_segment, **kw)
-               for k, kw in configs.items()}
+    mappers = {"no-op": wemap.SharedMemWorkerMapper(num_workers=args.workers, segment_func=noop_segment)}
     times: dict[tuple[str, str], list] = {}
     try:
         for m in mappers.values():

@@ -49,7 +49,8 @@
  *        waiters -= 1 (W3) and return.
  *     5. futex_wait(&event, ev, remaining time): returns at once if event
  *        is no longer ev; otherwise sleeps until woken, signalled or timed
- *        out.  Then waiters -= 1 (W3) and back to 2.
+ *        out.  Then waiters -= 1 (W3) and back to 2, or, after a signal,
+ *        return WM_SIGNALED so the caller can run its handlers.
  *     The producer's P4 and the consumer's W2 are read-modify-writes of the
  *     same word, so one comes first in its modification order (a Dekker pair
  *     without fences, which ThreadSanitizer cannot model):
@@ -144,7 +145,7 @@
  *   that position (everything behind it stays queued), or producers see it
  *   as full once they wrap round to it.  The ring cannot detect this itself.
  *   The manager detects it through its worker-death detection (each worker
- *   process's sentinel wakes the manager's monitor thread, which calls
+ *   process's sentinel wakes the manager's watcher thread, which calls
  *   wm_interrupt() so a blocked manager pop returns WM_INTERRUPTED); any ring
  *   a dead process may have touched is then declared broken and the segment
  *   is rebuilt (new segment, fresh rings) rather than repaired.  A consumer
@@ -314,10 +315,12 @@ static int wm_futex_wait(_Atomic uint32_t *word, uint32_t expected,
     long rc = syscall(SYS_futex, (void *)word, FUTEX_WAIT, expected, rel, NULL, 0);
     if (rc == 0)
         return WM_OK;
-    /* EAGAIN: word already changed; EINTR: a signal; ETIMEDOUT: time up.
-     * All three send the caller back round its loop. */
-    if (errno == EAGAIN || errno == EINTR || errno == ETIMEDOUT)
+    /* EAGAIN: word already changed; ETIMEDOUT: time up.  Both send the caller
+     * back round its loop.  EINTR: a signal, which the caller must see. */
+    if (errno == EAGAIN || errno == ETIMEDOUT)
         return WM_OK;
+    if (errno == EINTR)
+        return WM_SIGNALED;
     return WM_SYSERR;
 }
 
@@ -344,6 +347,7 @@ const char *wm_status_str(int status)
     case WM_BAD_INDEX: return "WM_BAD_INDEX";
     case WM_CORRUPT: return "WM_CORRUPT";
     case WM_WAKE_FAILED: return "WM_WAKE_FAILED";
+    case WM_SIGNALED: return "WM_SIGNALED";
     case WM_BAD_MAGIC: return "WM_BAD_MAGIC";
     case WM_BAD_VERSION: return "WM_BAD_VERSION";
     case WM_BAD_LAYOUT: return "WM_BAD_LAYOUT";
@@ -700,8 +704,9 @@ static int wm_sleep_pop(const wm_seg_t *seg, wm_ring_ctl *r, uint32_t *slot,
                     ts.tv_nsec = (long)(rem % UINT64_C(1000000000));
                     tp = &ts;
                 }
-                if (wm_futex_wait(&w->event, ev, tp) != WM_OK)
-                    st = WM_SYSERR;
+                int ws = wm_futex_wait(&w->event, ev, tp);
+                if (ws != WM_OK)
+                    st = ws; /* WM_SIGNALED or WM_SYSERR */
             }
         }
         atomic_fetch_sub_explicit(&w->waiters, 1, memory_order_relaxed); /* W3 */
@@ -731,8 +736,8 @@ static int wm_sleep_pop(const wm_seg_t *seg, wm_ring_ctl *r, uint32_t *slot,
         struct timespec ts;
         ts.tv_sec = (time_t)(d / UINT64_C(1000000000));
         ts.tv_nsec = (long)(d % UINT64_C(1000000000));
-        if (nanosleep(&ts, NULL) != 0 && errno != EINTR)
-            return WM_SYSERR;
+        if (nanosleep(&ts, NULL) != 0)
+            return errno == EINTR ? WM_SIGNALED : WM_SYSERR;
         if (nap < UINT64_C(1000000))
             nap *= 2;
     }

@@ -67,7 +67,8 @@ enum wm_status {
     WM_INVALID,     /**< bad argument (slot count, size, ring id, alignment) */
     WM_SYSERR,      /**< a system call failed; errno holds the reason */
     WM_CORRUPT,     /**< a ring's cells contradict its positions (a stray write) */
-    WM_WAKE_FAILED  /**< wm_push() queued the index but waking a sleeper failed (errno) */
+    WM_WAKE_FAILED, /**< wm_push() queued the index but waking a sleeper failed (errno) */
+    WM_SIGNALED     /**< a signal arrived during a blocking pop, which popped nothing */
 };
 
 /**
@@ -220,15 +221,17 @@ int wm_try_pop(const wm_seg_t *seg, int ring, uint32_t *slot);
  * @brief Pop a slot index, waiting up to @p timeout_ns for one.
  *
  * Spins a few microseconds, then sleeps in the kernel (a futex on Linux, a
- * nanosleep backoff elsewhere) until a push, wm_close(), wm_interrupt() or the
- * timeout.  An available index always wins over a timeout or an interrupt.
- * Equivalent to wm_pop_epoch() with the current wm_interrupt_epoch().
+ * nanosleep backoff elsewhere) until a push, wm_close(), wm_interrupt(), a
+ * signal delivered to the calling thread, or the timeout.  An available index
+ * always wins over a timeout, an interrupt or a signal.  Equivalent to
+ * wm_pop_epoch() with the current wm_interrupt_epoch().
  *
  * @param seg handle
  * @param ring ::WM_READY or ::WM_DONE
  * @param slot receives the index on WM_OK
  * @param timeout_ns how long to wait; negative waits forever, 0 only tries
- * @return WM_OK, WM_TIMEOUT, WM_CLOSED, WM_INTERRUPTED, WM_INVALID,
+ * @return WM_OK, WM_TIMEOUT, WM_CLOSED, WM_INTERRUPTED, WM_SIGNALED (the
+ *         caller runs its signal handlers and may wait again), WM_INVALID,
  *         WM_BAD_INDEX or WM_CORRUPT (as for wm_try_pop()) or WM_SYSERR
  */
 int wm_pop(const wm_seg_t *seg, int ring, uint32_t *slot, int64_t timeout_ns);
@@ -236,9 +239,10 @@ int wm_pop(const wm_seg_t *seg, int ring, uint32_t *slot, int64_t timeout_ns);
 /**
  * @brief wm_pop(), reporting an interrupt against an epoch taken earlier.
  *
- * Lets a caller wait in several bounded slices (to check for signals between
- * them) without missing an interrupt that lands between two slices: take
- * @p epoch once with wm_interrupt_epoch() and pass it to every slice.
+ * Lets a caller wait again after a signal (WM_SIGNALED) or act on something
+ * before it waits, without missing an interrupt that lands in between: take
+ * @p epoch with wm_interrupt_epoch() before it looks, and pass it to every
+ * wait that follows.
  *
  * @param seg handle
  * @param ring ::WM_READY or ::WM_DONE
@@ -284,8 +288,9 @@ int wm_is_closed(const wm_seg_t *seg, int ring);
  * @brief Make every pop blocked on a ring (in any process) return
  *        WM_INTERRUPTED, unless an index arrives first.
  *
- * For the manager's monitor thread: it wakes the manager when a worker
- * process dies.  Pops that start after this call are not affected.
+ * For the manager's watcher thread: it wakes the manager's wait on the done
+ * ring when a worker process dies, writes to its pipe, or a timeout is due.
+ * Pops that start after this call with a newer epoch are not affected.
  *
  * @param seg handle
  * @param ring ::WM_READY or ::WM_DONE

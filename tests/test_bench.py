@@ -381,18 +381,6 @@ def _bench_script(name: str):
     return module
 
 
-def test_codec_path_script_reports_every_phase_beside_its_bare_copy(tmp_path):
-    """bench/codec_path.py at a tiny size: every phase timed, and each overhead computed from the same run's copy."""
-    codec_path = _bench_script("codec_path")
-    out = tmp_path / "cp.json"
-    assert codec_path.main(["--atoms", "50", "--walkers", "2", "--number", "3", "--repeats", "2", "--out", str(out)]) == 0
-    rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
-    assert len(rows) == 6 and all(r["us_per_walker"] > 0 for r in rows.values())
-    for phase, copy in (("manager: encode + write (copy in)", "bare copy in"),
-                        ("manager: read + decode (copy out)", "bare copy out")):
-        assert rows[phase]["over_copy_us"] == pytest.approx(rows[phase]["us_per_walker"] - rows[copy]["us_per_walker"])
-
-
 def test_cycle_gap_script_times_each_pause(tmp_path):
     """bench/cycle_gap.py at a tiny size: one row per pause, each a positive cycle time beside a floor's."""
     cycle_gap = _bench_script("cycle_gap")

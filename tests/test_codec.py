@@ -1,7 +1,10 @@
-"""The slot-region format on its own: round trips, and descriptors that must be refused."""
+"""The slot format on its own: plain values and descriptors round trip; malformed ones are refused;
+nothing the manager reads from shared memory is unpickled."""
 
 from __future__ import annotations
 
+import ast
+import pathlib
 import pickle
 
 import numpy as np
@@ -11,60 +14,86 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import wemap
-from wemap.codec import (
-    _HEAD,
-    _LAYOUT_LEN,
-    ARENA_REGION,
-    DATA_START,
-    IN_REGION,
-    ArrayCodec,
-    Codec,
-    CodecRegistry,
-    decode_call,
-    encode_call,
-    read_descriptor,
-    write_call,
-)
-from wemap.memcopy import BlockPool
+from wemap.codec import ArrayCodec, Codec, CodecRegistry
+from wemap.plain_values import NotPlain, decode_plain, encode_plain
+from wemap.shm.calls import decode_call, encode_call
+from wemap.slot_format import HEAD, MAGIC, NO_BLOCK, Layouts, pack, unpack, values
 
-REGION = 1 << 16
+BLOCK = 1 << 16
+SRC = pathlib.Path(wemap.__file__).parent
+
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text()
+    | st.binary() | st.complex_numbers(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                          max_size=4),
+    max_leaves=20)
 
 
-def regions():
-    return np.zeros(REGION, np.uint8), np.zeros(REGION, np.uint8)
+@settings(max_examples=200, deadline=None)
+@given(plain)
+def test_plain_values_round_trip(value):
+    assert decode_plain(encode_plain(value)) == value
 
 
-def round_trip(obj, *, copy=True):
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_bytes_decode_to_a_value_or_a_value_error(raw):
+    try:
+        decode_plain(raw)
+    except ValueError:
+        pass
+
+
+def test_what_is_not_plain_becomes_an_extra_in_its_place():
+    extras: list = []
+    raw = encode_plain([1.0, {3, 4}, (2, object)], extras)
+    assert extras == [{3, 4}, object]
+    assert decode_plain(raw, extras) == [1.0, {3, 4}, (2, object)]
+    with pytest.raises(NotPlain):
+        encode_plain({1, 2})
+    with pytest.raises(ValueError, match="extra 1 of 1"):
+        decode_plain(raw, extras[:1])
+
+
+def _call_round_trip(obj, **kwargs):
     reg = CodecRegistry()
-    regs = regions()
-    write_call(encode_call(reg, (obj,), {"n": 3}, where="walker 0", region=IN_REGION), regs[0])
-    args, kwargs = decode_call(reg, read_descriptor(regs[0]), regs, copy=copy, readonly=True, pool=BlockPool())
-    assert kwargs == {"n": 3}
+    layouts = Layouts(reg.by_name, BLOCK)
+    block = np.zeros(BLOCK, np.uint8)
+    enc = encode_call(layouts, reg, (obj,), kwargs, where="walker 0", locate=lambda a: None)
+    for arr, off in zip(enc.copies, enc.offsets):
+        np.ndarray(arr.shape, arr.dtype, block, off)[...] = arr
+    region = np.zeros(4096, np.uint8)
+    desc = pack([0, *enc.refs], enc.layout, enc.values, len(enc.extras), 1)
+    region[: len(desc)] = np.frombuffer(desc, np.uint8)
+    _, blocks, layout, raw, n_extras = unpack(region, layouts, 2)
+    assert n_extras == len(enc.extras)
+    args, kw = decode_call(layout, blocks, values(raw, layout, list(enc.extras)),
+                           lambda b, dt, shape, off: np.ndarray(shape, dt, block, off))
+    assert kw.keys() == kwargs.keys()
     return args[0]
 
 
-_dtypes = st.one_of(hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(), hnp.floating_dtypes(), hnp.complex_number_dtypes(),
-                    hnp.boolean_dtypes(), hnp.datetime64_dtypes(),
+_dtypes = st.one_of(hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(), hnp.floating_dtypes(),
+                    hnp.complex_number_dtypes(), hnp.boolean_dtypes(), hnp.datetime64_dtypes(),
                     st.just(np.dtype([("x", "<f8"), ("id", "<i4")])), st.just(np.dtype([("xyz", "<f4", (3,))])))
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(_dtypes, hnp.array_shapes(min_dims=0, max_dims=3, max_side=6)), st.booleans())
-def test_any_raw_array_round_trips(arr, copy):
-    w = wemap.Walker({"a": arr, "weight_note": "kept"}, 0.25)
-    out = round_trip(w, copy=copy)
+@given(hnp.arrays(_dtypes, hnp.array_shapes(min_dims=0, max_dims=3, max_side=6)))
+def test_any_raw_array_round_trips(arr):
+    w = wemap.Walker({"a": arr, "note": "kept"}, 0.25)
+    out = _call_round_trip(w, n=3)
     assert out.state["a"].dtype == arr.dtype and out.state["a"].shape == arr.shape
     assert out.state["a"].tobytes() == arr.tobytes()
-    assert out.state["weight_note"] == "kept" and out.weight == 0.25
+    assert list(out.state) == ["a", "note"] and out.state["note"] == "kept" and out.weight == 0.25
 
 
-def _put(regs, layout, meta=(None,)) -> None:
-    """A descriptor in the output region, in the format `write_call` writes, from raw parts."""
-    lay = pickle.dumps(layout)
-    data = _LAYOUT_LEN.pack(len(lay)) + lay + pickle.dumps(list(meta))
-    out = regs[1]
-    out[128 : 128 + len(data)] = np.frombuffer(data, np.uint8)
-    out[:16] = np.frombuffer(_HEAD.pack(128, len(data)), np.uint8)
+def _descriptor(layout, vals=(None,), blocks=(0,), result=NO_BLOCK, n_extras=0, region=4096) -> np.ndarray:
+    out = np.zeros(region, np.uint8)
+    desc = pack(list(blocks), encode_plain(layout), encode_plain(list(vals)), n_extras, result)
+    out[: len(desc)] = np.frombuffer(desc, np.uint8)
+    return out
 
 
 def _entry(*field):
@@ -74,79 +103,90 @@ def _entry(*field):
 @pytest.mark.parametrize(
     "layout, message",
     [
-        (_entry("array", "<f8", (2**40,), 1, DATA_START), "outside its slot region"),
-        (_entry("array", "<f8", (4,), 2, 0), "region 2, which this slot does not have"),
-        (_entry("array", "<f8", (4,), 5, DATA_START), "region 5"),
-        (_entry("array", "<f8", (4,), 1, 8), "outside its slot region"),
-        (_entry("array", "zz", (4,), 1, DATA_START), "bad dtype"),
-        (_entry("array", "|O", (4,), 1, DATA_START), "Python objects"),
-        (_entry("array", "<f8", (-1,), 1, DATA_START), "bad shape"),
+        (_entry("array", "<f8", (2**40,), 0, 0), "outside its block"),
+        (_entry("array", "<f8", (4,), 0, BLOCK - 8), "outside its block"),
+        (_entry("array", "<f8", (4,), 5, 0), "block entry 5 of 1"),
+        (_entry("array", "zz", (4,), 0, 0), "bad dtype"),
+        (_entry("array", "|O", (4,), 0, 0), "Python objects"),
+        (_entry("array", "<f8", (-1,), 0, 0), "bad shape"),
+        (_entry("array", "<f8"), "2 items, not 5"),
         ((1, (), (("no-such-codec", ()),)), "no-such-codec"),
         ([1, 2], "malformed"),
-        ((0, [1], (("scalar", ()),)), "malformed"),
+        ((0, ("k",), (("scalar", ()), ("scalar", ()))), "malformed"),
         ((3, (), (("scalar", ()),)), "malformed"),
-        ((1, (), (("array", (("array", "<f8"),)),)), "malformed"),
-        ((1, (), (([1], ()),)), "malformed"),
-        ((0, "k", (("scalar", ()),)), "malformed"),
         ((0, ("k", "k"), (("scalar", ()), ("scalar", ()))), "malformed"),
     ],
 )
-def test_corrupt_descriptor_is_refused_before_any_copy(layout, message):
-    regs = regions()
-    _put(regs, layout)
+def test_a_malformed_descriptor_is_refused_naming_what_is_wrong(layout, message):
+    region = _descriptor(layout)
     with pytest.raises(ValueError, match=message):
-        decode_call(CodecRegistry(), read_descriptor(regs[1]), regs, copy=True, readonly=True, pool=BlockPool())
+        _, blocks, lay, raw, _ = unpack(region, Layouts(CodecRegistry().by_name, BLOCK), 4)
+        values(raw, lay, [])
 
 
-@pytest.mark.parametrize("meta", [(), (1, 2)])
-def test_metadata_that_does_not_match_its_layout_is_refused(meta):
-    regs = regions()
-    _put(regs, _entry("array", "<f8", (4,), 1, DATA_START), meta)
-    with pytest.raises(ValueError, match="malformed slot descriptor"):
-        decode_call(CodecRegistry(), read_descriptor(regs[1]), regs, copy=True, readonly=True, pool=BlockPool())
+def test_blocks_beyond_the_arena_and_truncated_descriptors_are_refused():
+    layouts = Layouts(CodecRegistry().by_name, BLOCK)
+    layout = _entry("array", "<f8", (4,), 0, 0)
+    with pytest.raises(ValueError, match="beyond the arena"):
+        unpack(_descriptor(layout, blocks=(9,)), layouts, 4)
+    with pytest.raises(ValueError, match="result block 7 of 4"):
+        unpack(_descriptor(layout, result=7), layouts, 4)
+    region = _descriptor(layout)
+    HEAD.pack_into(region, 0, MAGIC, 10_000, NO_BLOCK, 1, 0)
+    with pytest.raises(ValueError, match="malformed"):
+        unpack(region, layouts, 4)
+    _, _, lay, raw, _ = unpack(_descriptor((1, (), (("array", (("v",),)),)), vals=(None,)), layouts, 4)
+    with pytest.raises(ValueError, match="1 values, the layout has 2"):
+        values(raw, lay, [])
 
 
-def test_a_layout_that_overruns_its_descriptor_is_refused():
-    regs = regions()
-    _put(regs, _entry("array", "<f8", (4,), 1, DATA_START))
-    out = regs[1]
-    _LAYOUT_LEN.pack_into(out, 128, 10_000)
-    with pytest.raises(ValueError, match="runs past the descriptor"):
-        read_descriptor(out)
+def test_a_pickle_in_a_descriptor_is_data_that_fails_to_parse_never_code():
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ("unpickled",))
+
+    region = np.zeros(4096, np.uint8)
+    evil = pickle.dumps(Boom())
+    region[: HEAD.size + len(evil)] = np.frombuffer(HEAD.pack(MAGIC, HEAD.size + len(evil), 0, 0, 0) + evil, np.uint8)
+    with pytest.raises(ValueError, match="malformed"):
+        unpack(region, Layouts(CodecRegistry().by_name, BLOCK), 4)
 
 
-def test_a_layout_is_parsed_once_and_stays_bound_to_the_regions_it_is_checked_against():
-    """The cache keys a layout by its bytes; which regions it fits is checked for every call."""
+def test_the_manager_side_never_unpickles():
+    """No pickle.loads (nor load, Unpickler) in the modules that read shared memory."""
+    for path in [SRC / "slot_format.py", SRC / "plain_values.py", SRC / "arena.py", *(SRC / "shm").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("loads", "load", "Unpickler"):
+                raise AssertionError(f"{path.name}:{node.lineno} calls {node.attr}")
+
+
+def test_a_layout_is_made_and_parsed_once_and_walkers_keep_their_own_values():
     reg = CodecRegistry()
-    w = wemap.Walker({"x": np.arange(12.0).reshape(4, 3)}, 0.5)
-    big = regions()
-    write_call(encode_call(reg, (w,), {}, where="walker 0", region=IN_REGION), big[0])
-    first = read_descriptor(big[0])
-    decode_call(reg, first, big, copy=True, readonly=True)
-    decode_call(reg, read_descriptor(big[0]), big, copy=True, readonly=True)
-    assert len(reg._parsed) == 1 and reg.layout(first.layout) is reg.layout(bytes(first.layout))
-    small = (big[0][:DATA_START + 8], big[1])  # the same bytes, a region too small for the field
-    with pytest.raises(ValueError, match="field 'x' lies outside its slot region"):
-        decode_call(reg, first, small, copy=True, readonly=True)
-
-
-def test_walkers_differing_only_in_metadata_share_one_layout_and_keep_their_own_values():
-    reg = CodecRegistry()
-    regs = regions()
+    layouts = Layouts(reg.by_name, BLOCK)
     seen = []
+    raws = set()
     for i in range(5):
         w = wemap.Walker({"x": np.full((3, 3), float(i)), "note": f"n{i}"}, weight=1 / (i + 2))
-        write_call(encode_call(reg, (w, i), {"cycle_idx": i * 10}, where=f"walker {i}", region=IN_REGION), regs[0])
-        args, kwargs = decode_call(reg, read_descriptor(regs[0]), regs, copy=True, readonly=True, pool=BlockPool())
-        seen.append((args[0].weight, args[0].state["note"], float(args[0].state["x"][0, 0]), args[1], kwargs))
-    assert seen == [(1 / (i + 2), f"n{i}", float(i), i, {"cycle_idx": i * 10}) for i in range(5)]
-    assert len(reg._made) == 1 and len(reg._parsed) == 1
+        seen.append(_call_round_trip(w, cycle_idx=i))
+        raws.add(encode_call(layouts, reg, (w,), {}, where="w", locate=lambda a: None).layout)
+    assert [(o.weight, o.state["note"], float(o.state["x"][0, 0])) for o in seen] == \
+        [(1 / (i + 2), f"n{i}", float(i)) for i in range(5)]
+    assert len(raws) == 1
 
 
-def test_metadata_that_cannot_be_pickled_names_the_walker():
-    w = wemap.Walker({"x": np.zeros(3), "hook": lambda: None}, 1.0)
-    with pytest.raises(ValueError, match="walker 7: its metadata cannot be pickled"):
-        encode_call(CodecRegistry(), (w,), {}, where="walker 7", region=IN_REGION)
+def test_a_codec_that_fails_names_the_walker():
+    class Bad(Codec):
+        name = "bad"
+
+        def accepts(self, obj):
+            return True
+
+        def encode(self, obj):
+            raise RuntimeError("no")
+
+    reg = CodecRegistry([Bad()])
+    with pytest.raises(ValueError, match="walker 7, argument 0: the 'bad' codec cannot encode it: RuntimeError: no"):
+        encode_call(Layouts(reg.by_name, BLOCK), reg, (1,), {}, where="walker 7", locate=lambda a: None)
 
 
 def test_duplicate_codec_names_are_refused():
@@ -174,19 +214,3 @@ def test_user_codecs_come_first_even_when_given_as_a_generator():
     reg = CodecRegistry(c for c in [Mine()])
     assert reg.for_object(wemap.Walker({}, 1.0)).name == "mine"
     assert reg.for_object(3).name == "scalar"
-
-
-def test_layouts_that_refer_into_the_arena_are_not_kept():
-    """Their offsets differ walker by walker, so keeping them would only churn the cache."""
-    reg = CodecRegistry()
-    regs = regions()
-    arena = np.zeros(REGION, np.uint8)
-    for i in range(3):
-        x = np.ndarray((4,), "<f8", buffer=arena, offset=64 * (i + 1))
-        enc = encode_call(reg, (wemap.Walker({"x": x}, 1.0),), {}, where=f"walker {i}", region=IN_REGION,
-                          local_ref=lambda a, i=i: (ARENA_REGION, 64 * (i + 1)))
-        write_call(enc, regs[0])
-        args, _ = decode_call(reg, read_descriptor(regs[0]), (*regs, np.zeros(0, np.uint8), arena), copy=False,
-                              readonly=True)
-        assert np.shares_memory(args[0].state["x"], arena)
-    assert reg._made == {} and reg._parsed == {}

@@ -110,13 +110,15 @@ MANAGER_SCRIPT = textwrap.dedent(
     # ignored; an interactive user's manager has Python's handler, so install it
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
-    import segfuncs, wemap
+    import psutil, segfuncs, wemap
+    from wemap.pool import multiprocessing_helper_pids
 
     if __name__ == "__main__":
         m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
         m.init()
         m.map([1], [0.0])
-        print(getattr(m, "segment_name", None), *[w.pid for w in m._pool.workers], flush=True)
+        pids = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in multiprocessing_helper_pids()]
+        print(getattr(m, "segment_name", None), *pids, flush=True)
         try:
             m.map([1, 2, 3], [60, 60, 60])
         finally:
@@ -179,7 +181,7 @@ SHM = MAPPERS["SharedMemWorkerMapper"]
 
 def test_corrupt_slot_header_is_a_worker_exception():
     ws = walkers(2)
-    with SHM(segment_func=segfuncs.corrupt_headers, num_workers=1, num_slots=2) as m:
+    with SHM(segment_func=segfuncs.corrupt_headers, num_workers=1) as m:
         m.map(ws, [""] * 2)  # sizes the segment; an empty name corrupts nothing
         with pytest.raises(WorkerException, match=r"header says task 999999.*corrupt"):
             m.map(ws, [m.segment_name] * 2)
@@ -187,7 +189,7 @@ def test_corrupt_slot_header_is_a_worker_exception():
 
 def test_corrupt_input_descriptor_is_a_worker_exception():
     ws = walkers(2)
-    with SHM(segment_func=segfuncs.corrupt_other_inputs, num_workers=1, num_slots=2) as m:
+    with SHM(segment_func=segfuncs.corrupt_other_inputs, num_workers=1) as m:
         m.map(ws, ["unused"] * 2, walker_idx=[5, 6])  # sizes the segment, corrupts nothing
         with pytest.raises(WorkerException, match=r"walker 1.*could not read the walker.*corrupt"):
             m.map(ws, [m.segment_name] * 2, walker_idx=[0, 1])
@@ -234,11 +236,12 @@ INTERRUPTED_TWICE = textwrap.dedent(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
     import psutil, segfuncs, wemap
+    from wemap.pool import multiprocessing_helper_pids
 
     if __name__ == "__main__":
         m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
         m.init()
-        pids = [w.pid for w in m._pool.workers]
+        pids = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in multiprocessing_helper_pids()]
 
         def interrupt_twice():
             time.sleep(1.0)
@@ -302,11 +305,11 @@ def test_recovered_worker_deaths_leave_the_slots_their_size(tmp_path):
     ws = walkers(4)
     with SHM(segment_func=segfuncs.kill_once, num_workers=2) as m:
         m.map(ws, [1] * 4, marker_dir=[str(tmp_path)] * 4, victim=[-1] * 4, **cycle_kwargs(0, 4))
-        region, nslots = m._segment.ring.region_size, m._segment.ring.nslots
+        size = os.stat(f"/dev/shm/{m.segment_name}").st_size
         for cycle in range(1, 5):
             marker = tmp_path / f"cycle{cycle}"
             marker.mkdir()
             out = m.map(ws, [1] * 4, marker_dir=[str(marker)] * 4, victim=[cycle % 4] * 4, **cycle_kwargs(cycle, 4))
             assert out == [segfuncs.displace(w, 1) for w in ws]
         assert m.recovered_segments == 4
-        assert (m._segment.ring.region_size, m._segment.ring.nslots) == (region, nslots)
+        assert os.stat(f"/dev/shm/{m.segment_name}").st_size == size

@@ -28,7 +28,10 @@ import wepy.runners.openmm as wepy_openmm  # noqa: E402
 from openmm import app  # noqa: E402
 from test_contract import MAPPERS  # noqa: E402
 from test_openmm_workers import not_the_default_threads  # noqa: E402
-from wemap.codec import IN_REGION, CodecRegistry, decode_call, encode_call, read_descriptor, write_call  # noqa: E402
+from wemap.codec import CodecRegistry  # noqa: E402
+from wemap.memcopy import write_arrays  # noqa: E402
+from wemap.shm.calls import decode_call, encode_call  # noqa: E402
+from wemap.slot_format import Layouts, pack, unpack, values  # noqa: E402
 from wemap.openmm import (  # noqa: E402
     ArrayState,
     OpenMMCPUWorker,
@@ -283,18 +286,23 @@ def test_walker_arrays_travel_as_raw_bytes_and_only_a_few_numbers_are_pickled():
     state = ctx.getState(**dict(GET_STATE_KWARG_DEFAULTS))
     walker = openmm_walker(state, 0.25, label="a", extra=np.arange(7.0))
     reg = CodecRegistry()
+    layouts = Layouts(reg.by_name, 1 << 20)
     assert reg.for_object(walker).name == "openmm_walker"
-    enc = encode_call(reg, (walker,), {}, where="walker 0", region=IN_REGION)
-    fields = {a.nbytes for a in enc.arrays}
+    enc = encode_call(layouts, reg, (walker,), {}, where="walker 0", locate=lambda a: None)
+    fields = {a.nbytes for a in enc.copies}
     assert 3 * n_atoms * 3 * 8 <= enc.array_bytes and n_atoms * 3 * 8 in fields
-    assert len(enc.descriptor) < 2048, f"{len(enc.descriptor)} bytes of layout and metadata"
-    xml = encode_call(reg, (OpenMMWalker(OpenMMState(state), 0.25),), {}, where="walker 0", region=IN_REGION)
-    assert reg.for_object(OpenMMWalker(OpenMMState(state), 0.25)).name == "pickle5"
-    assert len(xml.descriptor) > 100 * len(enc.descriptor)
+    desc = pack([0], enc.layout, enc.values, len(enc.extras), 1)
+    assert len(desc) < 2048 and not enc.extras, f"{len(desc)} bytes of layout and values, {len(enc.extras)} extras"
+    xml_walker = OpenMMWalker(OpenMMState(state), 0.25)
+    assert reg.for_object(xml_walker).name == "pickle5"
+    xml = encode_call(layouts, reg, (xml_walker,), {}, where="walker 0", locate=lambda a: None)
+    assert len(pickle.dumps(xml.extras)) > 100 * len(desc), "the XML travels pickled, over the pipe"
     # and back: the same walker, its extra data included
-    region = np.zeros(enc.nbytes, dtype=np.uint8)
-    write_call(enc, region)
-    (back,), _ = decode_call(reg, read_descriptor(region), (region,), copy=True, readonly=False)
+    block = np.zeros(1 << 20, dtype=np.uint8)
+    write_arrays(block, enc.offsets, enc.copies, enc.largest[1])
+    _, blocks, layout, raw, _ = unpack(np.frombuffer(desc, np.uint8), layouts, 2)
+    (back,), _ = decode_call(layout, blocks, values(raw, layout, enc.extras),
+                             lambda b, dt, shape, offset: np.ndarray(shape, dt, block, offset))
     assert type(back) is OpenMMWalker and back.weight == 0.25
     assert back.state["label"] == "a" and same(back.state["extra"], np.arange(7.0))
     got, want = back.state.dict(), OpenMMState(state).dict()

@@ -44,7 +44,7 @@ def __getattr__(name: str):
     # SharedMemWorkerMapper needs the compiled ring; import it on first use so that a broken
     # build still leaves the pure-Python mappers usable and says what to do.
     if name == "SharedMemWorkerMapper":
-        from .shm_mapper import SharedMemWorkerMapper
+        from .shm import SharedMemWorkerMapper
 
         return SharedMemWorkerMapper
     if name == "DaskMapper":  # dask is an optional extra, imported only when asked for

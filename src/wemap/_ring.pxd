@@ -34,6 +34,7 @@ cdef extern from "ring.h" nogil:
         WM_SYSERR
         WM_CORRUPT
         WM_WAKE_FAILED
+        WM_SIGNALED
 
     ctypedef struct wm_layout_t:
         uint32_t nslots
@@ -54,6 +55,19 @@ cdef extern from "ring.h" nogil:
         size_t len
         wm_layout_t layout
 
+    ctypedef struct wm_slot_header:
+        uint64_t task_id
+        uint64_t cycle
+        int64_t walker_idx
+        int32_t worker_idx
+        int32_t worker_pid
+        uint64_t t_start_ns
+        uint64_t t_end_ns
+        uint64_t in_nbytes
+        uint64_t out_nbytes
+        int32_t status
+        int32_t flags
+
     ctypedef struct wm_field_desc:
         const char *name
         uint32_t offset
@@ -73,6 +87,7 @@ cdef extern from "ring.h" nogil:
     int wm_close(const wm_seg_t *seg, int ring)
     int wm_is_closed(const wm_seg_t *seg, int ring)
     int wm_interrupt(const wm_seg_t *seg, int ring)
+    wm_slot_header *wm_slot_header_ptr(const wm_seg_t *seg, uint32_t slot)
     void *wm_slot_input(const wm_seg_t *seg, uint32_t slot)
     void *wm_slot_output(const wm_seg_t *seg, uint32_t slot)
     const wm_field_desc *wm_slot_header_fields(size_t *count)
@@ -98,6 +113,12 @@ cdef class Ring:
     cdef _raise_attach_error(self, int st, size_t length)
     cdef _check_expected(self, nslots, region_size, creator_pid)
     cdef uint32_t _slot(self, object slot) except? 0xFFFFFFFF
-    cdef object _pop(self, int ring, object timeout)
+    cdef object _pop(self, int ring, object timeout, object epoch)
     cdef object _try_pop(self, int ring)
     cdef int _push(self, int ring, object slot) except -1
+
+
+cdef class SlotHeader:
+    cdef Ring _ring
+    cdef uint32_t _slot
+    cdef wm_slot_header *_h(self) except NULL

@@ -5,8 +5,9 @@
 
 A :class:`Ring` lives in any writable, C-contiguous, 64-byte aligned buffer; in
 wemap that is a ``multiprocessing.shared_memory.SharedMemory`` buffer managed by
-:mod:`wemap.segment`.  Blocking pops release the GIL and wait in slices of at
-most 50 ms, checking for signals between slices, so Ctrl-C works.
+:mod:`wemap.segment`.  Blocking pops release the GIL and sleep until a slot, a
+close, an interrupt, the timeout or a signal (whose handlers then run, so Ctrl-C
+works): nothing wakes periodically.
 """
 
 cimport cython
@@ -32,6 +33,7 @@ _log = logging.getLogger("wemap.ring")
 __all__ = [
     "Ring",
     "RingClosed",
+    "SlotHeader",
     "SLOT_HEADER_DTYPE",
     "slot_header_c_fields",
     "now_ns",
@@ -55,8 +57,6 @@ SLOT_HEADER_SIZE = WM_SLOT_HEADER_SIZE
 ALIGN = WM_ALIGN
 MAX_SLOTS = WM_MAX_SLOTS
 
-# Longest stretch a pop waits without the GIL before checking for signals.
-cdef int64_t _SLICE_NS = 50_000_000
 cdef uint64_t _MAX_REGION = (1 << 63) - 1
 
 #: numpy dtype of the 128-byte slot header (struct wm_slot_header in ring.h).
@@ -216,6 +216,8 @@ cdef int _check_status(int st) except -1:
         raise RingClosed("ring closed")
     if st == WM_INTERRUPTED:
         raise InterruptedError("ring wait interrupted")
+    if st == WM_SIGNALED:
+        raise InterruptedError("ring wait interrupted by a signal")
     if st == WM_BAD_INDEX:
         raise IndexError("slot index out of range")
     if st == WM_BAD_MAGIC:
@@ -469,7 +471,7 @@ cdef class Ring:
             raise queue.Full(
                 f"{'ready' if ring == WM_READY else 'done'} ring full "
                 f"({self._seg.layout.ring_capacity} cells), or a consumer died mid-pop")
-        if st == WM_WAKE_FAILED:  # pushed: a sleeping consumer finds it at its next wait slice
+        if st == WM_WAKE_FAILED:  # pushed: a sleeping consumer finds it when it next wakes
             _log.warning("slot %d pushed, but waking a waiting process failed: %s", s, os.strerror(errno))
             return 0
         return _check_status(st)
@@ -489,14 +491,14 @@ cdef class Ring:
             raise RingCorruptError("ring delivered a slot index beyond nslots")
         _check_status(st)
 
-    cdef object _pop(self, int ring, object timeout):
+    cdef object _pop(self, int ring, object timeout, object epoch):
         cdef uint32_t slot = 0
         cdef int st
-        cdef uint32_t epoch
+        cdef uint32_t ep
         cdef bint forever = timeout is None
         cdef uint64_t deadline = 0
         cdef uint64_t now
-        cdef int64_t slice_ns
+        cdef int64_t wait_ns = -1
         cdef double t
         if not forever:
             t = timeout
@@ -504,27 +506,21 @@ cdef class Ring:
                 raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
         self._enter()
         try:
-            epoch = wm_interrupt_epoch(&self._seg, ring)
+            ep = wm_interrupt_epoch(&self._seg, ring) if epoch is None else <uint32_t>epoch
             if not forever:
                 deadline = wm_now_ns() + <uint64_t>min(t * 1e9, 4e18)
             while True:
-                if forever:
-                    slice_ns = _SLICE_NS
-                else:
+                if not forever:
                     now = wm_now_ns()
-                    slice_ns = <int64_t>(deadline - now) if deadline > now else 0
-                    if slice_ns > _SLICE_NS:
-                        slice_ns = _SLICE_NS
+                    wait_ns = <int64_t>(deadline - now) if deadline > now else 0
                 with nogil:
-                    st = wm_pop_epoch(&self._seg, ring, &slot, slice_ns, epoch)
+                    st = wm_pop_epoch(&self._seg, ring, &slot, wait_ns, ep)
                 if st == WM_OK:
                     return slot
-                if st == WM_TIMEOUT:
-                    if not forever and wm_now_ns() >= deadline:
-                        return None
-                    PyErr_CheckSignals()
+                if st == WM_SIGNALED:
+                    PyErr_CheckSignals()  # a handler that raises (Ctrl-C) ends the wait
                     continue
-                if st == WM_INTERRUPTED:
+                if st == WM_TIMEOUT or st == WM_INTERRUPTED:
                     return None
                 if st == WM_CLOSED:
                     raise RingClosed(f"{'ready' if ring == WM_READY else 'done'} ring closed")
@@ -544,17 +540,24 @@ cdef class Ring:
         """Hand a finished slot back to the manager."""
         self._push(WM_DONE, slot)
 
-    def pop_ready(self, timeout=None):
+    def pop_ready(self, timeout=None, epoch=None):
         """Wait for a slot from the ready ring; None on timeout or interrupt.
 
-        ``timeout`` in seconds, None waits forever.  Raises RingClosed once the
-        ring is closed and empty.
+        ``timeout`` in seconds, None waits forever.  ``epoch``: the ring's
+        :meth:`epoch` taken before the caller last looked for work, so an
+        interrupt since then ends the wait at once (default: now).  Raises
+        RingClosed once the ring is closed and empty.
         """
-        return self._pop(WM_READY, timeout)
+        return self._pop(WM_READY, timeout, epoch)
 
-    def pop_done(self, timeout=None):
-        """Wait for a slot from the done ring; None on timeout or interrupt."""
-        return self._pop(WM_DONE, timeout)
+    def pop_done(self, timeout=None, epoch=None):
+        """Wait for a slot from the done ring; None on timeout or interrupt (see :meth:`pop_ready`)."""
+        return self._pop(WM_DONE, timeout, epoch)
+
+    def done_epoch(self):
+        """The done ring's interrupt count, for :meth:`pop_done`'s ``epoch``."""
+        self._enter_nobusy()
+        return wm_interrupt_epoch(&self._seg, WM_DONE)
 
     def try_pop_ready(self):
         """Pop a slot from the ready ring if one is there, else None."""
@@ -582,7 +585,8 @@ cdef class Ring:
     def interrupt_done(self):
         """Make every pop_done now blocked (in any process) return None.
 
-        For the manager's monitor thread, to wake the manager when a worker dies.
+        For the manager's watcher thread (wemap.shm.watcher): it wakes the
+        manager when a worker dies, writes to its pipe, or a timeout is due.
         """
         self._enter_nobusy()
         _check_status(wm_interrupt(&self._seg, WM_DONE))
@@ -606,6 +610,14 @@ cdef class Ring:
         return np.frombuffer(self._obj, dtype=np.uint8, count=self._seg.layout.region_size,
                              offset=<size_t>(<unsigned char *>wm_slot_output(&self._seg, s)
                                              - self._seg.base))
+
+    def header(self, slot):
+        """Return typed access to the slot's header (a :class:`SlotHeader`)."""
+        cdef SlotHeader h = SlotHeader.__new__(SlotHeader)
+        self._enter_nobusy()
+        h._slot = self._slot(slot)
+        h._ring = self
+        return h
 
     def header_view(self, slot):
         """Return the slot's header as a 0-d structured array (SLOT_HEADER_DTYPE), zero-copy."""
@@ -651,6 +663,109 @@ cdef class Ring:
         self._enter_nobusy()
         _check_status(wm_debug_positions(&self._seg, ring, &head, &tail))
         return head, tail
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class SlotHeader:
+    """One slot's header (struct wm_slot_header), read and written field by field as typed C.
+
+    The process that popped the slot's index owns its header; pushing the index publishes it.
+    What numpy's structured views cost per field (a few microseconds) is most of a small walker's
+    bookkeeping, so the manager and the workers use this instead (bench/README.md).
+    """
+
+    cdef wm_slot_header *_h(self) except NULL:
+        if self._ring._seg.base == NULL:
+            raise ValueError("ring released")
+        return wm_slot_header_ptr(&self._ring._seg, self._slot)
+
+    def reset(self, uint64_t task_id, uint64_t cycle, int64_t walker_idx):
+        """Ready the header for a walker going out: its task, cycle and index; unclaimed, no status."""
+        cdef wm_slot_header *h = self._h()
+        h.task_id, h.cycle, h.walker_idx = task_id, cycle, walker_idx
+        h.worker_idx, h.worker_pid, h.t_start_ns, h.t_end_ns = -1, 0, 0, 0
+        h.in_nbytes, h.out_nbytes, h.status, h.flags = 0, 0, -1, 0
+
+    @property
+    def task_id(self):
+        return self._h().task_id
+
+    @task_id.setter
+    def task_id(self, uint64_t v):
+        self._h().task_id = v
+
+    @property
+    def cycle(self):
+        return self._h().cycle
+
+    @property
+    def walker_idx(self):
+        return self._h().walker_idx
+
+    @property
+    def worker_idx(self):
+        return self._h().worker_idx
+
+    @worker_idx.setter
+    def worker_idx(self, int32_t v):
+        self._h().worker_idx = v
+
+    @property
+    def worker_pid(self):
+        return self._h().worker_pid
+
+    @worker_pid.setter
+    def worker_pid(self, int32_t v):
+        self._h().worker_pid = v
+
+    @property
+    def t_start_ns(self):
+        return self._h().t_start_ns
+
+    @t_start_ns.setter
+    def t_start_ns(self, uint64_t v):
+        self._h().t_start_ns = v
+
+    @property
+    def t_end_ns(self):
+        return self._h().t_end_ns
+
+    @t_end_ns.setter
+    def t_end_ns(self, uint64_t v):
+        self._h().t_end_ns = v
+
+    @property
+    def in_nbytes(self):
+        return self._h().in_nbytes
+
+    @in_nbytes.setter
+    def in_nbytes(self, uint64_t v):
+        self._h().in_nbytes = v
+
+    @property
+    def out_nbytes(self):
+        return self._h().out_nbytes
+
+    @out_nbytes.setter
+    def out_nbytes(self, uint64_t v):
+        self._h().out_nbytes = v
+
+    @property
+    def status(self):
+        return self._h().status
+
+    @status.setter
+    def status(self, int32_t v):
+        self._h().status = v
+
+    @property
+    def flags(self):
+        return self._h().flags
+
+    @flags.setter
+    def flags(self, int32_t v):
+        self._h().flags = v
 
 
 READY = WM_READY

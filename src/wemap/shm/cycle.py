@@ -1,0 +1,226 @@
+"""One ``map`` call of `SharedMemWorkerMapper`: its walkers encoded, written, pushed, collected.
+
+Walker ``i`` of the call uses slot ``i`` (the ring has a slot per walker: a slot holds only a
+descriptor). Its arrays that are not in the arena yet are copied into an input block, once;
+a fresh result block is handed to the worker; the result comes back as views of the blocks it
+lies in (its result block, or its input's, for arrays the segment handed back unchanged).
+A walker whose worker is lost, or whose result did not fit, runs again, from the same input.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._ring import now_ns
+from ..errors import WorkerException
+from ..faults import Attempts
+from ..mapper import TaskSpec
+from ..memcopy import write_arrays
+from ..slot_format import NO_BLOCK, pack, unpack, values
+from .calls import Encoded, decode_call, encode_call
+from .worker_loop import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_TOO_BIG
+
+if TYPE_CHECKING:
+    from ..pool import WorkerProcess
+    from .transport import Transport
+
+__all__ = ["Cycle"]
+
+RETRY, TOO_BIG = "retry", "too big"
+
+
+class Cycle:
+    """The walkers of one ``map`` call on their way through shared memory."""
+
+    def __init__(self, transport: Transport, specs: list[TaskSpec], segment_times: dict[int, list[float]]) -> None:
+        n = len(specs)
+        self.m, self.specs, self.times = transport, specs, segment_times
+        self.results: list[Any] = [None] * n
+        self.encoded: list[Encoded | None] = [None] * n
+        self.inputs: list[tuple[int, np.ndarray] | None] = [None] * n  # (block, its array): the copy in
+        self.outputs: list[tuple[int, np.ndarray] | None] = [None] * n  # (block, its array): for the result
+        self.written = [False] * n  # its input block holds its arrays
+        self.attempts = Attempts(transport.policy)
+        self.in_flight: set[int] = set()
+        self.pushed_at: dict[int, int] = {}
+        self.too_big: list[tuple[int, int, int]] = []  # (task, block bytes, descriptor bytes) a result needs
+        self.broken: str | None = None  # why a worker could not map the arena
+
+    def run(self) -> list[Any]:
+        todo = list(range(len(self.specs)))
+        while todo:
+            self.prepare(todo)
+            todo = sorted(self.stream(todo) + [i for i, _, _ in self.too_big])
+            if self.too_big:
+                self.m.outgrown(max(b for _, b, _ in self.too_big), max(d for _, _, d in self.too_big),
+                                [self.specs[i] for i, _, _ in self.too_big])
+                self.too_big = []
+        return self.results
+
+    # -- before the walkers go ---------------------------------------------------------------
+    def encode(self, i: int) -> Encoded:
+        spec = self.specs[i]
+        arena = self.m.arena
+        return encode_call(self.m.layouts, self.m.registry, spec.args, spec.kwargs,
+                           where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})",
+                           locate=arena.locate if arena is not None else _nowhere)
+
+    def prepare(self, todo: list[int]) -> None:
+        """Encode ``todo`` (every walker checked before anything is written), then fit the arena and ring to it."""
+        m, n = self.m, len(self.specs)
+        m.replace_dead_idle_workers(self)
+        if self.broken is not None:
+            m.arena_broken(self.broken)
+            self.broken = None
+        while True:
+            for i in todo:
+                self.encoded[i] = self.encode(i)
+            size = max(m.min_block, max(max(e.copy_bytes, e.array_bytes) for e in self._encoded(todo)))
+            want = [i for i in todo if self.outputs[i] is None]
+            want += [i for i in todo if self.inputs[i] is None and self.encoded[i].copies]  # type: ignore[union-attr]
+            arena = m.arena
+            if arena is not None and size <= arena.block_size:
+                blocks = arena.take(len(want))
+                if len(blocks) == len(want):
+                    break
+                del blocks
+            # no arena yet, or one too small or too full: a new one, and every walker laid out again in it
+            self.inputs, self.outputs, self.written = [None] * n, [None] * n, [False] * n
+            m.new_arena(max(3 * n, 2 * len(todo)), max(size, arena.block_size if arena is not None else 0))
+        for i, block in zip(want, blocks):
+            if self.outputs[i] is None:
+                self.outputs[i] = block
+            else:
+                self.inputs[i] = block
+        need = max(len(pack([0] * (len(e.refs) + 1), e.layout, e.values, len(e.extras), 0))
+                   for e in self._encoded(todo))
+        m.fit_ring(n, need)
+
+    def _encoded(self, todo: list[int]) -> list[Encoded]:
+        return [e for e in (self.encoded[i] for i in todo) if e is not None]
+
+    # -- on their way ------------------------------------------------------------------------
+    def push(self, i: int) -> None:
+        m, enc, spec = self.m, self.encoded[i], self.specs[i]
+        assert enc is not None and self.outputs[i] is not None
+        inp = self.inputs[i]
+        if inp is not None and not self.written[i]:
+            write_arrays(inp[1], enc.offsets, enc.copies, enc.largest[1])
+            self.written[i] = True
+        desc = pack([inp[0] if inp is not None else NO_BLOCK, *enc.refs], enc.layout, enc.values, len(enc.extras),
+                    self.outputs[i][0])
+        hdr, region, _ = m.views[i]
+        memoryview(region)[: len(desc)] = desc
+        hdr.reset(i, spec.cycle_idx & 0xFFFF_FFFF_FFFF_FFFF, spec.walker_idx)
+        self.in_flight.add(i)
+        self.pushed_at[i] = now_ns()
+        m.ring.push_ready(i)
+
+    def stream(self, todo: list[int]) -> list[int]:
+        """Push ``todo`` and collect every result; returns the walkers lost with a worker (to run again)."""
+        m = self.m
+        ring, watcher = m.ring, m.watcher
+        for i in todo:
+            self.push(i)
+        watcher.set_deadline(m.recovery.check_timeouts(self))
+        while self.in_flight:
+            epoch = ring.done_epoch()  # an interrupt after this ends the wait below at once
+            if watcher.pending:
+                dead = self.events()
+                if dead or self.broken is not None:
+                    return m.recovery.salvage(self, dead)
+                continue
+            slot = ring.pop_done(None, epoch)
+            if slot is None:
+                continue
+            if slot not in self.in_flight:
+                raise WorkerException(f"a worker returned slot {slot}, which held no walker: the ring is corrupt")
+            self.in_flight.discard(slot)
+            if self.collect(slot) == RETRY:
+                self.push(slot)
+        watcher.set_deadline(None)
+        return []
+
+    def events(self) -> list[WorkerProcess]:
+        """What woke the watcher: the workers that died; pipes read, timeouts checked on the way."""
+        m = self.m
+        fds, _ = m.watcher.take()
+        dead = [w for w in m.pool_workers() if not w.process.is_alive()]
+        for w in m.pool_workers():
+            if w in dead or w.conn.fileno() not in fds:
+                continue
+            try:
+                m.drain(w, self)
+            except (EOFError, OSError):
+                dead.append(w)
+                continue
+            m.watcher.rearm([w.conn.fileno()])
+        reasons = [r for r in m.detached.values() if r]
+        if reasons:
+            self.broken = reasons[0]
+        m.watcher.set_deadline(m.recovery.check_timeouts(self))
+        return dead + [w for w in m.pool_workers() if w not in dead and not w.process.is_alive()]
+
+    # -- back --------------------------------------------------------------------------------
+    def collect(self, i: int) -> str | None:
+        """Take walker ``i``'s finished slot: None, `RETRY` (``retry_on``) or `TOO_BIG`."""
+        m, spec = self.m, self.specs[i]
+        hdr = m.views[i][0]
+        task, widx, pid, status = hdr.task_id, hdr.worker_idx, hdr.worker_pid, hdr.status
+        t0, t1 = hdr.t_start_ns, hdr.t_end_ns
+        where = f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"
+        if task != i or not 0 <= widx < m.worker_count():
+            raise WorkerException(f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task "
+                                  f"{task} of worker {widx}; the segment is corrupt", worker_idx=widx, pid=pid,
+                                  walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
+        m.recovery.finished(pid, t1)
+        self.times[widx].append(max(0, t1 - t0) * 1e-9)
+        try:
+            if status == STATUS_OK:
+                extras = m.message(widx, "result", i, self)[2] if hdr.flags else []
+                self.results[i] = self.decode_result(i, extras)
+                return None
+            if status == STATUS_TOO_BIG:
+                self.too_big.append((i, hdr.out_nbytes, hdr.in_nbytes))
+                return TOO_BIG
+            if status not in (STATUS_FAILED, STATUS_CORRUPT):
+                raise ValueError(f"unknown status {status}")
+            failure = m.message(widx, "failed", i, self)[2]
+        except (ValueError, TypeError, IndexError, KeyError, EOFError, OSError) as exc:
+            raise WorkerException(f"{where}: {exc}; the segment is corrupt", worker_idx=widx, pid=pid,
+                                  walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx) from exc
+        if status == STATUS_CORRUPT:
+            raise WorkerException(f"{where}: the worker could not read the walker from its descriptor "
+                                  f"({failure.exc_type}: {failure.exc_message}); the segment is corrupt",
+                                  worker_idx=widx, pid=pid, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
+        self.attempts.failed(i, failure, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=widx, pid=pid)
+        return RETRY
+
+    def decode_result(self, i: int, extras: list) -> Any:
+        """The result in slot ``i``'s output region, as views of the blocks it may lie in (checked)."""
+        m = self.m
+        _, blocks, layout, raw, n_extras = unpack(m.views[i][2], m.layouts, m.arena.nblocks)
+        if n_extras != len(extras):
+            raise ValueError(f"its result has {n_extras} extras, {len(extras)} came over the pipe")
+        own = {self.outputs[i][0]: self.outputs[i][1]}  # type: ignore[index]
+        if self.inputs[i] is not None:
+            own[self.inputs[i][0]] = self.inputs[i][1]  # type: ignore[index]
+        for b in self.encoded[i].refs:  # type: ignore[union-attr]
+            held = m.arena.handed(b)
+            if held is not None:
+                own[b] = held
+        for b in blocks:
+            if b != NO_BLOCK and b not in own:
+                raise ValueError(f"its result refers to block {b}, which is neither its result block nor its input's")
+        args, _ = decode_call(layout, blocks, values(raw, layout, extras),
+                              lambda b, dt, shape, offset: np.ndarray(shape, dt, own[b], offset))
+        if len(args) != 1:
+            raise ValueError(f"its result descriptor holds {len(args)} values, not one")
+        return args[0]
+
+
+def _nowhere(arr: np.ndarray) -> None:
+    """No arena yet: every array is copied in."""
+    return None
