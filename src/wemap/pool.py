@@ -31,6 +31,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import select
 import signal
 import threading
 import time
@@ -148,6 +149,14 @@ class WorkerProcess:
 
     def describe(self) -> str:
         return f"worker {self.idx} (pid {self.pid})"
+
+
+def _has_room(conn: Connection) -> bool:
+    """Whether a short message to ``conn`` goes out without blocking (its buffer is at most a
+    quarter full when it polls writable)."""
+    room = select.poll()
+    room.register(conn.fileno(), select.POLLOUT)
+    return bool(room.poll(0))
 
 
 def _watch_lifeline(lifeline: Connection) -> None:
@@ -361,7 +370,8 @@ class WorkerPool:
     def _stop_gently(workers: list[WorkerProcess], timeout: float) -> None:
         for w in workers:
             try:
-                w.conn.send(None)
+                if _has_room(w.conn):  # a worker that stopped reading (frozen) may have left its pipe full
+                    w.conn.send(None)
             except (OSError, ValueError):
                 pass
         deadline = time.monotonic() + timeout

@@ -9,6 +9,10 @@ order workers finish in, and the manager always knows which walker a dead worker
 from __future__ import annotations
 
 import logging
+import math
+import os
+import select
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -42,6 +46,42 @@ def pipe_loop(
             payload = dumps((task_idx, False, failure, seconds))
         del result
         conn.send_bytes(payload)
+
+
+#: a task this small fits the empty pipe of a worker waiting for its next one (a socket buffer holds
+#: about 200 KiB), so sending it never blocks
+_FITS_THE_PIPE = 64 * 1024
+
+
+def send_within(conn: Connection, payload: memoryview, deadline: float | None) -> bool:
+    """Send ``payload`` as ``conn.send_bytes`` does, giving up at ``deadline`` (``time.monotonic``).
+
+    Returns False when the worker had not read it all by then: it is frozen or stuck (an idle
+    worker waits in ``recv``) and will be killed, so a message left half-sent does not matter.
+    A task larger than the pipe would otherwise block the manager for ever in ``write``.
+    """
+    n = len(payload)
+    if deadline is None or n <= _FITS_THE_PIPE:
+        conn.send_bytes(payload)
+        return True
+    # multiprocessing's framing, what recv_bytes reads: a 4-byte big-endian length (-1, then 8 bytes, past 2 GiB)
+    header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
+    fd = conn.fileno()
+    writable = select.poll()
+    writable.register(fd, select.POLLOUT)
+    os.set_blocking(fd, False)
+    try:
+        for part in (memoryview(header), memoryview(payload).cast("B")):
+            while part:
+                try:
+                    part = part[os.write(fd, part):]
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not writable.poll(math.ceil(remaining * 1000)):
+                        return False
+    finally:
+        os.set_blocking(fd, True)
+    return True
 
 
 class WorkerMapper(MapperBase):
@@ -161,13 +201,23 @@ class WorkerMapper(MapperBase):
                         f"walker {spec.walker_idx} (cycle {spec.cycle_idx}): its arguments cannot be sent to a "
                         f"worker process: {type(exc).__name__}: {exc}"
                     ) from exc
-                busy[idx] = (spec, None if timeout is None else time.monotonic() + timeout)
+                deadline = None if timeout is None else time.monotonic() + timeout
+                busy[idx] = (spec, deadline)
                 try:
-                    w.conn.send_bytes(payload)
+                    sent = send_within(w.conn, payload, deadline)
                 except OSError:  # the worker died while idle (between cycles, say): not this walker's doing
+                    sent = None
+                if not sent:  # nor is a worker frozen while idle, that never reads it
                     busy.pop(idx)
                     pending.appendleft(spec)
-                    lose(idx)
+                    if sent is None:
+                        lose(idx)
+                        continue
+                    logger.error("%s did not read walker %d of cycle %d within its %.3g s timeout (frozen?); "
+                                 "killing it", w.describe(), spec.walker_idx, spec.cycle_idx, timeout)
+                    w.process.kill()
+                    lose(idx, f"did not read walker {spec.walker_idx} of cycle {spec.cycle_idx} within its "
+                              f"{timeout:.3g} s timeout and was killed")
             deadlines = [d for _, d in busy.values() if d is not None]
             wait_for = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             by_conn = {pool.workers[i].conn: i for i in busy}
