@@ -8,6 +8,7 @@ import time
 import psutil
 import pytest
 
+from mappers import MAPPERS, PROCESS_MAPPERS
 from wemap.pool import multiprocessing_helper_pids
 
 SHM_DIR = "/dev/shm"
@@ -87,3 +88,15 @@ def no_leaks():
     problems = [f"child processes left behind: {described}"] if left else []
     problems += [f"shared-memory segments left behind: {sorted(leaked)}"] if leaked else []
     assert not problems, "; ".join(problems)
+
+
+@pytest.fixture(params=list(MAPPERS))
+def mapper_cls(request):
+    """Each mapper class in turn (tests/mappers.py)."""
+    return MAPPERS[request.param]
+
+
+@pytest.fixture(params=PROCESS_MAPPERS)
+def process_mapper_cls(request):
+    """Each mapper class that runs segments in other processes."""
+    return MAPPERS[request.param]

@@ -16,18 +16,12 @@ import faultfuncs
 import psutil
 import pytest
 from conftest import our_children
-from test_contract import MAPPERS, PROCESS_MAPPERS
 
 from wemap import TaskException
 
 pytestmark = pytest.mark.timeout(60)
 
 N = 12
-
-
-@pytest.fixture(params=PROCESS_MAPPERS)
-def process_mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 def held_handles(mapper) -> list:

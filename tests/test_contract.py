@@ -15,36 +15,10 @@ import pytest
 import segfuncs
 
 import wemap
-from wemap import Mapper, TaskException, WorkerException, WorkerMapper
+from wemap import Mapper, TaskException, WorkerException
 
-MAPPERS = {
-    "Mapper": Mapper,
-    "WorkerMapper": WorkerMapper,
-}
-try:
-    MAPPERS["SharedMemWorkerMapper"] = wemap.SharedMemWorkerMapper
-except ImportError as exc:  # the compiled ring is part of every install; say why it is missing
-    pytest.fail(f"wemap.SharedMemWorkerMapper could not be imported: {exc}", pytrace=False)
-try:  # optional extra: the suite runs without dask, but a dask that is there and broken is a failure
-    from wemap.dask_mapper import DaskMapper
-
-    MAPPERS["DaskMapper"] = DaskMapper
-except ModuleNotFoundError as exc:
-    if exc.name not in ("dask", "distributed"):
-        raise
-PROCESS_MAPPERS = [name for name in MAPPERS if name != "Mapper"]
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=list(MAPPERS))
-def mapper_cls(request):
-    return MAPPERS[request.param]
-
-
-@pytest.fixture(params=PROCESS_MAPPERS)
-def process_mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 def started(cls, func, num_workers=2, **kw):

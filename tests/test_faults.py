@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 import segfuncs
-from test_contract import MAPPERS
+from mappers import MAPPERS
 
 import wemap
 from wemap import TaskException, TaskTimeout, WorkerException

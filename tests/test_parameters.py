@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import paramfuncs
 import segfuncs
-from test_contract import MAPPERS
+from mappers import MAPPERS
 
 from wemap import Mapper, SharedMemWorkerMapper, WorkerException, WorkerMapper
 from wemap.faults import RetryPolicy
@@ -20,11 +20,6 @@ pytestmark = pytest.mark.timeout(60)
 
 POOL_MAPPERS = [WorkerMapper, SharedMemWorkerMapper]  # the mappers that run a WorkerPool
 TIMEOUT_MAPPERS = [name for name in MAPPERS if name != "DaskMapper"]  # Dask has no task_timeout
-
-
-@pytest.fixture(params=list(MAPPERS))
-def mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 @pytest.fixture(params=TIMEOUT_MAPPERS)

@@ -13,7 +13,7 @@ import time
 
 import faultfuncs
 import pytest
-from test_contract import MAPPERS, PROCESS_MAPPERS
+from mappers import MAPPERS, PROCESS_MAPPERS
 
 from wemap import TaskException, TaskTimeout, WorkerException
 from wemap.faults import Attempts, RetryPolicy
@@ -26,16 +26,6 @@ WALKER_IDX = list(range(10, 10 + N))
 CYCLE = 7
 VICTIM = WALKER_IDX[3]
 TIMEOUT_MAPPERS = [name for name in PROCESS_MAPPERS if name != "DaskMapper"]  # Dask has no task_timeout
-
-
-@pytest.fixture(params=list(MAPPERS))
-def mapper_cls(request):
-    return MAPPERS[request.param]
-
-
-@pytest.fixture(params=PROCESS_MAPPERS)
-def process_mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 @pytest.fixture(params=TIMEOUT_MAPPERS)

@@ -13,7 +13,7 @@ import threading
 import exitfuncs
 import pytest
 from faultfuncs import read_runs
-from test_contract import MAPPERS
+from mappers import MAPPERS
 
 from wemap import Mapper, TaskException
 
@@ -22,11 +22,6 @@ pytestmark = pytest.mark.timeout(60)
 N = 4
 VICTIM = 1
 WORKER_MAPPERS = [name for name in MAPPERS if name in ("WorkerMapper", "SharedMemWorkerMapper")]
-
-
-@pytest.fixture(params=list(MAPPERS))
-def mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 @pytest.fixture(params=WORKER_MAPPERS)

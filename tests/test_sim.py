@@ -10,7 +10,7 @@ import pytest
 import segfuncs
 
 import wemap
-from test_contract import MAPPERS as ALL_MAPPERS
+from mappers import MAPPERS as ALL_MAPPERS
 from wemap import sim
 from wemap.resample import BinnedResampler
 

@@ -4,14 +4,12 @@ call cleanup()."""
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
 import textwrap
 import warnings
 
-import numpy as np
 import pytest
 
 pytest.importorskip("wepy")
@@ -19,18 +17,13 @@ pytest.importorskip("wepy")
 import dropin_funcs  # noqa: E402
 import segfuncs  # noqa: E402
 import wemap  # noqa: E402
-from test_contract import MAPPERS, PROCESS_MAPPERS  # noqa: E402
+from mappers import MAPPERS  # noqa: E402
 from wepy.work_mapper.mapper import TaskException as WepyTaskException  # noqa: E402
 from wepy.work_mapper.mapper import WorkerException as WepyWorkerException  # noqa: E402
 
 pytestmark = [pytest.mark.wepy, pytest.mark.timeout(120)]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(params=PROCESS_MAPPERS)
-def process_mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 def _records(results):

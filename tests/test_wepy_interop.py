@@ -7,7 +7,6 @@ import pytest
 
 pytest.importorskip("wepy")
 
-from test_contract import MAPPERS  # noqa: E402
 from wepy.resampling.resamplers.resampler import NoResampler  # noqa: E402
 from wepy.runners.randomwalk import RandomWalkRunner  # noqa: E402
 from wepy.sim_manager import Manager  # noqa: E402
@@ -15,11 +14,6 @@ from wepy.work_mapper.mapper import Mapper as WepyMapper  # noqa: E402
 from wepy_runners import DeterministicRunner, init_walkers  # noqa: E402
 
 pytestmark = [pytest.mark.wepy, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(params=list(MAPPERS))
-def mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 def test_random_walk_with_no_resampler(mapper_cls):

@@ -26,7 +26,7 @@ pytest.importorskip("mdtraj", reason="wepy's HDF5 reporter imports mdtraj")
 import wemap  # noqa: E402
 import wepy.runners.openmm as wepy_openmm  # noqa: E402
 from openmm import app  # noqa: E402
-from test_contract import MAPPERS  # noqa: E402
+from mappers import MAPPERS  # noqa: E402
 from test_openmm_workers import not_the_default_threads  # noqa: E402
 from wemap.codec import CodecRegistry  # noqa: E402
 from wemap.memcopy import write_arrays  # noqa: E402
