@@ -242,8 +242,9 @@ class DaskMapper(MapperBase):
         cluster_kwargs: Mapping[str, Any] | None = None,
         **mapper_attributes: Any,
     ) -> None:
-        super().__init__(segment_func, num_workers, worker_type, worker_attributes, worker_init,
-                         max_retries=max_retries, retry_on=retry_on, mapper_attributes=mapper_attributes)
+        super().__init__(segment_func, num_workers=num_workers, worker_type=worker_type,
+                         worker_attributes=worker_attributes, worker_init=worker_init,
+                         max_retries=max_retries, retry_on=retry_on, **mapper_attributes)
         self.client_arg = client
         self.resources = dict(resources) if resources else None
         self.start_timeout = start_timeout

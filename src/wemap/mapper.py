@@ -143,22 +143,23 @@ class MapperBase:
     """The state machine and bookkeeping every wemap mapper shares.
 
     ``init`` → ``map``* → ``cleanup`` (idempotent; ``init`` may follow it again). Subclasses
-    implement `_start`, `_run` and `_stop`.
+    implement `_start`, `_run` and `_stop`. The constructor is wepy's ``Mapper``'s: ``segment_func``
+    the only positional argument, extra keywords kept in `attributes`.
     """
 
     def __init__(
         self,
         segment_func: Callable[..., Any] | None = None,
+        *,
         num_workers: int | None = None,
         worker_type: type | None = None,
         worker_attributes: Mapping[str, Any] | None = None,
         worker_init: Callable[[Worker], Any] | None = None,
-        *,
         max_retries: int = 2,
         retry_on: tuple[type[BaseException], ...] = (),
         task_timeout: float | None = None,
         first_task_timeout: float | None = None,
-        mapper_attributes: Mapping[str, Any] | None = None,
+        **mapper_attributes: Any,
     ) -> None:
         self.segment_func = segment_func
         self._num_workers = num_workers
@@ -303,28 +304,8 @@ class Mapper(MapperBase):
 
     Takes what wepy's ``Mapper`` takes: ``segment_func`` (the only positional argument) and any
     other keyword, kept in `attributes`. ``num_workers`` is accepted and ignored (one worker, this
-    process), so wepy's ``Configuration`` can build it.
+    process), so wepy's ``Configuration`` can build it. Its constructor is `MapperBase`'s.
     """
-
-    def __init__(
-        self,
-        segment_func: Callable[..., Any] | None = None,
-        *,
-        num_workers: int | None = None,
-        worker_type: type | None = None,
-        worker_attributes: Mapping[str, Any] | None = None,
-        worker_init: Callable[[Worker], Any] | None = None,
-        max_retries: int = 2,
-        retry_on: tuple[type[BaseException], ...] = (),
-        task_timeout: float | None = None,
-        first_task_timeout: float | None = None,
-        **mapper_attributes: Any,
-    ) -> None:
-        super().__init__(
-            segment_func, num_workers, worker_type, worker_attributes, worker_init,
-            max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
-            first_task_timeout=first_task_timeout, mapper_attributes=mapper_attributes,
-        )
 
     def _default_num_workers(self) -> int:
         return 1

@@ -117,9 +117,9 @@ class WorkerMapper(MapperBase):
         **mapper_attributes: Any,
     ) -> None:
         super().__init__(
-            segment_func, num_workers, worker_type, worker_attributes, worker_init,
-            max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
-            first_task_timeout=first_task_timeout, mapper_attributes=mapper_attributes,
+            segment_func, num_workers=num_workers, worker_type=worker_type, worker_attributes=worker_attributes,
+            worker_init=worker_init, max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
+            first_task_timeout=first_task_timeout, **mapper_attributes,
         )
         self.start_method = resolve_start_method(start_method, proc_start_method)
         self.start_timeout = start_timeout

@@ -80,9 +80,9 @@ class SharedMemWorkerMapper(MapperBase):
                           f"one path through shared memory) and are ignored; remove them", DeprecationWarning,
                           stacklevel=2)
         super().__init__(
-            segment_func, num_workers, worker_type, worker_attributes, worker_init,
-            max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
-            first_task_timeout=first_task_timeout, mapper_attributes=mapper_attributes,
+            segment_func, num_workers=num_workers, worker_type=worker_type, worker_attributes=worker_attributes,
+            worker_init=worker_init, max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
+            first_task_timeout=first_task_timeout, **mapper_attributes,
         )
         self.codecs = tuple(codecs)
         self._registry = CodecRegistry(self.codecs)
