@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_check.sh            # from the repository root: about 5 minutes on an H200
 #   bash bench/gpu_check.sh --platform CPU --quick --no-install --python .venv/bin/python   # CPU dry run
+#   bash bench/gpu_check.sh --dropin   # instead of the checks: bench/gpu_wepy_dropin.py at 100,000 atoms
 #
 # Without a network it installs the wheels in .whl/ (openmm, openmm_cuda_13, wepy and what they
 # import) into /tmp/site, geomm from its sdist into /tmp/geomm (wepy's runner does not import it:
@@ -10,19 +11,22 @@
 # bench/gpu_check.py (platform, one Context per worker, wemap's runner against wepy's at 100,000
 # atoms). Every step is timed and bounded by `timeout`, all within --budget seconds (default 420);
 # the table prints even when a step fails or runs out of time; the logs and the JSON go to $OUT
-# when it is set. Exit code 0 when every check passed.
+# when it is set. Exit code 0 when every check passed. --dropin runs bench/gpu_wepy_dropin.py (a
+# wepy script with its imports switched to wemap, against wepy's runner; 5 cycles x 500 steps, or
+# tiny with --quick) in place of the checks, and prints its table and the steps'.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 
-platform=CUDA quick="" install=1 python=python3 budget=${GPU_CHECK_BUDGET:-420}
+platform=CUDA quick="" dropin="" install=1 python=python3 budget=${GPU_CHECK_BUDGET:-420}
 while [ $# -gt 0 ]; do
     case "$1" in
         --platform) platform=$2; shift 2 ;;
         --quick) quick=--quick; shift ;;
+        --dropin) dropin=1; shift ;;
         --no-install) install=""; shift ;;
         --python) python=$2; shift 2 ;;
         --budget) budget=$2; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -100,6 +104,25 @@ PY
     export PYTHONPATH=/tmp/wemap:/tmp/geomm:$PYTHONPATH
 fi
 step import 60 "" "$python" -c "import openmm, wemap, wemap._ring, wemap.openmm; print(wemap.__file__, openmm.__version__)"
+
+if [ -n "$dropin" ]; then
+    args=(--platform "$platform" --atoms 100000 --cycles 5 --steps 500 --devices 0,0)
+    [ -n "$quick" ] && args+=(--atoms 900 --cycles 2 --steps 20)
+    case "$platform" in CPU|Reference) args+=(--worker cpu) ;; esac
+    case "$platform" in CUDA|OpenCL|HIP) step gpu 30 tolerated nvidia-smi \
+        --query-gpu=index,name,driver_version,compute_mode,memory.total --format=csv,noheader ;; esac
+    step dropin 300 "" "$python" bench/gpu_wepy_dropin.py "${args[@]}" --out "$work"
+    rc=$?
+    cat "$work/gpu.log" "$work/dropin.log" 2>/dev/null | grep -v -e 'Warning' -e 'warn('
+    "$python" bench/gpu_check.py --report --platform "$platform" --out "$work" --steps "$steps" || rc=1
+    echo "logs: $work"
+    if [ -n "${OUT:-}" ]; then
+        mkdir -p "$OUT"
+        cp "$work/gpu-wepy-dropin.json" "$work/dropin.log" "$OUT/" 2>/dev/null
+        tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$work" . 2>/dev/null
+    fi
+    exit "$rc"
+fi
 
 # the checks print the table themselves (with the steps above); if they are killed, the JSON they
 # wrote so far is printed instead

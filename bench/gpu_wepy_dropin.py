@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     from wemap.openmm import WepyOpenMMRunner
     from wemap.systems import water_box
 
+    try:
+        openmm.Platform.getPlatformByName(args.platform)
+    except Exception as exc:
+        failures = " | ".join(" ".join(f.split()) for f in openmm.Platform.getPluginLoadFailures())
+        print(f"no {args.platform} platform in OpenMM {openmm.Platform.getOpenMMVersion()}: {exc}; "
+              f"plugin load failures: {failures or 'none'}", file=sys.stderr)
+        return 2
     device_ids = [int(d) for d in args.devices.split(",")]
     worker_type = OpenMMGPUWorker if args.worker == "gpu" else OpenMMCPUWorker
     box = water_box(args.atoms)  # relaxed on the CPU platform: the manager never touches the GPU
@@ -105,12 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         return openmm.LangevinMiddleIntegrator(box.temperature * unit.kelvin, 1 / unit.picosecond,
                                                box.timestep_ps * unit.picoseconds)
 
-    rows = []
+    rows: list[dict] = []
+    path = os.path.join(args.out, "gpu-wepy-dropin.json")
+    os.makedirs(args.out, exist_ok=True)
+
+    def save(row: dict) -> None:
+        """Keep each run's figures as it ends: a later run that fails or is killed loses nothing."""
+        rows.append(row)
+        print(f"{row['label']}: cycles {', '.join(f'{t:.3f}' for t in row['cycle_s'])} s", flush=True)
+        with open(path, "w") as f:
+            json.dump({"args": vars(args), "openmm": openmm.Platform.getOpenMMVersion(), "atoms": box.n_atoms,
+                       "rows": rows}, f, indent=2)
+
     # wemap: only the imports differ from the wepy run below (wepy's argument order, wepy's worker)
     runner = WepyOpenMMRunner(box.system, box.topology, integrator(), platform=args.platform)
     mapper = wemap.SharedMemWorkerMapper(args.workers, worker_type, None, runner.run_segment,
                                          device_ids=device_ids, platform=args.platform)
-    rows.append(run("wemap SharedMemWorkerMapper + WepyOpenMMRunner", mapper, runner,
+    save(run("wemap SharedMemWorkerMapper + WepyOpenMMRunner", mapper, runner,
                     initial_walkers(box, args.walkers), args.cycles, args.steps, args.workers))
     wepy_runner = WepyRunner.__new__(WepyRunner)
     try:
@@ -122,20 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         wepy_runner.__init__(box.system, box.topology, integrator(), platform=args.platform)
     wepy_mapper = wemap.WorkerMapper(args.workers, worker_type, None, wepy_runner.run_segment,
                                      device_ids=device_ids, platform=args.platform)
-    rows.append(run("wemap WorkerMapper + wepy's OpenMMRunner", wepy_mapper, wepy_runner,
+    save(run("wemap WorkerMapper + wepy's OpenMMRunner", wepy_mapper, wepy_runner,
                     initial_walkers(box, args.walkers), args.cycles, args.steps, args.workers))
     ref = rows[-1]["later_cycle_s_median"]
     print(f"## wepy script, imports switched: {box.n_atoms:,} atoms, {args.walkers} walkers, {args.workers} workers "
           f"(device_ids {device_ids}), {args.cycles} cycles x {args.steps} steps on {args.platform}\n")
-    print("| run | first cycle s | later cycles median s | x wepy (later cycles) | walkers returned | finite |")
+    print("| run | first cycle s | later cycles s, median (min–max) | x wepy (later cycles) | walkers returned "
+          "| finite |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         speed = ref / r["later_cycle_s_median"] if r["later_cycle_s_median"] else float("nan")
-        print(f"| {r['label']} | {r['first_cycle_s']:.3g} | {r['later_cycle_s_median']:.3g} | {speed:.3g} | "
-              f"{r['walker_type']}({r['sim_state_type']}) | {r['finite']} |")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu-wepy-dropin.json"), "w") as f:
-        json.dump({"args": vars(args), "atoms": box.n_atoms, "rows": rows}, f, indent=2)
+        later = r["cycle_s"][1:] or [float("nan")]
+        print(f"| {r['label']} | {r['first_cycle_s']:.3g} | {r['later_cycle_s_median']:.3g} "
+              f"({min(later):.3g}–{max(later):.3g}) | {speed:.3g} | {r['walker_type']}({r['sim_state_type']}) "
+              f"| {r['finite']} |")
     return 0 if all(r["finite"] for r in rows) else 1
 
 

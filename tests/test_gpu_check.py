@@ -94,3 +94,21 @@ def test_checks_that_die_leave_what_they_recorded_and_a_failing_exit(tmp_path):
     assert "(the checks ended with exit 137 before their table: what they recorded)" in proc.stdout
     title, rows = table(proc.stdout)
     assert title.startswith("wemap GPU check: platform CPU") and any("import" in r for r in rows["step"])
+
+
+@pytest.mark.timeout(120)
+def test_dropin_dry_run_prints_both_runs_and_saves_their_cycles(tmp_path):
+    pytest.importorskip("wepy")
+    proc = run_check(tmp_path, "--dropin", "--platform", "CPU", "--quick", timeout=110)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for label in ("wemap SharedMemWorkerMapper + WepyOpenMMRunner", "wemap WorkerMapper + wepy's OpenMMRunner"):
+        assert any(line.startswith(f"| {label} |") and line.endswith("| True |") for line in proc.stdout.splitlines())
+    title, rows = table(proc.stdout)
+    assert title.startswith("wemap GPU check: platform CPU")
+    assert [r.split()[1:3] for r in rows["step"]] == [["import", "ok"], ["dropin", "ok"]]
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"gpu-wepy-dropin.json", "dropin.log", "gpu-check-logs.tar.gz"}
+    saved = json.loads((out / "gpu-wepy-dropin.json").read_text())
+    assert saved["atoms"] == 900 and saved["args"]["worker"] == "cpu"
+    assert [len(r["cycle_s"]) for r in saved["rows"]] == [2, 2]
+    assert all(r["finite"] and all(t > 0 for t in r["cycle_s"]) for r in saved["rows"])
