@@ -5,9 +5,9 @@
     manager (this process)                  scheduler                 Dask worker (nanny child)
     ──────────────────────                  ─────────                 ─────────────────────────
     init: LocalCluster, or the user's cluster
-          register _WorkerState ──────────────────────────────────▶ setup: Worker(idx).init()
-          register _ExitReporter (nannies)                          (once per worker process)
-    map:  submit(_run_segment, walker) ──▶ a worker with free ─────▶ run_timed(worker, Task),
+          register WorkerState ───────────────────────────────────▶ setup: Worker(idx).init()
+          register ExitReporter (nannies)                           (once per worker process)
+    map:  submit(run_segment, walker) ───▶ a worker with free ─────▶ run_timed(worker, Task),
           one task per free slot            resources                current_worker() set
           as_completed ◀──── (kind, result, seconds, worker idx, pid) ◀──
     lost worker: the scheduler re-runs its walker elsewhere, up to ``allowed-failures`` times,
@@ -33,178 +33,50 @@ only when a worker is ready for them.
 worker under its name, so the replacement keeps the index, and with it its GPU. A worker whose
 name is new (the cluster grew, or an unnamed worker came back under a new address) takes the
 lowest index no connected worker holds.
+
+What runs in Dask's processes (the plugins, the segment task) is in `wemap.dask_worker`;
+connecting to the cluster and closing one started here in `wemap.dask_cluster`; dead workers'
+walkers and exit codes in `wemap.dask_events`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import pickle
-import re
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 try:
     import dask
     import distributed
-    from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 except ImportError as exc:  # pragma: no cover - depends on the environment
     # same type and module name (ModuleNotFoundError when it is missing), a message saying what to install
     raise type(exc)(f"wemap.DaskMapper needs dask.distributed: pip install 'wemap[dask]' ({exc})",
                     name=exc.name) from exc
 
+from .dask_cluster import close_cluster, connect, slots, worker_index, worker_slots
+from .dask_events import WorkerDeaths
+from .dask_worker import ExitReporter, WorkerState, run_segment
 from .errors import WorkerException
 from .faults import Attempts
 from .mapper import MapperBase, TaskSpec
-from .pool import describe_exitcode
-from .worker import Task, TaskFailure, Worker, run_timed
+from .worker import Worker
 
 __all__ = ["DaskMapper"]
 
 logger = logging.getLogger(__name__)
 
-#: event topic on which nannies report how a worker process ended
-EXIT_TOPIC = "wemap-worker-exit"
-#: seconds to wait for a nanny's exit report after a KilledWorker
-EXIT_REPORT_WAIT = 2.0
-#: seconds a failed map gives our busy workers (their nanny kills them after 80% of it)
-ABORT_CLOSE_TIMEOUT = 0.5
 #: seconds to wait for a finished walker straight from its worker before asking the scheduler
 DIRECT_GATHER_TIMEOUT = 3.0
 #: how often a map with nothing finishing checks that some worker is left to run its walkers
 WORKERS_CHECK_INTERVAL = 1.0
-#: seconds to let a nanny finish restarting a worker before closing it
-RESTART_SETTLE_TIMEOUT = 30.0
-
-
-def _name_key(name: Any) -> tuple:
-    """Sort worker names naturally: 2 before 10, ``gpu-2`` before ``gpu-10``."""
-    if isinstance(name, int):
-        return (0, name)
-    return (1, tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))))
-
-
-class _WorkerState(WorkerPlugin):
-    """Builds the `wemap.Worker` of one Dask worker process and runs its ``init`` once."""
-
-    def __init__(self, index: dict, num_workers: int, worker_type: type[Worker], attributes: dict,
-                 worker_init: Callable | None) -> None:
-        self.index, self.num_workers = index, num_workers
-        self.worker_type, self.attributes, self.worker_init = worker_type, attributes, worker_init
-        self.worker: Worker | None = None
-
-    async def setup(self, worker: distributed.Worker) -> None:
-        idx = self.index.get(worker.name)
-        if idx is None:
-            idx = await self._free_index(worker)
-        wm = self.worker_type(idx, self.num_workers, self.attributes, self.worker_init)
-        try:  # in the task thread, not on the event loop: an OpenMM Context can take minutes
-            await asyncio.get_running_loop().run_in_executor(worker.executor, wm.init)
-        except Exception as exc:
-            f = TaskFailure.capture(exc)
-            raise WorkerException(
-                f"worker {idx} (pid {wm.pid}, {worker.address}) failed in Worker.init: "
-                f"{f.exc_type}: {f.exc_message}\n\n{f.traceback}", worker_idx=idx, pid=wm.pid,
-            ) from None
-        self.worker = wm
-
-    async def _free_index(self, worker: distributed.Worker) -> int:
-        info = await worker.scheduler.identity()
-        connected = [w["name"] for w in info["workers"].values()]
-        held = {self.index[n] for n in connected if n in self.index}
-        free = [i for i in range(len(self.index)) if i not in held]
-        newcomers = sorted((n for n in connected if n not in self.index), key=_name_key)
-        rank = newcomers.index(worker.name) if worker.name in newcomers else len(newcomers)
-        idx = free[rank] if rank < len(free) else len(self.index) + rank - len(free)
-        logger.info("Dask worker %r joined after the mapper started; it is worker %d", worker.name, idx)
-        return idx
-
-    def teardown(self, worker: distributed.Worker) -> None:
-        wm, self.worker = self.worker, None
-        if wm is not None:
-            wm.cleanup()
-
-
-class _ExitReporter(NannyPlugin):
-    """Publishes the pid and exit code of each worker process that ends; only its nanny knows.
-
-    Nannies have no public hook for this, so the plugin wraps ``mark_stopped`` of the nanny's
-    ``WorkerProcess`` (reused across restarts), where both are still at hand. Without it, exit
-    codes are reported as unknown and nothing else changes.
-    """
-
-    def setup(self, nanny: distributed.Nanny) -> None:
-        self.wp = wp = nanny.process
-        original = getattr(wp, "mark_stopped", None)
-        if original is None:
-            return
-
-        def mark_stopped() -> None:
-            proc = getattr(wp, "process", None)
-            try:
-                if proc is not None and proc.exitcode is not None and nanny.status.name == "running":
-                    nanny.log_event(EXIT_TOPIC, {"pid": int(proc.pid), "exitcode": int(proc.exitcode)})
-            except Exception as exc:  # never break the nanny's own bookkeeping
-                logger.debug("could not report a worker's exit: %s", exc)
-            original()
-
-        self.hook = wp.mark_stopped = mark_stopped
-
-    def teardown(self, nanny: distributed.Nanny) -> None:
-        wp = getattr(self, "wp", None)
-        if wp is not None and wp.__dict__.get("mark_stopped") is getattr(self, "hook", None):
-            del wp.mark_stopped
-
-
-class _Outcome(NamedTuple):
-    """What a segment task returns: a segment's exception is data, so Dask never retries it."""
-
-    kind: str  # "ok", "raised" (result is a TaskFailure) or "no_worker" (Worker.init failed)
-    result: Any
-    seconds: float
-    worker_idx: int | None
-    pid: int
-
-
-def _run_segment(plugin: str, func: Callable, retry_on: tuple, args: tuple, kwargs: dict) -> _Outcome:
-    """Worker side: run one walker's segment on this process's `wemap.Worker`."""
-    wm = getattr(distributed.get_worker().plugins.get(plugin), "worker", None)
-    if wm is None:
-        failure = TaskFailure("RuntimeError", "this Dask worker has no wemap Worker (its Worker.init failed)", "")
-        return _Outcome("no_worker", failure, 0.0, None, os.getpid())
-    ok, result, seconds, _, _ = run_timed(wm, Task(func, *args, **kwargs), retry_on)
-    return _Outcome("ok" if ok else "raised", result, seconds, wm.worker_idx, wm.pid)
-
-
-def _close_cluster(cluster: Any, abort: bool) -> None:
-    """Close a LocalCluster we started without leaking a worker process.
-
-    A nanny closed while it restarts a dead worker cancels the restart mid-spawn and loses
-    track of the new process, so wait for restarts to finish first. After a failed map, give
-    busy workers ``ABORT_CLOSE_TIMEOUT``, not the nanny's default 4 s.
-    """
-
-    async def close() -> None:
-        nannies = [w for w in cluster.workers.values() if isinstance(w, distributed.Nanny)]
-        starting = [n.process.running.wait() for n in nannies
-                    if n.process is not None and n.process.status.name == "starting"]
-        if starting:
-            await asyncio.wait_for(asyncio.gather(*starting), RESTART_SETTLE_TIMEOUT)
-        if abort:
-            await asyncio.gather(*(n.close(timeout=ABORT_CLOSE_TIMEOUT) for n in nannies), return_exceptions=True)
-
-    try:
-        cluster.sync(close)
-    except Exception as exc:
-        logger.warning("stopping the Dask workers: %s: %s", type(exc).__name__, exc)
-    cluster.close()
 
 
 class DaskMapper(MapperBase):
@@ -254,9 +126,7 @@ class DaskMapper(MapperBase):
         self._own_client = False
         self._index: dict[Any, int] = {}
         self._registered: list[tuple[str, bool]] = []  # (plugin name, is a nanny plugin)
-        self._subscribed = False
-        self._user_handler: Callable | None = None
-        self._lost: Counter[str] = Counter()  # task key -> times its worker died under it
+        self._deaths: WorkerDeaths | None = None
         self._token = uuid.uuid4().hex[:8]
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -274,37 +144,10 @@ class DaskMapper(MapperBase):
             raise
 
     def _connect(self) -> None:
-        if self.client is not None:
-            return
-        arg, kw = self.client_arg, {"set_as_default": False, "timeout": self.start_timeout}
-        if isinstance(arg, distributed.Client):
-            self.client = arg
-            return
-        self._own_client = True
-        if arg is None:
-            config = {"distributed.scheduler.allowed-failures": self.policy.max_retries,
-                      # no walker waits on a worker, so none is lost with it (module docstring)
-                      "distributed.scheduler.worker-saturation": 1.0}
-            # loopback only and no dashboard; the scheduler's HTTP endpoint takes a free port
-            kwargs = dict(n_workers=self._worker_count(), threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None, resources=self.resources,
-                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) | self.cluster_kwargs
-            with dask.config.set(config):
-                try:
-                    self._cluster = distributed.LocalCluster(**kwargs)
-                except Exception as exc:
-                    raise WorkerException(
-                        f"DaskMapper could not start a LocalCluster of {kwargs['n_workers']} worker(s): "
-                        f"{type(exc).__name__}: {str(exc).rstrip('.')}. A common cause: its worker processes start with "
-                        f"'spawn' and import your main module, so a script must create the mapper under "
-                        f"`if __name__ == '__main__':` (the workers' stderr above says more)"
-                    ) from exc
-            # results straight from the worker, not relayed by the scheduler (see _run)
-            self.client = distributed.Client(self._cluster, direct_to_workers=True, **kw)
-        elif isinstance(arg, (str, os.PathLike)) and (os.path.exists(arg) or str(arg).endswith(".json")):
-            self.client = distributed.Client(_scheduler_address(os.fspath(arg), self.start_timeout), **kw)
-        else:
-            self.client = distributed.Client(arg, **kw)
+        if self.client is None:
+            self.client, self._cluster, self._own_client = connect(
+                self.client_arg, num_workers=self._worker_count(), resources=self.resources,
+                max_retries=self.policy.max_retries, cluster_kwargs=self.cluster_kwargs, timeout=self.start_timeout)
 
     def _start(self) -> None:
         try:
@@ -313,24 +156,20 @@ class DaskMapper(MapperBase):
             self._connect()
             client = self.client
             client.wait_for_workers(self._worker_count(), timeout=self.start_timeout)
-            names = sorted((w["name"] for w in client.scheduler_info()["workers"].values()), key=_name_key)
-            self._index = {n: i for i, n in enumerate(names)}
-            self._num_workers = len(names)
+            self._index = worker_index(client)
+            self._num_workers = len(self._index)
             self._worker_segment_times = {i: [] for i in range(self._num_workers)}
-            self._slots()  # a cluster that cannot run a task is an error now, not a hang later
-            shared = [w["name"] for w in client.scheduler_info()["workers"].values() if self._worker_slots(w) > 1]
+            slots(client, self.resources)  # a cluster that cannot run a task is an error now, not a hang later
+            shared = [w["name"] for w in client.scheduler_info()["workers"].values()
+                      if worker_slots(w, self.resources) > 1]
             if shared:
                 logger.warning("Dask worker(s) %s can run several segments at once on one wemap Worker (same "
                                "worker index, same device): start them with --nthreads 1, or ask resources= "
                                "that each worker has one of", ", ".join(map(str, shared)))
-            self._lost.clear()
-            # a handler the user had on this client keeps getting every event (see _on_event)
-            self._user_handler = getattr(client, "_event_handlers", {}).get("all")
-            client.subscribe_topic("all", self._on_event)
-            self._subscribed = True
-            self._register(_ExitReporter(), f"wemap-exits-{self._token}", nanny=True)
-            self._register(_WorkerState(self._index, self._num_workers, self.worker_factory,
-                                        self.worker_attributes, self.worker_init),
+            self._deaths = WorkerDeaths(client, f"wemap-segment-{self._token}-")
+            self._register(ExitReporter(), f"wemap-exits-{self._token}", nanny=True)
+            self._register(WorkerState(self._index, self._num_workers, self.worker_factory,
+                                       self.worker_attributes, self.worker_init),
                            f"wemap-worker-{self._token}", nanny=False)
         except BaseException as exc:
             self._stop(abort=True)
@@ -346,13 +185,11 @@ class DaskMapper(MapperBase):
         client, cluster, own = self.client, self._cluster, self._own_client
         self.client, self._cluster, self._own_client = None, None, False
         registered, self._registered = self._registered, []
-        subscribed, self._subscribed = self._subscribed, False
+        deaths, self._deaths = self._deaths, None
         try:
             if client is not None and client.status == "running":
-                if subscribed and self._user_handler is not None:
-                    client.subscribe_topic("all", self._user_handler)
-                elif subscribed:
-                    client.unsubscribe_topic("all")
+                if deaths is not None:
+                    deaths.close()
                 if cluster is None:  # closing our own cluster tears the plugins down anyway
                     for name, nanny in reversed(registered):
                         try:
@@ -363,50 +200,25 @@ class DaskMapper(MapperBase):
             if client is not None and own:
                 client.close()
             if cluster is not None:
-                _close_cluster(cluster, abort)
+                close_cluster(cluster, abort)
 
     # -- map ---------------------------------------------------------------------------------
-    def _slots(self) -> int:
-        """Tasks the cluster can run at once: per worker, its threads or ``resources`` units."""
-        total = sum(self._worker_slots(w) for w in self.client.scheduler_info()["workers"].values())
-        if total == 0:
-            raise ValueError(f"no worker of the Dask cluster can run a task needing resources={self.resources}; "
-                             f"start workers with e.g. `dask worker --resources GPU=1`")
-        return total
-
-    def _worker_slots(self, w: dict) -> int:
-        """Tasks one worker (a ``scheduler_info`` entry) can run at once."""
-        n = w.get("nthreads", 1)
-        for r, need in (self.resources or {}).items():
-            n = min(n, int(w.get("resources", {}).get(r, 0) // need))
-        return max(n, 0)
-
-    def _on_event(self, event: tuple) -> Any:
-        """Scheduler events: count the walkers that were running on a worker that died."""
-        msg = event[1]
-        if isinstance(msg, dict) and msg.get("action") == "remove-worker" and not msg.get("expected"):
-            for key in msg.get("processing-tasks", ()):
-                if isinstance(key, str) and key.startswith(f"wemap-segment-{self._token}-"):
-                    self._lost[key] += 1
-                    logger.warning("Dask worker %s died while running %s; Dask re-runs it", msg.get("worker"), key)
-        return self._user_handler(event) if self._user_handler is not None else None
-
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
-        client, attempts, pending = self.client, Attempts(self.policy), deque(specs)
+        client, deaths, attempts, pending = self.client, self._deaths, Attempts(self.policy), deque(specs)
         in_flight: dict[distributed.Future, TaskSpec] = {}
         any_done = threading.Event()  # set by the futures' done callbacks
         results: list[Any] = [None] * len(specs)
-        slots, call, keys = self._slots(), self._cycle_counter, []
+        free, call, keys = slots(client, self.resources), self._cycle_counter, []
 
         def submit() -> None:
-            while pending and len(in_flight) < slots:
+            while pending and len(in_flight) < free:
                 spec = pending.popleft()
                 # unique per map call, whatever cycle_idx says: Dask treats equal keys as equal results
-                key = f"wemap-segment-{self._token}-{call}-{spec.task_idx}-{attempts.counts[spec.task_idx]}"
+                key = f"{deaths.key_prefix}{call}-{spec.task_idx}-{attempts.counts[spec.task_idx]}"
                 # one walker per task is the design, not the repeated data Dask warns about
                 try:
                     with dask.config.set({"distributed.admin.large-graph-warning-threshold": 2**62}):
-                        fut = client.submit(_run_segment, f"wemap-worker-{self._token}", self.segment_func,
+                        fut = client.submit(run_segment, f"wemap-worker-{self._token}", self.segment_func,
                                             self.policy.retry_on, spec.args, spec.kwargs, key=key,
                                             resources=self.resources, pure=False)
                 except Exception as exc:  # e.g. an argument that cannot be pickled
@@ -415,32 +227,10 @@ class DaskMapper(MapperBase):
                 in_flight[fut] = spec
                 fut.add_done_callback(lambda _: any_done.set())
 
-        def finished() -> list[distributed.Future]:
-            """Futures done, waiting in slices; raises once no worker has been left for ``start_timeout``."""
-            alone_since = None
-            while True:
-                any_done.clear()
-                done = [f for f in in_flight if f.done()]
-                if done:
-                    return done
-                if any_done.wait(WORKERS_CHECK_INTERVAL):
-                    continue
-                if client.scheduler_info()["workers"]:
-                    alone_since = None
-                    continue
-                alone_since = alone_since or time.monotonic()
-                if time.monotonic() - alone_since < self.start_timeout:
-                    continue
-                waiting = sorted(in_flight.values(), key=lambda s: s.task_idx)
-                raise WorkerException(
-                    f"no Dask worker has been left to run walkers {[s.walker_idx for s in waiting]} of cycle "
-                    f"{waiting[0].cycle_idx} for {self.start_timeout:.3g} s (start_timeout): every worker "
-                    f"is gone and none came back", walker_idx=waiting[0].walker_idx, cycle_idx=waiting[0].cycle_idx)
-
         try:
             submit()
             while in_flight:
-                for fut in finished():
+                for fut in self._finished(in_flight, any_done):
                     spec = in_flight.pop(fut)
                     keys.append(fut.key)
                     try:  # at once, so that a worker dying later does not take this walker with it
@@ -451,12 +241,13 @@ class DaskMapper(MapperBase):
                             # 30 s or more; the scheduler knows where the result is now
                             value = client.gather(fut, direct=False)
                     except Exception as exc:
-                        raise self._error(spec, exc) from None
+                        raise deaths.task_error(spec, exc, self._index) from None
                     fut.release()
                     kind, result, seconds, idx, pid = value
                     if kind == "no_worker":
-                        raise WorkerException(f"walker {spec.walker_idx} of cycle {spec.cycle_idx}: {result.exc_message}",
-                                              pid=pid, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
+                        raise WorkerException(
+                            f"walker {spec.walker_idx} of cycle {spec.cycle_idx}: {result.exc_message}",
+                            pid=pid, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
                     self._worker_segment_times.setdefault(idx, []).append(seconds)
                     if kind == "raised":
                         attempts.failed(spec.task_idx, result, walker_idx=spec.walker_idx,
@@ -471,55 +262,31 @@ class DaskMapper(MapperBase):
             self._abort()  # a failed map leaves no process of ours behind
             raise
         finally:
-            self.recovered_segments += attempts.recovered + sum(self._lost.pop(k, 0) for k in keys)
+            self.recovered_segments += attempts.recovered + deaths.recovered(keys)
         return results
 
-    def _error(self, spec: TaskSpec, exc: Exception) -> Exception:
-        """The exception for a task that erred in Dask rather than in its segment."""
-        where = {"walker_idx": spec.walker_idx, "cycle_idx": spec.cycle_idx}
-        if isinstance(exc, distributed.KilledWorker):
-            last = exc.last_worker
-            code = self._exitcode(last.pid)
-            how = describe_exitcode(code) if code is not None else "exit code unknown (no nanny report)"
-            idx = self._index.get(last.name)
-            return WorkerException(
-                f"walker {spec.walker_idx} of cycle {spec.cycle_idx} was lost {exc.allowed_failures + 1} time(s), "
-                f"more than max_retries={exc.allowed_failures} (the scheduler's allowed-failures); "
-                f"last: worker {idx} (pid {last.pid}, {last.address}) died: {how}",
-                worker_idx=idx, pid=last.pid, exitcode=code, **where)
-        f = TaskFailure.capture(exc)  # e.g. a walker or a result that cannot be pickled
-        f = TaskFailure(f.exc_type, f"the task failed in Dask, outside the segment: {f.exc_message}", f.traceback)
-        return f.to_exception(worker_idx=None, pid=None, **where)
-
-    def _exitcode(self, pid: int | None) -> int | None:
-        """The exit code a nanny reported for worker process ``pid`` (the report may lag a little)."""
-        deadline = time.monotonic() + EXIT_REPORT_WAIT
-        while pid is not None:
-            try:
-                for _, msg in reversed(self.client.get_events(EXIT_TOPIC)):
-                    if msg.get("pid") == pid:
-                        return msg.get("exitcode")
-            except Exception as exc:
-                logger.debug("could not read exit reports: %s", exc)
-                return None
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
-        return None
-
-
-def _scheduler_address(path: str, timeout: float) -> str:
-    """The address in a scheduler file, waiting up to ``timeout`` s for the file (Dask's own wait has no end)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with open(path) as f:
-                return json.load(f)["address"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):  # not there yet, or half written
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"the scheduler file {path} did not appear (with an address) within {timeout} s: "
-                                   f"did the scheduler start? (start_timeout={timeout})") from None
-            time.sleep(0.2)
+    def _finished(self, in_flight: dict[distributed.Future, TaskSpec],
+                  any_done: threading.Event) -> list[distributed.Future]:
+        """Futures done, waiting in slices; raises once no worker has been left for ``start_timeout``."""
+        alone_since = None
+        while True:
+            any_done.clear()
+            done = [f for f in in_flight if f.done()]
+            if done:
+                return done
+            if any_done.wait(WORKERS_CHECK_INTERVAL):
+                continue
+            if self.client.scheduler_info()["workers"]:
+                alone_since = None
+                continue
+            alone_since = alone_since or time.monotonic()
+            if time.monotonic() - alone_since < self.start_timeout:
+                continue
+            waiting = sorted(in_flight.values(), key=lambda s: s.task_idx)
+            raise WorkerException(
+                f"no Dask worker has been left to run walkers {[s.walker_idx for s in waiting]} of cycle "
+                f"{waiting[0].cycle_idx} for {self.start_timeout:.3g} s (start_timeout): every worker "
+                f"is gone and none came back", walker_idx=waiting[0].walker_idx, cycle_idx=waiting[0].cycle_idx)
 
 
 def _check_picklable(what: str, obj: Any) -> None:
