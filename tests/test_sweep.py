@@ -19,7 +19,8 @@ import pytest
 
 import segfuncs
 from wemap import SharedMemWorkerMapper
-from wemap.segment import Segment, remove_stale_segments
+from wemap.segment import Segment
+from wemap.stale_segments import remove_stale_segments
 
 SHM_DIR = "/dev/shm"
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm (Linux)")
@@ -52,7 +53,7 @@ _OWNER = textwrap.dedent(
     from wemap import segment
 
     if sys.argv[1] != "-":
-        segment.segment_name = lambda pid=None: sys.argv[1]
+        segment.segment_name = lambda: sys.argv[1]
     shm = segment.create_reserved(4096, "a test segment")
     resource_tracker.unregister(shm._name, "shared_memory")  # as if its resource tracker died with it
     if "fork" in sys.argv[2:]:
@@ -134,7 +135,7 @@ def test_a_locked_segment_stays_whatever_its_pid_says(caplog):
             assert name not in removed and mine.name not in removed
             assert os.path.exists(path) and os.path.exists(os.path.join(SHM_DIR, mine.name))
         kill(owner)  # the owner dies: the kernel drops its lock, and the segment is an orphan now
-        with caplog.at_level(logging.INFO, logger="wemap.segment"):
+        with caplog.at_level(logging.INFO, logger="wemap.stale_segments"):
             remove_stale_segments()
         assert not os.path.exists(path), "the segment of a dead owner was not swept"
     finally:
