@@ -45,7 +45,8 @@ def remove(path: str) -> None:
 
 #: a process that creates a segment as a manager does, under the name given (or its own), and says its
 #: name; with "fork" it first forks a child that keeps every descriptor it inherited (a worker started
-#: with the fork start method) and says the child's pid. Both then wait for stdin to close.
+#: with the fork start method) and says the child's pid once fork has returned in the child (its at-fork
+#: handlers have run). Both then wait for stdin to close.
 _OWNER = textwrap.dedent(
     """
     import os, sys
@@ -57,10 +58,13 @@ _OWNER = textwrap.dedent(
     shm = segment.create_reserved(4096, "a test segment")
     resource_tracker.unregister(shm._name, "shared_memory")  # as if its resource tracker died with it
     if "fork" in sys.argv[2:]:
+        forked_r, forked_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.write(forked_w, b"1")
             sys.stdin.read()
             os._exit(0)
+        os.read(forked_r, 1)
         print(pid, flush=True)
     print(shm.name, flush=True)
     sys.stdin.read()
