@@ -138,7 +138,8 @@ def check_platform(res: Results, platform: str) -> bool:
         res.add("platform", "GPU (nvidia-smi)", "info", smi or "nvidia-smi printed nothing")
         res.add("platform", "CUDA_VISIBLE_DEVICES", "info", repr(os.environ.get("CUDA_VISIBLE_DEVICES")))
     try:
-        from wemap.openmm.devices import require_platform, visible_devices
+        from wemap.openmm.gpus import visible_devices
+        from wemap.openmm.platforms import require_platform
     except Exception as exc:
         res.add("platform", "import wemap.openmm", "FAIL", f"{type(exc).__name__}: {exc}")
         return False

@@ -302,15 +302,15 @@ def test_fresh_segment_hands_back_new_arrays_with_the_same_contents():
 
 
 def test_memory_budget_follows_a_cgroup_limit(tmp_path):
-    from wemap.benchmarks.matrix import _cgroup_room
+    from wemap.benchmarks.report import cgroup_room
 
     (tmp_path / "memory.max").write_text("max\n")
     (tmp_path / "memory.current").write_text("1000\n")
-    assert _cgroup_room(str(tmp_path)) is None
+    assert cgroup_room(str(tmp_path)) is None
     (tmp_path / "memory.max").write_text(f"{8 * 2**30}\n")
     (tmp_path / "memory.current").write_text(f"{3 * 2**30}\n")
-    assert _cgroup_room(str(tmp_path)) == 5 * 2**30
-    assert _cgroup_room(str(tmp_path / "nothing-here")) is None
+    assert cgroup_room(str(tmp_path)) == 5 * 2**30
+    assert cgroup_room(str(tmp_path / "nothing-here")) is None
 
 
 def test_wepy_runner_gets_each_workers_device(monkeypatch):

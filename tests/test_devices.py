@@ -1,5 +1,6 @@
-"""wemap.openmm.devices: GPU masks read as the runtimes read them, devices checked in the manager,
-the platform checked before any worker starts, OpenMM's property aliases honoured, the OpenMM floor.
+"""wemap.openmm.devices, .gpus and .platforms: GPU masks read as the runtimes read them, devices
+checked in the manager, the platform checked before any worker starts, OpenMM's property aliases
+honoured, the OpenMM floor.
 
 No GPU is needed: the driver's files (/proc/driver/nvidia/gpus, /dev/nvidia*, the AMD KFD
 topology), the environment, nvidia-smi and, for OpenCL, OpenMM's device list are mocked.
@@ -21,22 +22,17 @@ openmm = pytest.importorskip("openmm")
 
 import wemap  # noqa: E402
 from wemap import systems  # noqa: E402
-from wemap.openmm import OpenMMRunner, platform_properties_for, visible_devices  # noqa: E402
+from wemap.openmm import OpenMMRunner, gpus, platform_properties_for, platforms, visible_devices  # noqa: E402
 from wemap.openmm import devices as dev  # noqa: E402
-from wemap.openmm.devices import (  # noqa: E402
-    DeviceError,
-    PlatformUnavailableError,
-    check_devices,
-    explain_context_failure,
-    nvidia_gpu_count,
-    parse_visible_mask,
-    require_platform,
-)
+from wemap.openmm.devices import check_devices, explain_context_failure  # noqa: E402
+from wemap.openmm.gpus import DeviceError, nvidia_gpu_count, parse_visible_mask  # noqa: E402
+from wemap.openmm.platforms import PlatformUnavailableError, require_platform  # noqa: E402
 
 pytestmark = [pytest.mark.openmm, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parents[1]
-MASKS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "OPENMM_CPU_THREADS", dev.SKIP_CHECK_ENV)
+MASKS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "OPENMM_CPU_THREADS",
+         platforms.SKIP_CHECK_ENV)
 UUIDS = ["GPU-8932f937-d72c-4106-c12f-20bd9faed9f6", "GPU-8932aaaa-0000-0000-0000-000000000000",
          "GPU-11111111-2222-3333-4444-555555555555", "GPU-ffffffff-0000-0000-0000-000000000000"]
 
@@ -48,7 +44,7 @@ def node(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     for name, sub in (("NVIDIA_GPUS_DIR", "proc"), ("NVIDIA_DEV_DIR", "dev"), ("AMD_KFD_NODES_DIR", "kfd")):
         (tmp_path / sub).mkdir()
-        monkeypatch.setattr(dev, name, str(tmp_path / sub))
+        monkeypatch.setattr(gpus, name, str(tmp_path / sub))
 
     class Node:
         def gpus(self, n, uuids=UUIDS):
@@ -70,8 +66,8 @@ def node(monkeypatch, tmp_path):
 def have_platforms(monkeypatch):
     """Make OpenMM report extra platforms as available (only for wemap's checks, not for Contexts)."""
     def have(*names):
-        real = dev.available_platforms()
-        monkeypatch.setattr(dev, "available_platforms", lambda: real + list(names))
+        real = platforms.available_platforms()
+        monkeypatch.setattr(platforms, "available_platforms", lambda: real + list(names))
     return have
 
 
@@ -359,7 +355,7 @@ def test_uneven_sharing_warns(node, caplog):
 
 # -- the platform, checked in the manager --------------------------------------------------------------
 def cuda_here():
-    return "CUDA" in dev.available_platforms()
+    return "CUDA" in platforms.available_platforms()
 
 
 @pytest.mark.skipif(cuda_here(), reason="this machine has OpenMM's CUDA platform")
@@ -392,8 +388,8 @@ def test_an_unknown_platform_name_is_refused_with_a_suggestion():
 
 @pytest.mark.skipif(cuda_here(), reason="this machine has OpenMM's CUDA platform")
 def test_the_check_can_be_skipped_for_workers_on_other_machines(monkeypatch, caplog):
-    monkeypatch.setenv(dev.SKIP_CHECK_ENV, "1")
-    with caplog.at_level(logging.WARNING, logger=dev.__name__):
+    monkeypatch.setenv(platforms.SKIP_CHECK_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger=platforms.__name__):
         require_platform("CUDA")
     assert "not checked further" in caplog.text
     with pytest.raises(PlatformUnavailableError):
@@ -531,11 +527,11 @@ def declared_floor():
 
 def test_the_declared_floor_is_the_one_wemap_enforces():
     floors = declared_floor()
-    assert floors["openmm"] == (None, dev.OPENMM_FLOOR)
+    assert floors["openmm"] == (None, platforms.OPENMM_FLOOR)
     assert {name: extra for name, (extra, _) in floors.items() if name != "openmm"} == {
         "openmm-cuda12": "cuda12", "openmm-cuda13": "cuda13", "openmm-hip6": "hip6", "openmm-hip7": "hip7"}
     for name, (extra, floor) in floors.items():
-        assert floor >= dev.OPENMM_FLOOR, name
+        assert floor >= platforms.OPENMM_FLOOR, name
         if extra in ("cuda13", "hip7"):
             assert floor >= (8, 4), f"openmm[{extra}] first shipped with OpenMM 8.4"
 
@@ -555,7 +551,7 @@ def test_the_floor_is_what_the_runner_needs(monkeypatch):
     with pytest.raises(TypeError, match="integratorParameters"):
         runner.run_segment(ala.walkers(1, seed=1)[0], 1)
     runner.release()
-    assert dev.OPENMM_FLOOR >= (8, 2)
+    assert platforms.OPENMM_FLOOR >= (8, 2)
 
 
 @pytest.mark.parametrize("version, ok", [("8.1.2", False), ("8.0.0", False), ("7.7.0", False), ("8.2.0", True),
@@ -574,5 +570,6 @@ def test_older_openmm_is_refused_at_import(version, ok):
 
 def test_public_names():
     assert wemap.openmm.visible_devices is visible_devices
-    for name in dev.__all__:
-        assert hasattr(dev, name), name
+    for module in (dev, gpus, platforms):
+        for name in module.__all__:
+            assert hasattr(module, name), (module.__name__, name)

@@ -19,7 +19,8 @@ import pytest
 
 import segfuncs
 from wemap import SharedMemWorkerMapper
-from wemap.segment import Segment, remove_stale_segments
+from wemap.segment import Segment
+from wemap.stale_segments import remove_stale_segments
 
 SHM_DIR = "/dev/shm"
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm (Linux)")
@@ -44,7 +45,8 @@ def remove(path: str) -> None:
 
 #: a process that creates a segment as a manager does, under the name given (or its own), and says its
 #: name; with "fork" it first forks a child that keeps every descriptor it inherited (a worker started
-#: with the fork start method) and says the child's pid. Both then wait for stdin to close.
+#: with the fork start method) and says the child's pid once fork has returned in the child (its at-fork
+#: handlers have run). Both then wait for stdin to close.
 _OWNER = textwrap.dedent(
     """
     import os, sys
@@ -52,14 +54,17 @@ _OWNER = textwrap.dedent(
     from wemap import segment
 
     if sys.argv[1] != "-":
-        segment.segment_name = lambda pid=None: sys.argv[1]
+        segment.segment_name = lambda: sys.argv[1]
     shm = segment.create_reserved(4096, "a test segment")
     resource_tracker.unregister(shm._name, "shared_memory")  # as if its resource tracker died with it
     if "fork" in sys.argv[2:]:
+        forked_r, forked_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.write(forked_w, b"1")
             sys.stdin.read()
             os._exit(0)
+        os.read(forked_r, 1)
         print(pid, flush=True)
     print(shm.name, flush=True)
     sys.stdin.read()
@@ -134,7 +139,7 @@ def test_a_locked_segment_stays_whatever_its_pid_says(caplog):
             assert name not in removed and mine.name not in removed
             assert os.path.exists(path) and os.path.exists(os.path.join(SHM_DIR, mine.name))
         kill(owner)  # the owner dies: the kernel drops its lock, and the segment is an orphan now
-        with caplog.at_level(logging.INFO, logger="wemap.segment"):
+        with caplog.at_level(logging.INFO, logger="wemap.stale_segments"):
             remove_stale_segments()
         assert not os.path.exists(path), "the segment of a dead owner was not swept"
     finally:

@@ -121,10 +121,10 @@ def add_demo_parser(subparsers: Any) -> None:
 def require_platform(name: str) -> None:
     """Raise `CommandError` unless this OpenMM install can run platform ``name`` (the workers share the install).
 
-    The check is `wemap.openmm.devices.require_platform`'s: it names the plugin's load failures and
+    The check is `wemap.openmm.platforms.require_platform`'s: it names the plugin's load failures and
     the extra that installs the platform.
     """
-    from .openmm.devices import require_platform as check
+    from .openmm.platforms import require_platform as check
 
     try:
         check(name)

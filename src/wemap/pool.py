@@ -4,7 +4,7 @@
 
     manager                                    worker i (forkserver or spawn child)
     ───────                                    ────────────────────────────────────
-    WorkerPool.start ── Process(args) ───────▶ _worker_main: environment of start, faulthandler,
+    WorkerPool.start ── Process(args) ───────▶ worker_main: environment of start, faulthandler,
                                                ignore SIGINT,
                      ◀── ("ready", pid) ────── Worker.init() (once: e.g. an OpenMM Context)
     mapper's dispatch ── tasks ──────────────▶ loop(worker, conn, ...)   (pipe or ring)
@@ -26,25 +26,24 @@ imports) read its variables then; start with ``spawn`` to have those re-read too
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import math
 import multiprocessing as mp
 import os
 import select
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from .errors import WorkerException
 from .faults import check_seconds
-from .worker import TaskFailure, Worker
+from .worker import Worker
+from .worker_process import WorkerProcess, control_messages, worker_main
 
+# WorkerProcess and control_messages live in wemap.worker_process; the shm mapper imports them from here
 __all__ = [
     "WorkerPool",
     "WorkerProcess",
@@ -58,24 +57,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: exit status of a worker that noticed its manager is gone
-EXIT_ORPHANED = 75
-#: exit status of a worker whose ``Worker.init`` raised
-EXIT_INIT_FAILED = 76
 #: seconds an aborted map waits for workers before SIGTERM: they are mid-segment, not listening
 ABORT_STOP_TIMEOUT = 0.25
-
-
-def control_messages(conn: Connection) -> Iterator[Any]:
-    """Worker side: the manager's messages, until it says stop (``None``) or is gone (EOF)."""
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        yield msg
 
 
 def multiprocessing_helper_pids() -> set[int]:
@@ -126,87 +109,12 @@ def check_picklable(what: str, obj: Any, start_method: str) -> None:
         ) from exc
 
 
-@dataclass
-class WorkerProcess:
-    """The manager's handle on one worker process."""
-
-    idx: int
-    process: Any
-    conn: Connection
-    lifeline: Connection
-    pid: int = 0
-    ready: bool = False
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def sentinel(self) -> int:
-        return self.process.sentinel
-
-    def exitcode(self, grace: float = 0.5) -> int | None:
-        """The exit code, waiting briefly for the process to be reaped after its sentinel fired."""
-        self.process.join(grace)
-        return self.process.exitcode
-
-    def describe(self) -> str:
-        return f"worker {self.idx} (pid {self.pid})"
-
-
 def _has_room(conn: Connection) -> bool:
     """Whether a short message to ``conn`` goes out without blocking (its buffer is at most a
     quarter full when it polls writable)."""
     room = select.poll()
     room.register(conn.fileno(), select.POLLOUT)
     return bool(room.poll(0))
-
-
-def _watch_lifeline(lifeline: Connection) -> None:
-    """Exit the worker as soon as the manager's end of the lifeline closes (manager died)."""
-    try:
-        lifeline.poll(None)
-    except (OSError, EOFError):
-        pass
-    os._exit(EXIT_ORPHANED)
-
-
-def _apply_environment(environ: dict[str, str]) -> None:
-    """Make this process's environment ``environ``: what is missing from it goes, the rest is set."""
-    for key in [k for k in os.environ if k not in environ]:
-        del os.environ[key]
-    for key, value in environ.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
-
-
-def _worker_main(
-    environ: dict[str, str],
-    worker_type: type[Worker],
-    idx: int,
-    num_workers: int,
-    attributes: dict,
-    worker_init: Callable | None,
-    conn: Connection,
-    lifeline: Connection,
-    loop: Callable[..., None],
-    loop_args: tuple,
-) -> None:
-    # A forkserver child inherits the environment the forkserver started with, at the first mapper
-    # of the process: the manager's as of init replaces it before anything reads it.
-    _apply_environment(environ)
-    faulthandler.enable()
-    # Ctrl-C reaches the whole process group; the manager owns the shutdown.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="wemap-lifeline", daemon=True).start()
-    worker = worker_type(idx, num_workers, attributes, worker_init)
-    try:
-        worker.init()
-    except Exception as exc:
-        conn.send(("init_failed", TaskFailure.capture(exc)))
-        os._exit(EXIT_INIT_FAILED)
-    conn.send(("ready", os.getpid()))
-    try:
-        loop(worker, conn, *loop_args)
-    finally:
-        worker.cleanup()
 
 
 class WorkerPool:
@@ -259,7 +167,7 @@ class WorkerPool:
         conn, child_conn = self.ctx.Pipe(duplex=True)
         lifeline_r, lifeline_w = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(
                 self.environ,
                 self.worker_type,

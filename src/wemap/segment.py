@@ -6,14 +6,9 @@ too small for it fails here with `ShmSpaceError` instead of a SIGBUS in the midd
 run. Workers attach by name (``Segment.attach``, or by unpickling a `Segment`), which
 validates the header and never registers the segment with multiprocessing's resource
 tracker: only the creating process owns, and unlinks, it. The creator's registration is
-what removes the segment if the manager is killed; `remove_stale_segments` sweeps up
-after owners that died some other way.
-
-The creator holds an ``flock`` on every segment it made, from before the segment has a size
-until its name is removed (`create_reserved`). The kernel drops the lock when the owner dies,
-however it dies, and the lock is seen by every process that opens the name, in any pid
-namespace: so the sweep removes a segment only when it can take that lock, never by the pid
-in its name (containers sharing ``/dev/shm`` each number their processes from 1).
+what removes the segment if the manager is killed; `wemap.stale_segments` sweeps up after
+owners that died some other way, by the ``flock`` the creator holds on every segment it made,
+from before the segment has a size until its name is removed (`create_reserved`).
 """
 
 from __future__ import annotations
@@ -22,9 +17,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
-import secrets
-import stat
 import sys
 import threading
 from multiprocessing import resource_tracker
@@ -34,6 +26,7 @@ from typing import Any
 import _posixshmem  # what SharedMemory itself opens and unlinks names with
 
 from .errors import RingCorruptError, ShmSpaceError
+from .stale_segments import remove_stale_segments, segment_name
 
 try:
     from ._ring import Ring
@@ -44,13 +37,11 @@ except ImportError as _exc:  # pragma: no cover - depends on the build
         f"from the wemap source tree ({_exc})"
     ) from _exc
 
-__all__ = ["SEGMENT_PREFIX", "Segment", "segment_name", "remove_stale_segments", "create_reserved", "unlink_owned",
-           "close_or_hand_over"]
+# remove_stale_segments: the sweep lives in wemap.stale_segments; the mappers import it from here
+__all__ = ["Segment", "create_reserved", "unlink_owned", "close_or_hand_over", "remove_stale_segments"]
 
 log = logging.getLogger(__name__)
 
-SEGMENT_PREFIX = "wemap"
-_NAME_RE = re.compile(rf"^{SEGMENT_PREFIX}_(\d+)_[0-9a-f]{{16}}$")
 _SPACE_ERRNOS = {errno.ENOSPC, errno.ENOMEM, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _SHM_FIX = (
     "run the container with a larger --shm-size, e.g. docker run --shm-size=2g, "
@@ -80,11 +71,6 @@ def _drop_inherited_locks() -> None:
 
 
 os.register_at_fork(after_in_child=_drop_inherited_locks)
-
-
-def segment_name(pid: int | None = None) -> str:
-    """Return a fresh segment name, ``wemap_<pid>_<16 hex>``: the pid lets a sweep find orphans."""
-    return f"{SEGMENT_PREFIX}_{os.getpid() if pid is None else int(pid)}_{secrets.token_hex(8)}"
 
 
 def _free_bytes(shm_dir: str) -> int | None:
@@ -290,7 +276,6 @@ class Segment:
 
     name: str
     ring: Ring
-    size: int
     owner_pid: int
 
     def __init__(self, shm: SharedMemory, ring: Ring, *, created: bool) -> None:
@@ -298,7 +283,6 @@ class Segment:
         self._shm = shm
         self.ring = ring
         self.name = shm.name
-        self.size = shm.size
         self.owner_pid = ring.creator_pid
         self._created = created
         self._closed = False
@@ -365,11 +349,6 @@ class Segment:
         unlink_owned(self._shm)
         log.debug("unlinked segment %s", self.name)
 
-    @property
-    def closed(self) -> bool:
-        """Whether this process's mapping has been closed."""
-        return self._closed
-
     def __enter__(self) -> Segment:
         return self
 
@@ -381,57 +360,3 @@ class Segment:
         # Pickle by name: a spawned child re-attaches instead of copying memory.
         return (type(self).attach, (self.name,))
 
-    def __repr__(self) -> str:
-        role = "owner" if self._created else "attached"
-        return f"<Segment {self.name} {self.size} bytes, {role}{', closed' if self._closed else ''}>"
-
-
-def remove_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
-    """Unlink the segments in ``shm_dir`` whose owner is gone; return their names. Never raises.
-
-    For segments orphaned by an owner that died without its resource tracker (e.g. the whole
-    process group SIGKILLed). A segment goes only when it is provably orphaned: named
-    ``wemap_<pid>_<16 hex>``, a regular file of this user with mode 0600 and a size, as
-    `create_reserved` makes them, and nobody holds its owner lock. The pid in the name plays no
-    part: across pid namespaces a live owner's pid can look dead. Anything else under such a name
-    (another user's file, a directory, an entry this user cannot open) is left where it is.
-    """
-    try:
-        names = sorted(os.listdir(shm_dir))
-    except OSError as exc:
-        log.debug("not sweeping %s: %s", shm_dir, exc)
-        return []
-    removed: list[str] = []
-    for name in names:
-        if _NAME_RE.match(name) is None:
-            continue
-        try:
-            if _remove_if_orphaned(shm_dir, name):
-                removed.append(name)
-        except OSError as exc:  # gone meanwhile, not ours to open, ...: not an orphan we can prove
-            log.debug("left %s in %s: %s", name, shm_dir, exc)
-    return removed
-
-
-def _remove_if_orphaned(shm_dir: str, name: str) -> bool:
-    path = os.path.join(shm_dir, name)
-    # O_NOFOLLOW: never a link's target; O_NONBLOCK: a FIFO under the name does not block the open
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600):
-            return False
-        if st.st_size == 0:  # perhaps a segment just made, its owner about to lock it
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # its owner lives, in whichever pid namespace
-        now = os.stat(path, follow_symlinks=False)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            return False  # the name was removed, and made again, since it was opened here
-        os.unlink(path)
-    finally:
-        os.close(fd)
-    log.info("removed stale shared-memory segment %s (its owner is gone)", name)
-    return True

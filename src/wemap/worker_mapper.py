@@ -22,8 +22,9 @@ from typing import Any
 from .faults import Attempts
 from .mapper import MapperBase, TaskSpec, resolve_start_method
 from .pickling import dumps
-from .pool import ABORT_STOP_TIMEOUT, WorkerPool, control_messages, describe_exitcode
+from .pool import ABORT_STOP_TIMEOUT, WorkerPool, describe_exitcode
 from .worker import Task, TaskFailure, Worker, run_timed
+from .worker_process import control_messages
 
 __all__ = ["WorkerMapper"]
 

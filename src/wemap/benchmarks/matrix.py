@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import os
 import shutil
 import statistics
 import traceback
@@ -27,6 +26,7 @@ import psutil
 
 from .contenders import BASELINES, FLOOR, Contender
 from .measure import deadline, memcpy_floor, time_mapper
+from .report import cgroup_room
 from .workloads import WORKLOADS, bytes_per_walker, make_walkers
 
 __all__ = ["MatrixSpec", "run_matrix", "add_ratios", "goals", "goals_cell", "per_task_goal", "HEADLINE", "HEADLINE_COMMAND",
@@ -78,27 +78,10 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes this process's memory cgroup still allows (a container's --memory, a SLURM job's), or None."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),  # cgroup v2
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):  # v1
-        try:
-            with open(os.path.join(root, limit_file)) as f:
-                limit = f.read().strip()
-            with open(os.path.join(root, usage_file)) as f:
-                usage = int(f.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:  # no limit
-            return None
-        return max(0, int(limit) - usage)
-    return None
-
-
 def _budget(spec: MatrixSpec) -> tuple[int, int | None]:
     """(RAM bytes a cell may plan for, free /dev/shm bytes or None); a cgroup limit counts too."""
     available = psutil.virtual_memory().available
-    room = _cgroup_room()
+    room = cgroup_room()
     if room is not None:
         available = min(available, room)
     ram = int(available * MEMORY_HEADROOM)

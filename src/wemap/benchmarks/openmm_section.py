@@ -44,7 +44,7 @@ def check_platform(platform: str, required: bool = False) -> str | None:
     """
     why = availability()
     if why is None:
-        from wemap.openmm.devices import KNOWN_PLATFORMS, require_platform
+        from wemap.openmm.platforms import KNOWN_PLATFORMS, require_platform
 
         try:
             require_platform(platform)

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-__all__ = ["machine", "cpu_model", "git_commit", "write_json", "markdown_table", "default_out_dir"]
+__all__ = ["machine", "cpu_model", "cgroup_room", "git_commit", "write_json", "markdown_table", "default_out_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,23 @@ def _usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's memory cgroup still allows (a container's --memory, a SLURM job's), or None."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),  # cgroup v2
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):  # v1
+        try:
+            with open(os.path.join(root, limit_file)) as f:
+                limit = f.read().strip()
+            with open(os.path.join(root, usage_file)) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:  # no limit
+            return None
+        return max(0, int(limit) - usage)
+    return None
 
 
 def machine() -> dict[str, Any]:

@@ -73,7 +73,9 @@ except ImportError as exc:  # openmm is an optional extra
     ) from exc
 
 from .array_state import ArrayState
-from .devices import GPU_PLATFORMS, NVIDIA_GPUS_DIR, nvidia_gpu_count, platform_properties_for, visible_devices
+from .devices import platform_properties_for
+from .gpus import NVIDIA_GPUS_DIR, nvidia_gpu_count, visible_devices
+from .platforms import GPU_PLATFORMS
 from .runner import TIMING_FIELDS, WEPY_FEATURE_DTYPES, WEPY_FEATURE_SHAPES, OpenMMRunner, worker_seed
 from .walkers import (
     json_topology,

@@ -1,11 +1,10 @@
-"""Which device each worker's ``Context`` goes on, and whether this install has the platform.
+"""Which device each worker's ``Context`` goes on, and what to say when a Context cannot be made.
 
-The manager checks what it can before any worker starts (`require_platform`, `check_devices`):
-the workers import the same OpenMM, so a platform missing here is missing there too. GPU masks
-are read as the GPU runtimes read them (`parse_visible_mask`), in plain Python from the
-environment and the driver's files: the manager never initialises CUDA or HIP itself (a
-process forked after that could not use the GPU). docs/gpu.md is the user's guide; the
-`wemap.openmm` package docstring says how ``devices`` and ``CUDA_VISIBLE_DEVICES`` combine.
+`check_devices` checks a ``devices`` list in the manager, when the runner is made, against the
+GPUs visible here (`wemap.openmm.gpus`); `platform_properties_for` gives each worker its
+``DeviceIndex`` (or CPU ``Threads``); `explain_context_failure` turns OpenMM's error into what
+to do. The `wemap.openmm` package docstring says how ``devices`` and ``CUDA_VISIBLE_DEVICES``
+combine.
 """
 
 from __future__ import annotations
@@ -18,30 +17,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import openmm
-
-from ..errors import WemapError
+from .gpus import DeviceError, hidden_message, opencl_ambiguous, opencl_devices, visible_count
+from .platforms import GPU_PLATFORMS, platform_problem
 
 __all__ = [
-    "OPENMM_FLOOR",
-    "GPU_PLATFORMS",
-    "KNOWN_PLATFORMS",
     "PROPERTY_ALIASES",
-    "INSTALL_HINTS",
-    "NVIDIA_GPUS_DIR",
-    "AMD_KFD_NODES_DIR",
-    "SKIP_CHECK_ENV",
-    "PlatformUnavailableError",
-    "DeviceError",
-    "available_platforms",
-    "platform_problem",
-    "require_platform",
-    "parse_visible_mask",
-    "nvidia_gpus",
-    "nvidia_gpu_count",
-    "amd_gpu_count",
-    "visible_devices",
-    "opencl_devices",
     "check_devices",
     "device_load",
     "platform_properties_for",
@@ -50,15 +30,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: the oldest OpenMM wemap runs on: the runner reads a Context's integrator state with
-#: ``getState(integratorParameters=True)``, which OpenMM 8.2 added (pyproject.toml says the same)
-OPENMM_FLOOR = (8, 2)
-
-#: platforms whose contexts are placed with the ``DeviceIndex`` platform property
-GPU_PLATFORMS = ("CUDA", "OpenCL", "HIP")
-#: every platform OpenMM ships (CUDA, OpenCL and HIP only where their plugin loads)
-KNOWN_PLATFORMS = ("Reference", "CPU", *GPU_PLATFORMS)
 
 #: (platform, property wemap sets) -> OpenMM's older names for it, which it still accepts
 #: (``deprecatedPropertyReplacements`` in each platform's constructor). OpenMM validates a
@@ -69,312 +40,6 @@ PROPERTY_ALIASES: dict[tuple[str, str], tuple[str, ...]] = {
     ("HIP", "DeviceIndex"): ("HipDeviceIndex",),
     ("CPU", "Threads"): ("CpuThreads",),
 }
-
-#: how to get each GPU platform (docs/gpu.md says which to pick)
-INSTALL_HINTS = {
-    "CUDA": "pip install 'wemap[openmm-cuda13]' where nvidia-smi says CUDA Version 13.x (driver 580 or newer, a "
-            "Turing or newer GPU), 'wemap[openmm-cuda12]' where it says 12.x, or conda install -c conda-forge "
-            "openmm cuda-version=12",
-    "HIP": "pip install 'wemap[openmm-hip7]' (ROCm 7) or 'wemap[openmm-hip6]' (ROCm 6)",
-    "OpenCL": "the openmm package has it, but it needs an OpenCL runtime here (libOpenCL.so.1 and a vendor's "
-              "driver, such as NVIDIA's or ROCm)",
-}
-
-#: one directory per GPU the NVIDIA driver has bound (a container sees only its own)
-NVIDIA_GPUS_DIR = "/proc/driver/nvidia/gpus"
-#: where the NVIDIA device files are (``nvidia0``, ``nvidia1``, ...): the count where /proc has none
-NVIDIA_DEV_DIR = "/dev"
-#: one directory per node of the AMD kernel driver; GPUs have a non-zero ``gpu_id``
-AMD_KFD_NODES_DIR = "/sys/class/kfd/kfd/topology/nodes"
-#: set to 1 where the workers run on other machines than the manager (`require_platform` then only warns)
-SKIP_CHECK_ENV = "WEMAP_SKIP_PLATFORM_CHECK"
-
-
-class PlatformUnavailableError(WemapError, ValueError):
-    """An OpenMM platform this install does not have, or a name OpenMM does not know."""
-
-
-class DeviceError(WemapError, ValueError):
-    """A ``devices`` list or a GPU mask that leaves a worker without a usable device."""
-
-
-# -- the OpenMM install ------------------------------------------------------------------------------
-def _version_tuple(text: str) -> tuple[int, ...]:
-    """``"8.6.1.dev-b399af4"`` -> ``(8, 6, 1)``."""
-    out = []
-    for part in text.split("."):
-        m = re.match(r"\d+", part)
-        if not m:
-            break
-        out.append(int(m.group()))
-    return tuple(out)
-
-
-def _check_openmm_version(version: str) -> None:
-    if _version_tuple(version) < OPENMM_FLOOR:
-        floor = ".".join(map(str, OPENMM_FLOOR))
-        raise ImportError(
-            f"wemap.openmm needs OpenMM {floor} or newer, this is OpenMM {version}: its runner reads the "
-            f"integrator's state with getState(integratorParameters=True), new in {floor}. "
-            f"Upgrade: pip install -U 'wemap[openmm]' (or conda install -c conda-forge 'openmm>={floor}')"
-        )
-
-
-_check_openmm_version(getattr(openmm.version, "short_version", None) or openmm.Platform.getOpenMMVersion())
-
-
-def available_platforms() -> list[str]:
-    """The names of the platforms this process's OpenMM has (its plugins that loaded)."""
-    return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-
-
-def _plugins_dir() -> str:
-    return os.environ.get("OPENMM_PLUGIN_DIR") or os.path.join(openmm.version.openmm_library_path, "plugins")
-
-
-def platform_problem(name: str) -> str | None:
-    """Why this OpenMM install cannot run platform ``name`` (one line), or None when it can.
-
-    Names the plugin's load failures (``Platform.getPluginLoadFailures``: a missing driver or
-    library) and how to install the platform.
-    """
-    here = available_platforms()
-    if name in here:
-        return None
-    if name not in KNOWN_PLATFORMS:
-        close = [p for p in KNOWN_PLATFORMS if p.lower() == str(name).lower()]
-        return (f"unknown OpenMM platform {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                + f"; OpenMM's platforms are {', '.join(KNOWN_PLATFORMS)}, and this install has {', '.join(here)}")
-    plugin = f"/libopenmm{name.lower()}."  # the platform's own plugin, not its Amoeba/Drude/RPMD ones
-    failures = [" ".join(f.split()) for f in openmm.Platform.getPluginLoadFailures() if plugin in f.lower()]
-    found = (f"its plugin failed to load: {' | '.join(failures)}" if failures
-             else f"no {name} plugin in {_plugins_dir()}")
-    return (f"OpenMM platform {name!r} is not available here (this install has {', '.join(here)}; OpenMM "
-            f"{openmm.Platform.getOpenMMVersion()}): {found}. To get it: {INSTALL_HINTS[name]}; see docs/gpu.md. "
-            f"The workers import this same OpenMM; if they run on other machines that have the platform, "
-            f"set {SKIP_CHECK_ENV}=1")
-
-
-def require_platform(name: str, env: Mapping[str, str] | None = None) -> None:
-    """Fail now, in the manager, if platform ``name`` cannot run here, rather than in every worker.
-
-    Raises `PlatformUnavailableError` for a name OpenMM does not know or a platform whose plugin
-    is missing or failed to load, and `DeviceError` for a GPU mask that hides every device. With
-    ``WEMAP_SKIP_PLATFORM_CHECK=1`` (workers on other machines) a missing platform only warns.
-    """
-    env = os.environ if env is None else env
-    problem = platform_problem(name)
-    skip = env.get(SKIP_CHECK_ENV, "0") not in ("", "0")
-    if problem is not None:
-        if name in KNOWN_PLATFORMS and skip:
-            logger.warning("%s (not checked further: %s is set)", problem.split(": ")[0], SKIP_CHECK_ENV)
-            return
-        raise PlatformUnavailableError(problem)
-    if name in ("CUDA", "HIP") and not skip:
-        count, mask = _visible(name, env)
-        if mask is not None and count == 0:
-            raise DeviceError(_hidden_message(name, mask))
-
-
-def _check_platform(name: str) -> None:
-    """What `OpenMMRunner` calls when it is made (in the manager)."""
-    require_platform(name)
-
-
-# -- GPU masks and drivers ---------------------------------------------------------------------------
-def parse_visible_mask(mask: str, count: int | None = None, uuids: Sequence[str] | None = None) -> list[str]:
-    """The devices a ``CUDA_VISIBLE_DEVICES``-style mask leaves visible, in order, as the runtime reads it.
-
-    Entries are ordinals (read like ``strtoul``: ``"1gpu"`` is 1) or UUIDs (``GPU-...``, a unique
-    prefix is enough, resolved against ``uuids`` when given). The first invalid entry ends the
-    list (``"0,-1,2"`` is device 0; ``"-1"``, ``"NoDevFiles"`` and ``""`` hide everything), as
-    does an ordinal ``>= count`` or a UUID that matches no GPU; a repeated entry hides every device
-    (as PyTorch's driver-free count reads CUDA's rule). ``MIG-...`` entries: CUDA enumerates one
-    MIG instance per process, the first. Returns ordinals as strings, or UUIDs.
-    """
-    entries = [e.strip() for e in mask.split(",")]
-    first = entries[0]
-    if first.startswith("MIG-"):
-        return [first]
-    out: list[str] = []
-    if first.startswith("GPU-"):
-        for e in entries:
-            if not e.startswith("GPU-"):
-                break
-            if uuids is not None:
-                matches = [u for u in uuids if u.startswith(e)]
-                if len(matches) != 1:  # unknown or ambiguous
-                    break
-                e = matches[0]
-            if e in out:
-                return []
-            out.append(e)
-        return out
-    for e in entries:
-        digits = re.match(r"\d+", e)
-        if not digits:  # "-1", "NoDevFiles", "", a UUID after ordinals
-            break
-        idx = str(int(digits.group()))
-        if count is not None and int(idx) >= count:
-            break
-        if idx in out:
-            return []
-        out.append(idx)
-    return out
-
-
-def nvidia_gpus(path: str | None = None) -> list[str] | None:
-    """The NVIDIA driver's GPUs here, as their UUIDs (``""`` where unreadable), or None without the driver.
-
-    Read from ``/proc/driver/nvidia/gpus/*/information`` (``GPU UUID:`` lines), else counted from
-    the device files ``/dev/nvidia0``, ``/dev/nvidia1``, ...; CUDA_VISIBLE_DEVICES is not applied.
-    """
-    root = NVIDIA_GPUS_DIR if path is None else path
-    try:
-        buses = sorted(os.listdir(root))
-    except OSError:
-        buses = []
-    if buses:
-        uuids = []
-        for bus in buses:
-            try:
-                with open(os.path.join(root, bus, "information")) as f:
-                    found = re.search(r"^GPU UUID:\s*(\S+)", f.read(), re.MULTILINE)
-            except OSError:
-                found = None
-            uuids.append(found.group(1) if found else "")
-        return uuids
-    if path is not None:
-        return None
-    try:
-        nodes = [n for n in os.listdir(NVIDIA_DEV_DIR) if re.fullmatch(r"nvidia\d+", n)]
-    except OSError:
-        return None
-    return [""] * len(nodes) or None
-
-
-def nvidia_gpu_count(path: str | None = None) -> int | None:
-    """How many NVIDIA GPUs the node's driver shows, or None where there is no driver (no mask applied)."""
-    gpus = nvidia_gpus(path)
-    return len(gpus) if gpus else None
-
-
-def amd_gpu_count(path: str | None = None) -> int | None:
-    """How many AMD GPUs the kernel driver shows (KFD topology nodes with a non-zero ``gpu_id``), or None."""
-    root = AMD_KFD_NODES_DIR if path is None else path
-    try:
-        nodes = os.listdir(root)
-    except OSError:
-        return None
-    count = 0
-    for node in nodes:
-        try:
-            with open(os.path.join(root, node, "gpu_id")) as f:
-                count += f.read().strip() not in ("", "0")
-        except OSError:
-            continue
-    return count or None
-
-
-def _visible(platform: str, env: Mapping[str, str]) -> tuple[int | None, str | None]:
-    """(how many GPUs ``platform`` sees in a process with ``env``, or None if unknown; the mask that decided it).
-
-    HIP applies ``ROCR_VISIBLE_DEVICES`` first, then ``HIP_VISIBLE_DEVICES`` (or, unset, the
-    ``CUDA_VISIBLE_DEVICES`` it also honours) to what is left; CUDA reads ``CUDA_VISIBLE_DEVICES``
-    only. OpenCL has no mask of its own (NVIDIA's OpenCL follows ``CUDA_VISIBLE_DEVICES``): see
-    `opencl_devices`.
-    """
-    if platform == "HIP":
-        count, said = amd_gpu_count(), []
-        second = "HIP_VISIBLE_DEVICES" if "HIP_VISIBLE_DEVICES" in env else "CUDA_VISIBLE_DEVICES"
-        for var in ("ROCR_VISIBLE_DEVICES", second):
-            if var in env:
-                count = len(parse_visible_mask(env[var], count))
-                said.append(f"{var}={env[var]!r}")
-        return count, (" then ".join(said) or None)
-    gpus = nvidia_gpus()
-    count = len(gpus) if gpus else None
-    mask = env.get("CUDA_VISIBLE_DEVICES")
-    if mask is None:
-        return count, None
-    uuids = [u for u in gpus if u] if gpus else []
-    known = uuids if gpus and len(uuids) == len(gpus) else None
-    return len(parse_visible_mask(mask, count, known)), f"CUDA_VISIBLE_DEVICES={mask!r}"
-
-
-def _hidden_message(platform: str, mask: str) -> str:
-    return (f"{mask} leaves no GPU visible to OpenMM's {platform} platform (an empty mask, -1, NoDevFiles, "
-            f"a first entry that names no GPU, or a repeated entry hides them all); set it to the GPUs to "
-            f"use, such as 0,1, or unset it to use every GPU")
-
-
-def visible_devices(env: Mapping[str, str] | None = None, platform: str = "CUDA") -> list[int]:
-    """``DeviceIndex`` values of the GPUs this process may use on ``platform``: ``[0, ..., n-1]``.
-
-    ``n`` is what the mask leaves visible (`parse_visible_mask`; SLURM's ``CUDA_VISIBLE_DEVICES=4,5``
-    gives ``[0, 1]``), or without a mask the GPUs the driver shows (Docker's ``--gpus`` exposes
-    only its own). OpenCL: the devices of the one OpenCL platform with any (`opencl_devices`).
-    Raises `DeviceError` when that is none, or unknown (no driver here).
-    """
-    env = os.environ if env is None else env
-    if platform == "OpenCL":
-        listing = opencl_devices()
-        if not listing:
-            raise DeviceError("OpenMM lists no OpenCL device here (or is older than 8.5, which cannot list them): "
-                              "give devices=[...] explicitly")
-        if len(listing) > 1:
-            raise DeviceError(_opencl_ambiguous(listing))
-        return list(range(len(next(iter(listing.values())))))
-    count, mask = _visible(platform, env)
-    if count == 0 and mask is not None:
-        raise DeviceError(_hidden_message(platform, mask))
-    if not count:
-        where = ("/proc/driver/nvidia/gpus or /dev/nvidia0" if platform == "CUDA" else AMD_KFD_NODES_DIR)
-        var = "CUDA_VISIBLE_DEVICES" if platform == "CUDA" else "HIP_VISIBLE_DEVICES"
-        raise DeviceError(f"no {platform} GPU found here: {var} is not set and the driver shows none "
-                          f"(nothing in {where}); set {var} or give devices=[...] explicitly")
-    return list(range(count))
-
-
-def opencl_devices() -> dict[int, list[str]] | None:
-    """``{OpenCLPlatformIndex: [device names, in DeviceIndex order]}`` as OpenMM lists them, or None.
-
-    None where OpenMM has no OpenCL platform or is older than 8.5 (``Platform.getDevices``).
-    Lists CPU devices too (pocl, Intel's CPU runtime), as OpenMM does. Initialises OpenCL in
-    this process.
-    """
-    try:
-        platform = openmm.Platform.getPlatformByName("OpenCL")
-    except Exception:
-        return None
-    if not hasattr(platform, "getDevices"):
-        return None
-    listing: dict[int, list[str]] = {}
-    for device in platform.getDevices():
-        d = dict(device)
-        listing.setdefault(int(d.get("OpenCLPlatformIndex", 0)), []).append(d.get("DeviceName", ""))
-    return listing
-
-
-def _opencl_ambiguous(listing: Mapping[int, Sequence[str]]) -> str:
-    said = "; ".join(f"{i}: {', '.join(names)}" for i, names in sorted(listing.items()))
-    return (f"OpenCL has {len(listing)} platforms with devices here ({said}); a DeviceIndex counts inside one, so "
-            f"say which with platform_properties={{'OpenCLPlatformIndex': '{min(listing)}'}}")
-
-
-def _opencl_target(props: Mapping[str, str]) -> tuple[str | None, int | None]:
-    """(the OpenCLPlatformIndex to set, or None; how many devices that platform has, or None if unknown)."""
-    listing = opencl_devices()
-    if listing is None:
-        return None, None
-    if "OpenCLPlatformIndex" in props:
-        return None, len(listing.get(int(props["OpenCLPlatformIndex"]), []))
-    if len(listing) > 1:
-        raise DeviceError(_opencl_ambiguous(listing))
-    if not listing:
-        return None, 0
-    ((index, names),) = listing.items()
-    return str(index), len(names)
 
 
 # -- the devices list --------------------------------------------------------------------------------
@@ -432,9 +97,9 @@ def check_devices(
         raise DeviceError("devices is empty: give at least one GPU index (DeviceIndex, relative to "
                           "CUDA_VISIBLE_DEVICES), or None to use the visible devices in turn")
     if platform in ("CUDA", "HIP"):
-        count, mask = _visible(platform, os.environ if env is None else env)
+        count, mask = visible_count(platform, os.environ if env is None else env)
         if count == 0 and mask is not None:
-            raise DeviceError(_hidden_message(platform, mask))
+            raise DeviceError(hidden_message(platform, mask))
         if count is not None:
             for i, d in enumerate(out):
                 for index in d if isinstance(d, tuple) else (d,):
@@ -508,9 +173,9 @@ def _device_for(platform: str, worker_idx: int, num_workers: int, devices: Any, 
     if devices is not None:
         pool = check_devices(devices, platform, num_workers if worker_idx == 0 else None)
     else:
-        count, mask = _visible(platform, os.environ)
+        count, mask = visible_count(platform, os.environ)
         if mask is not None and count == 0:
-            raise DeviceError(_hidden_message(platform, mask))
+            raise DeviceError(hidden_message(platform, mask))
         if not count or (mask is None and num_workers < 2):
             return None  # unknown, or one worker and no mask: OpenMM picks the fastest GPU
         pool = list(range(count))
@@ -536,6 +201,21 @@ def _opencl_device(worker_idx: int, num_workers: int, devices: Any, props: dict[
         props["OpenCLPlatformIndex"] = index
     assert pool
     return _property(pool[worker_idx % len(pool)])
+
+
+def _opencl_target(props: Mapping[str, str]) -> tuple[str | None, int | None]:
+    """(the OpenCLPlatformIndex to set, or None; how many devices that platform has, or None if unknown)."""
+    listing = opencl_devices()
+    if listing is None:
+        return None, None
+    if "OpenCLPlatformIndex" in props:
+        return None, len(listing.get(int(props["OpenCLPlatformIndex"]), []))
+    if len(listing) > 1:
+        raise DeviceError(opencl_ambiguous(listing))
+    if not listing:
+        return None, 0
+    ((index, names),) = listing.items()
+    return str(index), len(names)
 
 
 # -- when a Context cannot be made -------------------------------------------------------------------
@@ -586,11 +266,11 @@ def explain_context_failure(
         said.append("the GPU may also be out of memory or held by another job (nvidia-smi lists its processes)")
         return "; ".join(said)
     if "Illegal value for DeviceIndex" in text and platform in ("CUDA", "HIP"):
-        count, mask = _visible(platform, os.environ)
+        count, mask = visible_count(platform, os.environ)
         seen = "an unknown number of GPUs" if count is None else f"{count} GPU(s)"
         return f"{head}; DeviceIndex counts the GPUs visible to this process from 0 ({seen} here, {mask or 'no mask'})"
     if "OpenCLPlatformIndex" in text:
         listing = opencl_devices()
-        return f"{head}; {_opencl_ambiguous(listing) if listing else 'give OpenCLPlatformIndex in platform_properties'}"
+        return f"{head}; {opencl_ambiguous(listing) if listing else 'give OpenCLPlatformIndex in platform_properties'}"
     return (f"{head}. Check the platform, the devices list (DeviceIndex counts inside CUDA_VISIBLE_DEVICES) "
             f"and the platform_properties.")

@@ -18,7 +18,7 @@ import openmm
 
 from ..worker import current_worker
 from . import devices as _devices
-from .devices import _check_platform
+from .platforms import require_platform
 from .walkers import make_walker, state_fields
 
 __all__ = ["OpenMMRunner", "worker_seed", "TIMING_FIELDS", "WEPY_FEATURE_SHAPES", "WEPY_FEATURE_DTYPES"]
@@ -123,7 +123,7 @@ class OpenMMRunner:
             raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
         if not isinstance(integrator, openmm.Integrator):
             raise TypeError(f"integrator must be an openmm.Integrator, got {type(integrator).__name__}")
-        _check_platform(platform)
+        require_platform(platform)
         self.runner_id = uuid.uuid4().hex
         self._system_xml = openmm.XmlSerializer.serialize(system)
         self._integrator_xml = openmm.XmlSerializer.serialize(integrator)

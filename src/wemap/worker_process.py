@@ -1,0 +1,116 @@
+"""A worker process: what runs in the child (`worker_main`), and the manager's handle on it.
+
+`worker_main` is the target `wemap.pool.WorkerPool` starts every worker with; under spawn and
+forkserver it travels pickled by reference, so it lives at module level here. It makes the
+child's environment the manager's, ignores SIGINT (the manager owns the shutdown), watches the
+lifeline so that a worker never outlives its manager, runs ``Worker.init`` once and then the
+mapper's loop, which reads its orders with `control_messages`.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .worker import TaskFailure, Worker
+
+__all__ = ["WorkerProcess", "worker_main", "control_messages", "EXIT_ORPHANED", "EXIT_INIT_FAILED"]
+
+#: exit status of a worker that noticed its manager is gone
+EXIT_ORPHANED = 75
+#: exit status of a worker whose ``Worker.init`` raised
+EXIT_INIT_FAILED = 76
+
+
+def control_messages(conn: Connection) -> Iterator[Any]:
+    """Worker side: the manager's messages, until it says stop (``None``) or is gone (EOF)."""
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        yield msg
+
+
+@dataclass
+class WorkerProcess:
+    """The manager's handle on one worker process."""
+
+    idx: int
+    process: Any
+    conn: Connection
+    lifeline: Connection
+    pid: int = 0
+    ready: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sentinel(self) -> int:
+        return self.process.sentinel
+
+    def exitcode(self, grace: float = 0.5) -> int | None:
+        """The exit code, waiting briefly for the process to be reaped after its sentinel fired."""
+        self.process.join(grace)
+        return self.process.exitcode
+
+    def describe(self) -> str:
+        return f"worker {self.idx} (pid {self.pid})"
+
+
+def _watch_lifeline(lifeline: Connection) -> None:
+    """Exit the worker as soon as the manager's end of the lifeline closes (manager died)."""
+    try:
+        lifeline.poll(None)
+    except (OSError, EOFError):
+        pass
+    os._exit(EXIT_ORPHANED)
+
+
+def _apply_environment(environ: dict[str, str]) -> None:
+    """Make this process's environment ``environ``: what is missing from it goes, the rest is set."""
+    for key in [k for k in os.environ if k not in environ]:
+        del os.environ[key]
+    for key, value in environ.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def worker_main(
+    environ: dict[str, str],
+    worker_type: type[Worker],
+    idx: int,
+    num_workers: int,
+    attributes: dict,
+    worker_init: Callable | None,
+    conn: Connection,
+    lifeline: Connection,
+    loop: Callable[..., None],
+    loop_args: tuple,
+) -> None:
+    """Run worker ``idx``: say ``("ready", pid)`` once ``Worker.init`` is done, then ``loop``."""
+    # A forkserver child inherits the environment the forkserver started with, at the first mapper
+    # of the process: the manager's as of init replaces it before anything reads it.
+    _apply_environment(environ)
+    faulthandler.enable()
+    # Ctrl-C reaches the whole process group; the manager owns the shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="wemap-lifeline", daemon=True).start()
+    worker = worker_type(idx, num_workers, attributes, worker_init)
+    try:
+        worker.init()
+    except Exception as exc:
+        conn.send(("init_failed", TaskFailure.capture(exc)))
+        os._exit(EXIT_INIT_FAILED)
+    conn.send(("ready", os.getpid()))
+    try:
+        loop(worker, conn, *loop_args)
+    finally:
+        worker.cleanup()
