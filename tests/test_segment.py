@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from wemap._ring import Ring
+from wemap._layout import required_size
 from wemap.errors import RingCorruptError, ShmSpaceError
 from wemap.segment import SEGMENT_PREFIX, Segment, segment_name
 
@@ -46,7 +46,7 @@ def test_create_attach_close_unlink():
     try:
         assert seg.name.startswith(f"wemap_{os.getpid()}_")
         assert seg.owner_pid == os.getpid() == seg.ring.creator_pid
-        assert seg.size == Ring.required_size(4, 1000) == seg.ring.total_size
+        assert seg.size == required_size(4, 1000)
         st = os.stat(path)
         assert stat.S_IMODE(st.st_mode) == 0o600
         assert st.st_size == seg.size
@@ -86,15 +86,15 @@ def _mapped(name: str) -> bool:
 def test_close_with_live_views(caplog):
     seg = Segment.create(2, 64)
     view = seg.ring.output_view(1)
-    header = seg.ring.header_view(0)
+    other = seg.ring.input_view(0)
     assert _mapped(seg.name)
     with caplog.at_level(logging.DEBUG, logger="wemap.segment"):
         seg.close()  # the views pin the mapping: logged, not raised
     assert seg.closed and "still has views" in caplog.text
     view[0] = 1  # still mapped, still usable
-    header["status"] = 3
+    other[0] = 3
     assert _mapped(seg.name)
-    del view, header
+    del view, other
     gc.collect()
     assert not _mapped(seg.name), "the mapping outlived its last view"
     seg.close()
@@ -158,8 +158,8 @@ def test_shm_space_error_from_statvfs():
     with pytest.raises(ShmSpaceError) as info:
         Segment.create(1, free)  # two regions of `free` bytes each: never fits
     msg = str(info.value)
-    assert f"{Ring.required_size(1, free):,}" in msg and "--shm-size" in msg and "fewer/smaller slots" in msg
-    assert info.value.needed == Ring.required_size(1, free)
+    assert f"{required_size(1, free):,}" in msg and "--shm-size" in msg and "fewer/smaller slots" in msg
+    assert info.value.needed == required_size(1, free)
     assert isinstance(info.value, MemoryError)
     assert wemap_files() == before
 
@@ -176,7 +176,7 @@ def test_shm_space_error_from_fallocate(monkeypatch, code):
     before = wemap_files()
     with pytest.raises(ShmSpaceError, match=r"needs 13,312 bytes.*--shm-size=2g"):
         Segment.create(4, 1000)
-    assert seen == [Ring.required_size(4, 1000)]
+    assert seen == [required_size(4, 1000)]
     assert wemap_files() == before, "the half-made segment was left behind"
 
 

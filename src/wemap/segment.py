@@ -36,6 +36,7 @@ import _posixshmem  # what SharedMemory itself opens and unlinks names with
 from .errors import RingCorruptError, ShmSpaceError
 
 try:
+    from ._layout import required_size
     from ._ring import Ring
 except ImportError as _exc:  # pragma: no cover - depends on the build
     raise ImportError(
@@ -312,10 +313,10 @@ class Segment:
 
         Raises `ShmSpaceError` (leaving nothing behind) when ``shm_dir`` cannot hold it.
         """
-        size = Ring.required_size(nslots, region_size)
+        size = required_size(nslots, region_size)
         shm = create_reserved(size, f"the slot ring ({nslots} slots x 2 x {region_size:,} bytes + header)", shm_dir)
         try:
-            ring = Ring(shm.buf, create=True, nslots=nslots, region_size=region_size, creator_pid=os.getpid())
+            ring = Ring(shm.buf, create=True, nslots=nslots, region_size=region_size)
         except BaseException:
             _discard(shm)
             raise
