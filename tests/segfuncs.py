@@ -165,7 +165,7 @@ def corrupt_headers(walker, segment_name, **kwargs):
     if segment_name:
         with Segment.attach(segment_name) as seg:
             for slot in range(seg.ring.nslots):
-                seg.ring.header_view(slot)["task_id"] = 999_999
+                seg.ring.header(slot).task_id = 999_999
     return walker
 
 

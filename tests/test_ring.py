@@ -1,7 +1,8 @@
-"""Single-process tests of the compiled slot ring (wemap._ring) through its Python binding."""
+"""Single-process tests of the compiled slot ring through its binding (wemap._ring, _layout, _slot_header)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import queue
 import signal
@@ -13,20 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wemap._ring import (
-    copy_arrays,
-    DONE,
-    HEADER_SIZE,
-    MAGIC,
-    MAX_SLOTS,
-    READY,
-    SLOT_HEADER_DTYPE,
-    SLOT_HEADER_SIZE,
-    Ring,
-    RingClosed,
-    now_ns,
-    slot_header_c_fields,
-)
+from wemap._layout import MAX_SLOTS, layout, required_size
+from wemap._ring import Ring, RingClosed, SlotHeader, now_ns
 from wemap.errors import RingCorruptError
 from wemap.segment import Segment
 
@@ -49,7 +38,7 @@ def aligned_copy(src: np.ndarray) -> np.ndarray:
 
 
 def make_ring(nslots: int = 4, region_size: int = 256) -> tuple[Ring, np.ndarray]:
-    buf = aligned(Ring.required_size(nslots, region_size))
+    buf = aligned(required_size(nslots, region_size))
     return Ring(buf, create=True, nslots=nslots, region_size=region_size), buf
 
 
@@ -57,7 +46,7 @@ def make_ring(nslots: int = 4, region_size: int = 256) -> tuple[Ring, np.ndarray
 
 
 def test_layout_known_values():
-    lay = Ring.layout(3, 100)
+    lay = layout(3, 100)
     assert lay == {
         "nslots": 3,
         "ring_capacity": 4,
@@ -71,9 +60,9 @@ def test_layout_known_values():
         "slots_offset": 4096 + 512,
         "total_size": 4096 + 512 + 3 * 384,
     }
-    assert Ring.required_size(3, 100) == lay["total_size"]
-    assert Ring.layout(1, 0)["ring_capacity"] == 2
-    assert Ring.layout(MAX_SLOTS, 0)["ring_capacity"] == MAX_SLOTS
+    assert required_size(3, 100) == lay["total_size"]
+    assert layout(1, 0)["ring_capacity"] == 2
+    assert layout(MAX_SLOTS, 0)["ring_capacity"] == MAX_SLOTS
 
 
 @pytest.mark.parametrize(
@@ -82,24 +71,25 @@ def test_layout_known_values():
 )
 def test_layout_rejects(nslots, region_size):
     with pytest.raises(ValueError):
-        Ring.layout(nslots, region_size)
+        layout(nslots, region_size)
     with pytest.raises(ValueError):
-        Ring.required_size(nslots, region_size)
+        required_size(nslots, region_size)
 
 
 @settings(max_examples=300, deadline=None)
 @given(nslots=st.integers(1, MAX_SLOTS), region_size=st.integers(0, 2**40))
 def test_layout_properties(nslots, region_size):
-    lay = Ring.layout(nslots, region_size)
+    lay = layout(nslots, region_size)
     cap = lay["ring_capacity"]
     assert cap >= max(nslots, 2) and cap & (cap - 1) == 0 and cap < 2 * max(nslots, 2)
     assert region_size <= lay["region_size"] < region_size + 64
-    assert lay["slot_stride"] == SLOT_HEADER_SIZE + 2 * lay["region_size"]
-    for key in ("region_size", "slot_stride", "ring_bytes", "ready_offset", "done_offset", "slots_offset", "total_size"):
+    assert lay["slot_stride"] == lay["slot_header_size"] + 2 * lay["region_size"]
+    for key in ("region_size", "slot_stride", "ring_bytes", "ready_offset", "done_offset", "slots_offset",
+                "total_size"):
         assert lay[key] % 64 == 0, key
     # header | ready ring | done ring | slots: in order, no overlap, nothing left out
     assert lay["ring_bytes"] >= 192 + 16 * cap
-    assert HEADER_SIZE <= lay["ready_offset"]
+    assert lay["header_size"] <= lay["ready_offset"]
     assert lay["ready_offset"] + lay["ring_bytes"] <= lay["done_offset"]
     assert lay["done_offset"] + lay["ring_bytes"] <= lay["slots_offset"]
     assert lay["total_size"] == lay["slots_offset"] + nslots * lay["slot_stride"]
@@ -108,55 +98,85 @@ def test_layout_properties(nslots, region_size):
 # -- slot header and views ---------------------------------------------------------------
 
 
-def test_header_dtype_matches_c():
-    c = slot_header_c_fields()
-    assert list(c) == list(SLOT_HEADER_DTYPE.names)
-    assert SLOT_HEADER_DTYPE.itemsize == SLOT_HEADER_SIZE == 128
-    for name, (offset, size) in c.items():
-        dt, off = SLOT_HEADER_DTYPE.fields[name][:2]
-        assert (off, dt.itemsize) == (offset, size), name
-    assert SLOT_HEADER_DTYPE["walker_idx"].kind == "i" and SLOT_HEADER_DTYPE["task_id"].kind == "u"
+#: struct wm_slot_header (csrc/ring.h) as a reader of the raw segment finds it
+C_HEADER = np.dtype({
+    "names": ["task_id", "cycle", "walker_idx", "worker_idx", "worker_pid",
+              "t_start_ns", "t_end_ns", "in_nbytes", "out_nbytes", "status", "flags"],
+    "formats": ["<u8", "<u8", "<i8", "<i4", "<i4", "<u8", "<u8", "<u8", "<u8", "<i4", "<i4"],
+    "offsets": [0, 8, 16, 24, 28, 32, 40, 48, 56, 64, 68],
+    "itemsize": 128,
+})
+
+
+def raw_header(buf: np.ndarray, lay: dict, slot: int) -> np.ndarray:
+    """A 0-d view of a slot's header in the segment's bytes, where the layout puts it."""
+    return np.ndarray((), C_HEADER, buf, lay["slots_offset"] + slot * lay["slot_stride"])
+
+
+def test_slot_header_fields_are_the_c_struct():
+    """Each SlotHeader field reads and writes its own bytes of the C struct, at its offset and width, signed
+    where C's is; the manager and the workers talk through these fields."""
+    ring, buf = make_ring(nslots=3, region_size=64)
+    lay = layout(3, 64)
+    h, raw = ring.header(1), raw_header(buf, lay, 1)
+    h.reset(2**64 - 1, 2**63 + 5, -7)
+    assert (int(raw["task_id"]), int(raw["cycle"]), int(raw["walker_idx"])) == (2**64 - 1, 2**63 + 5, -7)
+    assert (h.task_id, h.cycle, h.walker_idx) == (2**64 - 1, 2**63 + 5, -7)
+    assert (int(raw["worker_idx"]), int(raw["status"])) == (-1, -1)  # unclaimed, no status
+    assert all(int(raw[k]) == 0 for k in ("worker_pid", "t_start_ns", "t_end_ns", "in_nbytes", "out_nbytes", "flags"))
+    values = {"task_id": 12, "worker_idx": -3, "worker_pid": 2**31 - 1, "t_start_ns": 2**64 - 2, "t_end_ns": 5,
+              "in_nbytes": 2**40 + 1, "out_nbytes": 7, "status": -(2**31), "flags": 1}
+    for name, value in values.items():
+        before = raw.copy()
+        setattr(h, name, value)
+        assert getattr(h, name) == value and int(raw[name]) == value, name
+        assert all(raw[k] == before[k] for k in C_HEADER.names if k != name), f"{name} wrote beyond its field"
+    raw["cycle"] = 9  # and what another process writes, this one reads
+    assert h.cycle == 9
+    with pytest.raises(OverflowError):
+        h.worker_idx = 2**31
+    with pytest.raises(OverflowError):
+        h.t_end_ns = -1
+    assert not raw_header(buf, lay, 0).tobytes().strip(b"\0") and not raw_header(buf, lay, 2).tobytes().strip(b"\0")
 
 
 def test_views_aligned_zero_copy_and_disjoint():
     ring, buf = make_ring(nslots=5, region_size=1000)
+    lay = layout(5, 1000)
     base = buf.ctypes.data
     spans = []
     for slot in range(5):
-        h, i, o = ring.header_view(slot), ring.input_view(slot), ring.output_view(slot)
-        assert h.shape == () and h.dtype == SLOT_HEADER_DTYPE
+        i, o = ring.input_view(slot), ring.output_view(slot)
         assert i.dtype == np.uint8 and i.shape == (ring.region_size,) == (1024,)
         assert o.shape == (1024,)
-        for v in (h, i, o):
+        for v in (i, o):
             assert v.ctypes.data % 64 == 0
             assert v.flags.writeable and not v.flags.owndata
             assert np.shares_memory(v, buf)
             spans.append((v.ctypes.data - base, v.ctypes.data - base + v.nbytes))
-        assert i.ctypes.data - base == ring.slots_offset + slot * ring.slot_stride + 128
+        header_at = lay["slots_offset"] + slot * lay["slot_stride"]
+        spans.append((header_at, header_at + lay["slot_header_size"]))
+        assert i.ctypes.data - base == header_at + 128
         assert o.ctypes.data == i.ctypes.data + ring.region_size
     spans.sort()
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
-    assert spans[0][0] >= ring.slots_offset and spans[-1][1] == ring.total_size
+    assert spans[0][0] == lay["slots_offset"] and spans[-1][1] == lay["total_size"]
 
     # writes through a view land in the buffer, and another view sees them
     ring.input_view(2)[:4] = [1, 2, 3, 4]
-    off = ring.slots_offset + 2 * ring.slot_stride + 128
+    off = lay["slots_offset"] + 2 * lay["slot_stride"] + 128
     assert buf[off : off + 4].tolist() == [1, 2, 3, 4]
-    h = ring.header_view(3)
-    h["walker_idx"] = -5
-    h["task_id"] = 2**64 - 1
-    h["status"] = -1
-    again = ring.header_view(3)
-    assert int(again["walker_idx"]) == -5 and int(again["task_id"]) == 2**64 - 1 and int(again["status"]) == -1
+    assert ring.input_view(2)[:4].tolist() == [1, 2, 3, 4]
     with pytest.raises(IndexError, match=r"slot 5 out of range 0\.\.4"):
         ring.input_view(5)
 
 
 def test_create_zeroes_slot_headers_only():
-    buf = aligned(Ring.required_size(2, 64))
+    buf = aligned(required_size(2, 64))
     buf[:] = 0xAB
     ring = Ring(buf, create=True, nslots=2, region_size=64)
-    assert int(ring.header_view(1)["task_id"]) == 0
+    assert not raw_header(buf, layout(2, 64), 1).tobytes().strip(b"\0")
+    assert ring.header(1).task_id == 0
     assert ring.input_view(1)[0] == 0xAB  # regions are left alone
 
 
@@ -164,19 +184,18 @@ def test_create_zeroes_slot_headers_only():
 
 
 def test_full_empty_fifo():
-    ring, _ = make_ring(nslots=3)  # capacity 4
-    assert ring.ring_capacity == 4
-    assert ring.try_pop_ready() is None and ring.try_pop_done() is None
-    assert ring.pop_ready(timeout=0) is None
+    ring, _ = make_ring(nslots=3)
+    assert layout(3, 256)["ring_capacity"] == 4
+    assert ring.pop_ready(timeout=0) is None and ring.pop_done(timeout=0) is None
     for s in (0, 1, 2, 0):
         ring.push_ready(s)
     with pytest.raises(queue.Full):
         ring.push_ready(1)
-    assert ring.try_pop_done() is None  # rings are independent
+    assert ring.pop_done(timeout=0) is None  # rings are independent
     assert [ring.pop_ready(timeout=1) for _ in range(4)] == [0, 1, 2, 0]
-    assert ring.try_pop_ready() is None
+    assert ring.pop_ready(timeout=0) is None
     ring.push_done(2)
-    assert ring.try_pop_done() == 2
+    assert ring.pop_done(timeout=0) == 2
 
 
 def test_bad_index():
@@ -187,21 +206,21 @@ def test_bad_index():
         ring.push_done(-1)
     with pytest.raises(TypeError):
         ring.push_ready(1.5)
-    with pytest.raises(IndexError):
-        ring.header_view(4)
+    with pytest.raises(IndexError, match=r"slot 4 out of range 0\.\.3"):
+        ring.header(4)
 
 
 def test_close():
     ring, _ = make_ring()
     ring.push_ready(1)
     ring.close_ready()
-    assert ring.ready_closed and not ring.done_closed
+    assert ring.ready_closed
     assert ring.pop_ready(timeout=1) == 1  # drained before closed is reported
-    with pytest.raises(RingClosed):
+    with pytest.raises(RingClosed, match="ready ring closed"):
         ring.pop_ready()
     with pytest.raises(RingClosed):
-        ring.try_pop_ready()
-    assert ring.pop_done(timeout=0) is None
+        ring.pop_ready(timeout=0)
+    assert ring.pop_done(timeout=0) is None  # the done ring is still open
 
 
 def _in_thread(fn, *args):
@@ -236,7 +255,7 @@ def test_push_wakes_blocked_pop_and_close_wakes_it():
 
 def test_interrupt_from_another_handle():
     ring, buf = make_ring()
-    other = Ring(buf)  # same segment, attached, as the monitor thread would hold it
+    other = Ring(buf)  # a second handle on the same segment, as another process would hold
     t, out = _in_thread(ring.pop_done, None)
     deadline = time.monotonic() + 10
     while t.is_alive() and time.monotonic() < deadline:
@@ -299,52 +318,25 @@ def test_signal_interrupts_forever_pop():
         signal.signal(signal.SIGALRM, old)
 
 
-def test_positions_wrap_past_2_32_and_2_64():
-    ring, _ = make_ring(nslots=3)
-    for start in (2**32 - 5, 2**64 - 5):
-        for which, push, pop in ((READY, ring.push_ready, ring.pop_ready), (DONE, ring.push_done, ring.pop_done)):
-            ring._debug_set_positions(which, start)
-            sent = got = 0
-            for i in range(30):
-                while sent - got < (i % 4) + 1:
-                    push(sent % 3)
-                    sent += 1
-                while sent - got > i % 2:
-                    assert pop(timeout=1) == got % 3
-                    got += 1
-            while got < sent:
-                assert pop(timeout=1) == got % 3
-                got += 1
-            head, tail = ring._debug_positions(which)
-            assert head == tail == (start + sent) % 2**64
-    ring.push_ready(0)
-    with pytest.raises(ValueError, match="not empty"):
-        ring._debug_set_positions(READY, 0)
-
-
 # -- attach and corruption -------------------------------------------------------------------
 
 
 def test_attach_sees_same_rings():
     ring, buf = make_ring(nslots=6, region_size=100)
-    other = Ring(buf, nslots=6, region_size=100)
-    assert (other.nslots, other.region_size, other.total_size, other.creator_pid) == (
-        6,
-        128,
-        ring.total_size,
-        ring.creator_pid,
-    )
+    other = Ring(buf)
+    assert (other.nslots, other.region_size, other.creator_pid) == (6, 128, os.getpid()) == (
+        ring.nslots, ring.region_size, ring.creator_pid)
     ring.push_ready(5)
     assert other.pop_ready(timeout=1) == 5
-    with pytest.raises(RingCorruptError, match="expected 7 slots"):
-        Ring(buf, nslots=7)
-    with pytest.raises(RingCorruptError, match="region_size"):
-        Ring(buf, region_size=1000)
+    ring.header(5).worker_pid = 1234
+    assert other.header(5).worker_pid == 1234
+    with pytest.raises(TypeError, match="create=True"):
+        Ring(buf, nslots=6)  # attaching takes the geometry from the header, never from the caller
 
 
 def test_attach_rejects_foreign_and_corrupt():
     ring, buf = make_ring(nslots=4, region_size=64)
-    total = ring.total_size
+    total = layout(4, 64)["total_size"]
     ring.release()
 
     with pytest.raises(RingCorruptError, match="not a wemap segment"):
@@ -372,13 +364,12 @@ def test_attach_rejects_foreign_and_corrupt():
     with pytest.raises(RingCorruptError, match="less than the 4096-byte header"):
         Ring(short[:1000])
 
-    assert int(buf[:8].view(np.uint64)[0]) == MAGIC
     Ring(buf).release()  # the original is still fine
 
 
 def test_buffer_requirements():
     with pytest.raises(ValueError, match="64-byte"):
-        Ring(aligned(Ring.required_size(2, 64) + 64)[8:], create=True, nslots=2, region_size=64)
+        Ring(aligned(required_size(2, 64) + 64)[8:], create=True, nslots=2, region_size=64)
     with pytest.raises(ValueError, match="needs"):
         Ring(aligned(4096), create=True, nslots=2, region_size=64)
     with pytest.raises(TypeError):
@@ -389,22 +380,26 @@ def test_buffer_requirements():
 
 def test_release():
     ring, buf = make_ring()
-    view = ring.input_view(0)
+    view, header = ring.input_view(0), ring.header(0)
     ring.release()
     ring.release()  # idempotent
-    assert ring.released
+    assert repr(ring) == "<Ring released>"
     for call in (
         lambda: ring.push_ready(0),
         lambda: ring.pop_ready(0),
-        lambda: ring.try_pop_done(),
+        lambda: ring.pop_done(None),
         lambda: ring.input_view(0),
+        lambda: ring.header(0),
         lambda: ring.close_ready(),
         lambda: ring.nslots,
+        lambda: header.status,  # a header handed out earlier holds no buffer: it stops too
     ):
         with pytest.raises(ValueError, match="ring released"):
             call()
     view[0] = 1  # a view handed out earlier keeps its own reference
     assert buf[view.ctypes.data - buf.ctypes.data] == 1
+    with pytest.raises(ValueError, match=r"Ring.header"):
+        SlotHeader().status  # noqa: B018 - only a Ring makes one
 
 
 def test_ring_does_not_pickle_but_segment_does():
@@ -435,7 +430,7 @@ def test_now_ns_is_monotonic_clock():
 
 def test_scribbled_cell_raises_instead_of_spinning():
     """A stray write into a ring's cells: push and pop raise at once, they never spin with or without the GIL."""
-    lay = Ring.layout(4, 64)
+    lay = layout(4, 64)
     buf = aligned(lay["total_size"])
     ring = Ring(buf, create=True, nslots=4, region_size=64)
     cells = lay["ring_bytes"] - 16 * lay["ring_capacity"]  # the control block comes first
@@ -449,87 +444,8 @@ def test_scribbled_cell_raises_instead_of_spinning():
     with pytest.raises(RingCorruptError, match="cells contradict"):
         ring.pop_ready(None)
     with pytest.raises(RingCorruptError, match="cells contradict"):
-        ring.try_pop_ready()
+        ring.pop_ready(0)
     with pytest.raises(RingCorruptError, match="cells contradict"):
         ring.push_done(1)
     assert time.monotonic() - t0 < 1.0
     ring.release()
-
-
-# -- copy_arrays: a walker's arrays into a region in one call --------------------------------------
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["<f8", "<f4", "<i8", "u1", "<c16"]), st.integers(0, 700)),
-                min_size=0, max_size=6), st.integers(0, 3))
-def test_copy_arrays_matches_copyto_into_views(specs, gap_lines):
-    """Each array lands byte for byte where ``np.copyto`` into a view at its offset would put it."""
-    rng = np.random.default_rng(len(specs))
-    arrays = [rng.integers(0, 255, size=n * np.dtype(dt).itemsize, dtype=np.uint8).view(dt) for dt, n in specs]
-    offsets, at = [], 128
-    for a in arrays:
-        offsets.append(at)
-        at += (a.nbytes + 63) // 64 * 64 + 64 * gap_lines
-    region = np.full(at + 64, 0xA5, dtype=np.uint8)
-    want = region.copy()
-    for a, off in zip(arrays, offsets):
-        np.copyto(np.ndarray(a.shape, a.dtype, want, off), a)
-    copy_arrays(region, offsets, arrays)
-    np.testing.assert_array_equal(region, want)
-
-
-def test_copy_arrays_refuses_what_it_cannot_copy_and_copies_nothing():
-    region = np.zeros(4096, dtype=np.uint8)
-    a = np.arange(64, dtype=np.float64)
-    with pytest.raises(BufferError, match="array 1 is not a C-contiguous"):
-        copy_arrays(region, [0, 1024], [a, np.arange(32.0).reshape(4, 8).T])  # np.copyto must lay that out
-    with pytest.raises(ValueError, match="array 1 .* does not fit the 4096-byte destination"):
-        copy_arrays(region, [0, 4096 - 8], [a, a])
-    with pytest.raises(ValueError, match="does not fit"):
-        copy_arrays(region, [-8], [a])
-    with pytest.raises(BufferError, match="destination"):
-        copy_arrays(region[::2], [0], [a])
-    with pytest.raises(BufferError, match="destination"):
-        ro = region.view()
-        ro.flags.writeable = False
-        copy_arrays(ro, [0], [a])
-    with pytest.raises(ValueError, match="2 arrays but 1 offsets"):
-        copy_arrays(region, [0], [a, a])
-    assert not region.any(), "nothing was copied by a call that raised"
-
-
-def test_copy_arrays_allows_overlap_and_large_copies():
-    big = np.random.default_rng(1).random(200_000)  # 1.6 MB: copied without the GIL
-    region = np.zeros(big.nbytes + 256, dtype=np.uint8)
-    copy_arrays(region, [128], [big])
-    np.testing.assert_array_equal(np.ndarray(big.shape, big.dtype, region, 128), big)
-    inside = np.ndarray((1000,), np.float64, region, 128)  # a view of the destination itself
-    expect = inside.copy()
-    copy_arrays(region, [136], [inside])  # shifted by one element onto itself: memmove semantics
-    np.testing.assert_array_equal(np.ndarray((1000,), np.float64, region, 136), expect)
-
-
-def test_copy_arrays_holds_every_source_until_it_has_copied():
-    """Code that runs while the arrays are gathered (a sequence's __getitem__) cannot resize a source
-    already checked: its buffer is held, so the resize fails and the copy is of what was checked."""
-    src = bytearray(b"x" * 1000)
-    refused = []
-
-    class Sources(list):
-        def __getitem__(self, k):
-            if k == 1:
-                try:
-                    src.extend(b"y" * 10_000_000)  # would move the bytes the first span points to
-                except BufferError as exc:
-                    refused.append(exc)
-            return list.__getitem__(self, k)
-
-    region = np.zeros(4096, dtype=np.uint8)
-    copy_arrays(region, [0, 2048], Sources([src, b"z" * 8]))
-    assert refused, "the held buffer refused the resize"
-    assert bytes(region[:1000]) == b"x" * 1000 and bytes(region[2048:2056]) == b"z" * 8
-
-
-def test_copy_arrays_refuses_object_arrays():
-    region = np.zeros(4096, dtype=np.uint8)
-    with pytest.raises(BufferError, match="Python objects"):
-        copy_arrays(region, [0], [np.array([None, 1], dtype=object)])
-    assert not region.any()

@@ -1,103 +1,9 @@
-# Declarations of csrc/ring.h for Cython, and the fields of the Ring class so
-# other Cython code can cimport them.
+# Ring's C fields and methods, for the class in _ring.pyx and any Cython code that cimports Ring.
 
 from cpython.buffer cimport Py_buffer
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport uint32_t
 
-
-cdef extern from "ring.h" nogil:
-    const uint64_t WM_MAGIC
-    enum:
-        WM_LAYOUT_VERSION
-        WM_HEADER_SIZE
-        WM_SLOT_HEADER_SIZE
-        WM_ALIGN
-        WM_MAX_SLOTS
-
-    enum wm_ring_id:
-        WM_READY
-        WM_DONE
-
-    enum wm_status:
-        WM_OK
-        WM_EMPTY
-        WM_FULL
-        WM_TIMEOUT
-        WM_CLOSED
-        WM_INTERRUPTED
-        WM_BAD_INDEX
-        WM_BAD_MAGIC
-        WM_BAD_VERSION
-        WM_BAD_LAYOUT
-        WM_TRUNCATED
-        WM_INVALID
-        WM_SYSERR
-        WM_CORRUPT
-        WM_WAKE_FAILED
-        WM_SIGNALED
-
-    ctypedef struct wm_layout_t:
-        uint32_t nslots
-        uint32_t ring_capacity
-        uint64_t region_size
-        uint64_t slot_stride
-        uint64_t header_size
-        uint64_t ring_bytes
-        uint64_t ready_offset
-        uint64_t done_offset
-        uint64_t slots_offset
-        uint64_t total_size
-        int32_t creator_pid
-        uint32_t version
-
-    ctypedef struct wm_seg_t:
-        unsigned char *base
-        size_t len
-        wm_layout_t layout
-
-    ctypedef struct wm_slot_header:
-        uint64_t task_id
-        uint64_t cycle
-        int64_t walker_idx
-        int32_t worker_idx
-        int32_t worker_pid
-        uint64_t t_start_ns
-        uint64_t t_end_ns
-        uint64_t in_nbytes
-        uint64_t out_nbytes
-        int32_t status
-        int32_t flags
-
-    ctypedef struct wm_field_desc:
-        const char *name
-        uint32_t offset
-        uint32_t size
-
-    const char *wm_status_str(int status)
-    int wm_layout(uint32_t nslots, uint64_t region_size, wm_layout_t *out)
-    int wm_seg_init(wm_seg_t *seg, void *mem, size_t len, uint32_t nslots,
-                    uint64_t region_size, int32_t creator_pid)
-    int wm_seg_attach(wm_seg_t *seg, void *mem, size_t len)
-    int wm_push(const wm_seg_t *seg, int ring, uint32_t slot)
-    int wm_try_pop(const wm_seg_t *seg, int ring, uint32_t *slot)
-    int wm_pop(const wm_seg_t *seg, int ring, uint32_t *slot, int64_t timeout_ns)
-    int wm_pop_epoch(const wm_seg_t *seg, int ring, uint32_t *slot,
-                     int64_t timeout_ns, uint32_t epoch)
-    uint32_t wm_interrupt_epoch(const wm_seg_t *seg, int ring)
-    int wm_close(const wm_seg_t *seg, int ring)
-    int wm_is_closed(const wm_seg_t *seg, int ring)
-    int wm_interrupt(const wm_seg_t *seg, int ring)
-    wm_slot_header *wm_slot_header_ptr(const wm_seg_t *seg, uint32_t slot)
-    void *wm_slot_input(const wm_seg_t *seg, uint32_t slot)
-    void *wm_slot_output(const wm_seg_t *seg, uint32_t slot)
-    const wm_field_desc *wm_slot_header_fields(size_t *count)
-    uint64_t wm_now_ns()
-
-
-cdef extern from "ring_internal.h" nogil:
-    int wm_debug_set_positions(const wm_seg_t *seg, int ring, uint64_t pos)
-    int wm_debug_positions(const wm_seg_t *seg, int ring, uint64_t *head,
-                           uint64_t *tail)
+from wemap._ring_h cimport wm_seg_t
 
 
 cdef class Ring:
@@ -108,17 +14,8 @@ cdef class Ring:
     cdef int _busy            # calls running without the GIL (release() refuses meanwhile)
     cdef object __weakref__
 
-    cdef int _enter(self) except -1
-    cdef int _enter_nobusy(self) except -1
-    cdef _raise_attach_error(self, int st, size_t length)
-    cdef _check_expected(self, nslots, region_size, creator_pid)
+    cdef int _live(self) except -1
     cdef uint32_t _slot(self, object slot) except? 0xFFFFFFFF
-    cdef object _pop(self, int ring, object timeout, object epoch)
-    cdef object _try_pop(self, int ring)
     cdef int _push(self, int ring, object slot) except -1
-
-
-cdef class SlotHeader:
-    cdef Ring _ring
-    cdef uint32_t _slot
-    cdef wm_slot_header *_h(self) except NULL
+    cdef object _pop(self, int ring, object timeout, object epoch)
+    cdef object _region(self, void *start)

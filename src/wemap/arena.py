@@ -23,7 +23,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from ._ring import data_address
+from ._arrays import data_address
 from .segment import _discard, _open_untracked, close_or_hand_over, create_reserved, unlink_owned
 
 __all__ = ["Arena", "ArenaMap", "ReusableMemory", "PAGE"]

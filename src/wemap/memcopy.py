@@ -2,7 +2,7 @@
 
 One thread cannot saturate memory bandwidth, and numpy releases the GIL inside ``copyto``, so
 a large array is split into row blocks copied on a small shared thread pool. Small arrays go
-in one call into the ring's binding (`wemap._ring.copy_arrays`): a view and a ``copyto`` per
+in one call into the binding (`wemap._arrays.copy_arrays`): a view and a ``copyto`` per
 array cost more than their bytes.
 """
 
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._ring import copy_arrays
+from ._arrays import copy_arrays
 
 __all__ = ["copy_into", "write_arrays", "PARALLEL_MIN_BYTES"]
 

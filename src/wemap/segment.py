@@ -29,6 +29,7 @@ from .errors import RingCorruptError, ShmSpaceError
 from .stale_segments import remove_stale_segments, segment_name
 
 try:
+    from ._layout import required_size
     from ._ring import Ring
 except ImportError as _exc:  # pragma: no cover - depends on the build
     raise ImportError(
@@ -296,10 +297,10 @@ class Segment:
 
         Raises `ShmSpaceError` (leaving nothing behind) when ``shm_dir`` cannot hold it.
         """
-        size = Ring.required_size(nslots, region_size)
+        size = required_size(nslots, region_size)
         shm = create_reserved(size, f"the slot ring ({nslots} slots x 2 x {region_size:,} bytes + header)", shm_dir)
         try:
-            ring = Ring(shm.buf, create=True, nslots=nslots, region_size=region_size, creator_pid=os.getpid())
+            ring = Ring(shm.buf, create=True, nslots=nslots, region_size=region_size)
         except BaseException:
             _discard(shm)
             raise

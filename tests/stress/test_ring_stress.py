@@ -17,7 +17,7 @@ import traceback
 import numpy as np
 import pytest
 
-from wemap._ring import RingClosed
+from wemap._ring import RingClosed, SlotHeader
 from wemap.segment import Segment
 
 pytestmark = pytest.mark.stress
@@ -34,10 +34,10 @@ def _stamp(p: int, seq: int) -> int:
     return ((p << 40) ^ seq ^ KEY) & 0xFFFFFFFFFFFFFFFF
 
 
-def _views(seg: Segment) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per slot: the header and the input region as uint64 words (made once: views cost ~1 us)."""
+def _views(seg: Segment) -> tuple[list[SlotHeader], list[np.ndarray]]:
+    """Per slot: the header and the input region as uint64 words (made once, as the mapper does)."""
     ring = seg.ring
-    heads = [ring.header_view(s).reshape(1).view(np.uint64) for s in range(ring.nslots)]
+    heads = [ring.header(s) for s in range(ring.nslots)]
     inputs = [ring.input_view(s).view(np.uint64) for s in range(ring.nslots)]
     return heads, inputs
 
@@ -53,8 +53,7 @@ def _producer(seg: Segment, p: int, count: int, results) -> None:
             if slot is None:
                 raise TimeoutError(f"producer {p}: no free slot for {WAIT} s at seq {seq}")
             h, x = heads[slot], inputs[slot]
-            h[0] = p  # task_id
-            h[1] = seq  # cycle
+            h.reset(p, seq, 0)  # task_id, cycle
             x[0] = p
             x[1] = seq
             x[2] = _stamp(p, seq)
@@ -82,9 +81,9 @@ def _consumer(seg: Segment, c: int, results) -> None:
             if slot is None:
                 raise TimeoutError(f"consumer {c}: nothing for {WAIT} s")
             h, x = heads[slot], inputs[slot]
-            p, seq = int(h[0]), int(h[1])
+            p, seq = h.task_id, h.cycle
             if not (p < N_PRODUCERS and int(x[0]) == p and int(x[1]) == seq and int(x[2]) == _stamp(p, seq)):
-                raise AssertionError(f"consumer {c}: torn slot {slot}: header {h[:2]}, input {x[:3]}")
+                raise AssertionError(f"consumer {c}: torn slot {slot}: header ({p}, {seq}), input {x[:3]}")
             if seq <= last[p]:
                 raise AssertionError(f"consumer {c}: producer {p} seq {seq} after {last[p]}")
             last[p] = seq
@@ -156,7 +155,7 @@ def test_mpmc_processes_exactly_once(method, nslots):
             assert np.array_equal(seqs, np.arange(per_producer)), f"producer {p}: lost or duplicated"
         # every slot is back on the free list exactly once
         free = []
-        while (s := seg.ring.try_pop_done()) is not None:
+        while (s := seg.ring.pop_done(0)) is not None:
             free.append(s)
         assert sorted(free) == list(range(nslots))
         rate = TOTAL / elapsed
