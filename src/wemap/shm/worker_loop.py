@@ -33,7 +33,7 @@ from ..codec import Codec, CodecRegistry
 from ..memcopy import write_arrays
 from ..pool import control_messages
 from ..segment import Segment
-from ..slot_format import NO_BLOCK, Layouts, pack, unpack, values
+from ..slot_format import NO_BLOCK, Layouts, pack_into, packed_size, unpack, values
 from ..worker import Task, TaskFailure, Worker, run_timed
 from .calls import decode_call, encode_call
 
@@ -55,11 +55,6 @@ class _Server:
         self.segment_func, self.reg, self.retry_on = segment_func, reg, retry_on
         self.layouts = Layouts(reg.by_name, arena.block_size)
 
-    def view(self, block: int, dt: np.dtype, shape: tuple, offset: int) -> np.ndarray:
-        arr = np.ndarray(shape, dt, self.arena.buf, block * self.arena.block_size + offset)
-        arr.flags.writeable = False  # a walker's input is never written: it can always be run again
-        return arr
-
     def extras(self, task: int, n: int) -> list:
         self.conn.send(("extras", task))
         msg = self.conn.recv()
@@ -71,6 +66,7 @@ class _Server:
 
     def serve(self) -> None:
         ring, arena = self.seg.ring, self.arena
+        readonly, block_size = arena.readonly, arena.block_size
         views = [(ring.header(k), ring.input_view(k), ring.output_view(k)) for k in range(ring.nslots)]
         pid = self.worker.pid
         while True:
@@ -92,7 +88,9 @@ class _Server:
                 if result_block == NO_BLOCK:
                     raise ValueError("malformed slot descriptor: no result block")
                 vals = values(raw, layout, self.extras(task, n_extras) if n_extras else [])
-                args, kwargs = decode_call(layout, blocks, vals, self.view)
+                # read-only views: a walker's input is never written, so it can always be run again
+                args, kwargs = decode_call(layout, vals, [None if b == NO_BLOCK else (readonly, b * block_size)
+                                                          for b in blocks])
             except _Stopped:
                 raise
             except Exception as exc:  # the transport, not the segment function, is at fault
@@ -130,11 +128,11 @@ class _Server:
         there), its descriptor into ``out``. Returns (status, descriptor bytes or block bytes needed,
         descriptor bytes needed, the pickled extras message or b"")."""
         arena = self.arena
-        enc = encode_call(self.layouts, self.reg, (result,), {}, where=where,
-                          locate=lambda a: arena.locate(a, allowed))
-        desc = pack([result_block, *enc.refs], enc.layout, enc.values, len(enc.extras))
-        if enc.copy_bytes > arena.block_size or len(desc) > out.nbytes:
-            return STATUS_TOO_BIG, enc.copy_bytes, len(desc), b""
+        enc = encode_call(self.layouts, self.reg, (result,), {}, where=where, place=arena.placement(allowed))
+        blocks = [result_block, *enc.refs]
+        need = packed_size(len(blocks), enc.layout, enc.values)
+        if enc.copy_bytes > arena.block_size or need > out.nbytes:
+            return STATUS_TOO_BIG, enc.copy_bytes, need, b""
         extras = b""
         if enc.extras:
             try:
@@ -142,9 +140,8 @@ class _Server:
             except Exception as exc:
                 raise ValueError(f"{where}: a value that is neither an array nor plain cannot be pickled: "
                                  f"{type(exc).__name__}: {exc}") from exc
-        write_arrays(arena.block(result_block), enc.offsets, enc.copies, enc.largest[1])
-        memoryview(out)[: len(desc)] = desc
-        return STATUS_OK, len(desc), 0, extras
+        write_arrays(arena.block(result_block), enc.offsets, enc.copies, enc.largest)
+        return STATUS_OK, pack_into(out, blocks, enc.layout, enc.values, len(enc.extras)), 0, extras
 
 
 def ring_loop(worker: Worker, conn: Connection, segment_func: Callable[..., Any], codecs: tuple[Codec, ...],
