@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from wemap._fields import Placement
 
 import wemap
 from wemap.codec import ArrayCodec, Codec, CodecRegistry
 from wemap.plain_values import NotPlain, decode_plain, encode_plain
-from wemap._fields import Placement
 from wemap.shm.calls import decode_call, encode_call
 from wemap.slot_format import HEAD, MAGIC, NO_BLOCK, Layouts, dtype_description, pack, unpack, values
 
