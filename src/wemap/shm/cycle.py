@@ -4,7 +4,8 @@ Walker ``i`` of the call uses slot ``i`` (the ring has a slot per walker: a slot
 descriptor). Its arrays that are not in the arena yet are copied into an input block, once;
 a fresh result block is handed to the worker; the result comes back as views of the blocks it
 lies in (its result block, or its input's, for arrays the segment handed back unchanged).
-A walker whose worker is lost, or whose result did not fit, runs again, from the same input.
+A walker whose worker is lost runs again, from the same input; a result that did not fit its
+block came whole over the worker's pipe, and the next ``map`` has room for it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..mapper import TaskSpec
 from ..memcopy import write_arrays
 from ..slot_format import NO_BLOCK, dtype_description, pack_into, packed_size, unpack, values
 from .calls import Encoded, decode_call, encode_call
-from .worker_loop import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_TOO_BIG
+from .worker_loop import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_PIPED
 
 if TYPE_CHECKING:
     from ..pool import WorkerProcess
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Cycle"]
 
-RETRY, TOO_BIG = "retry", "too big"
+RETRY = "retry"
 
 
 class Cycle:
@@ -46,18 +47,17 @@ class Cycle:
         self.attempts = Attempts(transport.policy)
         self.in_flight: set[int] = set()
         self.pushed_at: dict[int, int] = {}
-        self.too_big: list[tuple[int, int, int]] = []  # (task, block bytes, descriptor bytes) a result needs
+        self.piped: list[tuple[int, int, int]] = []  # (task, block bytes, descriptor bytes) a result needed
         self.broken: str | None = None  # why a worker could not map the arena
 
     def run(self) -> list[Any]:
         todo = list(range(len(self.specs)))
         while todo:
             self.prepare(todo)
-            todo = sorted(self.stream(todo) + [i for i, _, _ in self.too_big])
-            if self.too_big:
-                self.m.outgrown(max(b for _, b, _ in self.too_big), max(d for _, _, d in self.too_big),
-                                [self.specs[i] for i, _, _ in self.too_big])
-                self.too_big = []
+            todo = self.stream(todo)
+        if self.piped:
+            self.m.outgrown(max(b for _, b, _ in self.piped), max(d for _, _, d in self.piped),
+                            [self.specs[i] for i, _, _ in self.piped])
         return self.results
 
     # -- before the walkers go ---------------------------------------------------------------
@@ -164,7 +164,7 @@ class Cycle:
 
     # -- back --------------------------------------------------------------------------------
     def collect(self, i: int) -> str | None:
-        """Take walker ``i``'s finished slot: None, `RETRY` (``retry_on``) or `TOO_BIG`."""
+        """Take walker ``i``'s finished slot: None, or `RETRY` (``retry_on``)."""
         m, spec = self.m, self.specs[i]
         hdr = m.views[i][0]
         task, widx, pid, status = hdr.task_id, hdr.worker_idx, hdr.worker_pid, hdr.status
@@ -176,13 +176,12 @@ class Cycle:
         m.recovery.finished(pid, t1)
         self.times[widx].append(max(0, t1 - t0) * 1e-9)
         try:
-            if status == STATUS_OK:
+            if status == STATUS_OK or status == STATUS_PIPED:
                 extras = m.message(widx, "result", i, self)[2] if hdr.flags else []
                 self.results[i] = self.decode_result(i, extras)
+                if status == STATUS_PIPED:
+                    self.piped.append((i, hdr.out_nbytes, hdr.in_nbytes))
                 return None
-            if status == STATUS_TOO_BIG:
-                self.too_big.append((i, hdr.out_nbytes, hdr.in_nbytes))
-                return TOO_BIG
             if status not in (STATUS_FAILED, STATUS_CORRUPT):
                 raise ValueError(f"unknown status {status}")
             failure = m.message(widx, "failed", i, self)[2]
