@@ -7,6 +7,7 @@ import signal
 import time
 import uuid
 
+import faultfuncs
 import numpy as np
 
 import wemap
@@ -106,8 +107,10 @@ def make_walker(n_atoms: int, seed: int = 0, weight: float = 1.0) -> wemap.Walke
     )
 
 
-def grow(walker, n_extra, **kwargs):
-    """Return a walker larger than the one given (results need not fit the input's slot)."""
+def grow(walker, n_extra, runs=None, **kwargs):
+    """Return a walker larger than the one given (results need not fit the input's slot); each run
+    logged in file ``runs`` when given (`faultfuncs.read_runs`)."""
+    faultfuncs.log_run(runs, kwargs.get("walker_idx"))
     state = dict(walker.state)
     state["extra"] = np.arange(n_extra, dtype=np.float64)
     return wemap.Walker(state, walker.weight)

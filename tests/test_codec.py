@@ -12,12 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from wemap._arrays import Placement
 
 import wemap
 from wemap.codec import ArrayCodec, Codec, CodecRegistry
 from wemap.plain_values import NotPlain, decode_plain, encode_plain
 from wemap.shm.calls import decode_call, encode_call
-from wemap.slot_format import HEAD, MAGIC, NO_BLOCK, Layouts, pack, unpack, values
+from wemap.slot_format import HEAD, MAGIC, NO_BLOCK, Layouts, dtype_description, pack, unpack, values
 
 BLOCK = 1 << 16
 SRC = pathlib.Path(wemap.__file__).parent
@@ -60,7 +61,7 @@ def _call_round_trip(obj, **kwargs):
     reg = CodecRegistry()
     layouts = Layouts(reg.by_name, BLOCK)
     block = np.zeros(BLOCK, np.uint8)
-    enc = encode_call(layouts, reg, (obj,), kwargs, where="walker 0", locate=lambda a: None)
+    enc = encode_call(layouts, reg, (obj,), kwargs, where="walker 0", place=Placement(dtype_description))
     for arr, off in zip(enc.copies, enc.offsets):
         np.ndarray(arr.shape, arr.dtype, block, off)[...] = arr
     region = np.zeros(4096, np.uint8)
@@ -68,8 +69,7 @@ def _call_round_trip(obj, **kwargs):
     region[: len(desc)] = np.frombuffer(desc, np.uint8)
     _, blocks, layout, raw, n_extras = unpack(region, layouts, 2)
     assert n_extras == len(enc.extras)
-    args, kw = decode_call(layout, blocks, values(raw, layout, list(enc.extras)),
-                           lambda b, dt, shape, off: np.ndarray(shape, dt, block, off))
+    args, kw = decode_call(layout, values(raw, layout, list(enc.extras)), [(block, 0) for _ in blocks])
     assert kw.keys() == kwargs.keys()
     return args[0]
 
@@ -168,7 +168,7 @@ def test_a_layout_is_made_and_parsed_once_and_walkers_keep_their_own_values():
     for i in range(5):
         w = wemap.Walker({"x": np.full((3, 3), float(i)), "note": f"n{i}"}, weight=1 / (i + 2))
         seen.append(_call_round_trip(w, cycle_idx=i))
-        raws.add(encode_call(layouts, reg, (w,), {}, where="w", locate=lambda a: None).layout)
+        raws.add(encode_call(layouts, reg, (w,), {}, where="w", place=Placement(dtype_description)).layout)
     assert [(o.weight, o.state["note"], float(o.state["x"][0, 0])) for o in seen] == \
         [(1 / (i + 2), f"n{i}", float(i)) for i in range(5)]
     assert len(raws) == 1
@@ -186,7 +186,7 @@ def test_a_codec_that_fails_names_the_walker():
 
     reg = CodecRegistry([Bad()])
     with pytest.raises(ValueError, match="walker 7, argument 0: the 'bad' codec cannot encode it: RuntimeError: no"):
-        encode_call(Layouts(reg.by_name, BLOCK), reg, (1,), {}, where="walker 7", locate=lambda a: None)
+        encode_call(Layouts(reg.by_name, BLOCK), reg, (1,), {}, where="walker 7", place=Placement(dtype_description))
 
 
 def test_duplicate_codec_names_are_refused():

@@ -11,6 +11,7 @@ import os
 import stat
 import time
 
+import faultfuncs
 import numpy as np
 import psutil
 import pytest
@@ -109,10 +110,19 @@ def test_results_kept_are_never_overwritten():
             assert out == [segfuncs.displace(w, c) for w in ws], f"cycle {c}'s results were overwritten"
 
 
-def test_results_larger_than_their_blocks_make_room_and_rerun():
+def test_results_larger_than_their_blocks_come_over_the_pipe_once_and_the_next_map_has_room(tmp_path):
+    runs, ws = str(tmp_path / "runs"), walkers(3, 100)
+    kwargs = {"runs": [runs] * 3, "walker_idx": [0, 1, 2]}
     with SharedMemWorkerMapper(segment_func=segfuncs.grow, num_workers=2) as m:
-        out = m.map(walkers(3, 100), [200_000] * 3)
-    assert [o.state["extra"].shape for o in out] == [(200_000,)] * 3
+        out = m.map(ws, [200_000] * 3, **kwargs)
+        assert [o.state["extra"].shape for o in out] == [(200_000,)] * 3
+        assert out == [segfuncs.grow(w, 200_000) for w in ws]
+        assert sorted(w for w, _ in faultfuncs.read_runs(runs)) == [0, 1, 2], "each segment ran once"
+        small = m.arena_name
+        again = m.map(out, [200_000] * 3, **kwargs)
+        assert m.arena_name != small, "the next map made an arena its results fit"
+        assert again == [segfuncs.grow(w, 200_000) for w in out]
+        assert sorted(w for w, _ in faultfuncs.read_runs(runs)) == [0, 0, 1, 1, 2, 2]
 
 
 def test_more_and_larger_walkers_make_a_new_ring_and_arena():

@@ -30,8 +30,9 @@ from mappers import MAPPERS  # noqa: E402
 from test_openmm_workers import not_the_default_threads  # noqa: E402
 from wemap.codec import CodecRegistry  # noqa: E402
 from wemap.memcopy import write_arrays  # noqa: E402
+from wemap._arrays import Placement  # noqa: E402
 from wemap.shm.calls import decode_call, encode_call  # noqa: E402
-from wemap.slot_format import Layouts, pack, unpack, values  # noqa: E402
+from wemap.slot_format import Layouts, dtype_description, pack, unpack, values  # noqa: E402
 from wemap.openmm import (  # noqa: E402
     ArrayState,
     OpenMMCPUWorker,
@@ -288,21 +289,20 @@ def test_walker_arrays_travel_as_raw_bytes_and_only_a_few_numbers_are_pickled():
     reg = CodecRegistry()
     layouts = Layouts(reg.by_name, 1 << 20)
     assert reg.for_object(walker).name == "openmm_walker"
-    enc = encode_call(layouts, reg, (walker,), {}, where="walker 0", locate=lambda a: None)
+    enc = encode_call(layouts, reg, (walker,), {}, where="walker 0", place=Placement(dtype_description))
     fields = {a.nbytes for a in enc.copies}
     assert 3 * n_atoms * 3 * 8 <= enc.array_bytes and n_atoms * 3 * 8 in fields
     desc = pack([0], enc.layout, enc.values, len(enc.extras), 1)
     assert len(desc) < 2048 and not enc.extras, f"{len(desc)} bytes of layout and values, {len(enc.extras)} extras"
     xml_walker = OpenMMWalker(OpenMMState(state), 0.25)
     assert reg.for_object(xml_walker).name == "pickle5"
-    xml = encode_call(layouts, reg, (xml_walker,), {}, where="walker 0", locate=lambda a: None)
+    xml = encode_call(layouts, reg, (xml_walker,), {}, where="walker 0", place=Placement(dtype_description))
     assert len(pickle.dumps(xml.extras)) > 100 * len(desc), "the XML travels pickled, over the pipe"
     # and back: the same walker, its extra data included
     block = np.zeros(1 << 20, dtype=np.uint8)
-    write_arrays(block, enc.offsets, enc.copies, enc.largest[1])
+    write_arrays(block, enc.offsets, enc.copies, enc.largest)
     _, blocks, layout, raw, _ = unpack(np.frombuffer(desc, np.uint8), layouts, 2)
-    (back,), _ = decode_call(layout, blocks, values(raw, layout, enc.extras),
-                             lambda b, dt, shape, offset: np.ndarray(shape, dt, block, offset))
+    (back,), _ = decode_call(layout, values(raw, layout, enc.extras), [(block, 0) for _ in blocks])
     assert type(back) is OpenMMWalker and back.weight == 0.25
     assert back.state["label"] == "a" and same(back.state["extra"], np.arange(7.0))
     got, want = back.state.dict(), OpenMMState(state).dict()

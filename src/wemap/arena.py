@@ -5,7 +5,7 @@ and hands a block out as a uint8 array: a walker the user made is copied into on
 walker gets a fresh one its worker writes the result into. A block is free again once nothing
 refers to that array or any view of it (`ReusableMemory`): results handed to the caller are
 such views, so the caller owns them for as long as they keep them, and a result fed into the
-next ``map`` is found in its block (`Arena.locate`) and sent by reference.
+next ``map`` is found in its block (`Arena.placement`) and sent by reference.
 
 An arena that is outgrown is *retired*: its name goes at once, its memory with the last view
 of it; walkers still in it are copied into the new one when they are mapped again. Workers
@@ -23,8 +23,9 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from ._arrays import data_address
+from ._arrays import Placement, data_address
 from .segment import _discard, _open_untracked, close_or_hand_over, create_reserved, unlink_owned
+from .slot_format import dtype_description
 
 __all__ = ["Arena", "ArenaMap", "ReusableMemory", "PAGE"]
 
@@ -139,15 +140,9 @@ class Arena:
         """Block ``k``'s array while something holds it (a result referring to it keeps it so)."""
         return self._blocks[k].handed() if self._shm is not None and 0 <= k < self.nblocks else None
 
-    def locate(self, arr: np.ndarray) -> tuple[int, int] | None:
-        """(block, offset in it) of a C-contiguous array lying in one block of this live arena, else None."""
-        offset = data_address(arr) - self._base
-        if not 0 <= offset < self.size or self._shm is None or not arr.flags.c_contiguous:
-            return None
-        k, within = divmod(offset, self.block_size)
-        if within + arr.nbytes > self.block_size:
-            return None
-        return k, within
+    def placement(self) -> Placement:
+        """A `Placement` for one call: arrays already in a block of this live arena are referred to."""
+        return Placement(dtype_description, self._base, self.size if self._shm is not None else 0, self.block_size)
 
     def retire(self) -> None:
         """Remove the name now; the memory goes with the last view of it. Idempotent."""
@@ -176,24 +171,20 @@ class ArenaMap:
         self._shm = shm
         self.name, self.nblocks, self.block_size = name, nblocks, block_size
         self.buf = np.frombuffer(shm.buf, dtype=np.uint8, count=nblocks * block_size)
+        self.readonly = self.buf.view()  # views carved from it are read-only too
+        self.readonly.flags.writeable = False
         self._base = data_address(self.buf)
 
     def block(self, k: int) -> np.ndarray:
         bs = self.block_size
         return self.buf[k * bs : (k + 1) * bs]
 
-    def locate(self, arr: np.ndarray, allowed: set[int]) -> tuple[int, int] | None:
-        """(block, offset) of a C-contiguous array lying in one of the ``allowed`` blocks, else None."""
-        offset = data_address(arr) - self._base
-        if not 0 <= offset < self.buf.nbytes or not arr.flags.c_contiguous:
-            return None
-        k, within = divmod(offset, self.block_size)
-        if k not in allowed or within + arr.nbytes > self.block_size:
-            return None
-        return k, within
+    def placement(self, allowed: set[int]) -> Placement:
+        """A `Placement` for one result: arrays still in one of the ``allowed`` blocks are referred to."""
+        return Placement(dtype_description, self._base, self.buf.nbytes, self.block_size, allowed)
 
     def close(self) -> None:
         """Let go of the arena: the mapping goes now, or with the last view of it still alive here."""
-        self.buf = None  # type: ignore[assignment]
+        self.buf = self.readonly = None  # type: ignore[assignment]
         if not close_or_hand_over(self._shm):
             logger.debug("arena %s still has views in this worker", self.name)

@@ -8,16 +8,15 @@ once, unless its exception type is listed in ``retry_on``.
 
 from __future__ import annotations
 
-import _signal
 import logging
 import math
 import numbers
 import signal
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from .errors import TaskTimeout, WorkerException
 from .worker import SIGNAL_MARK, TaskFailure
@@ -153,33 +152,27 @@ def sigterm_raises() -> Iterator[None]:
     (`TaskException`). A SIGINT handler of the user's own is left alone, and then a
     ``KeyboardInterrupt`` inside a `Mapper` segment counts as the segment's.
     """
-    # _signal's functions: signal's wrappers convert every handler to and from an enum, which
-    # costs more than the rest of a small walker's cycle bookkeeping
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    term = _signal.getsignal(_SIGTERM) == _signal.SIG_DFL
-    sigint = _signal.getsignal(_SIGINT) is _signal.default_int_handler
+    term = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if term:
-        _signal.signal(_SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, _on_sigterm)
     if sigint:
-        _signal.signal(_SIGINT, _on_sigint)
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         yield
     finally:
         if sigint:
-            _signal.signal(_SIGINT, _signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         if term:
-            _signal.signal(_SIGTERM, _signal.SIG_DFL)
-
-
-_SIGTERM = int(signal.SIGTERM)
-_SIGINT = int(signal.SIGINT)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _on_sigterm(signum, frame):
     logger.error("SIGTERM received during map(): stopping workers and freeing shared memory")
-    exc = _Terminated(128 + _SIGTERM)
+    exc = _Terminated(128 + signal.SIGTERM)
     setattr(exc, SIGNAL_MARK, True)
     raise exc
 

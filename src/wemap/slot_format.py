@@ -28,8 +28,8 @@ import numpy as np
 
 from .plain_values import Extra, NotPlain, decode_plain, encode_plain
 
-__all__ = ["Extra", "NotPlain", "encode_plain", "decode_plain", "Layouts", "Layout", "pack", "unpack",
-           "NO_BLOCK", "dtype_description", "values"]
+__all__ = ["Extra", "NotPlain", "encode_plain", "decode_plain", "Layouts", "Layout", "pack", "pack_into", "packed_size",
+           "unpack", "NO_BLOCK", "dtype_description", "values"]
 
 MAGIC = b"WMD1"
 HEAD = struct.Struct("<4sIIII")
@@ -171,52 +171,72 @@ class Layouts:
 # -- descriptors ---------------------------------------------------------------------------
 
 
-_TABLES = [struct.Struct(f"<{n}I") for n in range(9)]
+_FORMATS: dict[tuple[int, int, int], struct.Struct] = {}
 
 
-def _table(n: int) -> struct.Struct:
-    return _TABLES[n] if n < len(_TABLES) else struct.Struct(f"<{n}I")
+def _format(n_blocks: int, n_layout: int, n_values: int) -> struct.Struct:
+    """The whole descriptor as one struct, so that it is written and read in one call."""
+    key = (n_blocks, n_layout, n_values)
+    fmt = _FORMATS.get(key)
+    if fmt is None:
+        fmt = struct.Struct(f"<4sIIII{n_blocks}II{n_layout}sI{n_values}s")
+        if len(_FORMATS) >= LAYOUT_CACHE_MAX:
+            _FORMATS.clear()
+        _FORMATS[key] = fmt
+    return fmt
+
+
+def packed_size(n_blocks: int, layout: bytes, values: bytes) -> int:
+    """Bytes of a descriptor with ``n_blocks`` table entries, without making it."""
+    return HEAD.size + 4 * n_blocks + 8 + len(layout) + len(values)
+
+
+def pack_into(region: Any, blocks: list[int], layout: bytes, values: bytes, n_extras: int,
+              result_block: int = NO_BLOCK) -> int:
+    """Write one descriptor (see the module docstring) at the start of ``region``; its length.
+    `struct.error` when ``region`` is too small (`packed_size` says beforehand)."""
+    fmt = _format(len(blocks), len(layout), len(values))
+    fmt.pack_into(region, 0, MAGIC, fmt.size, result_block, len(blocks), n_extras, *blocks,
+                  len(layout), layout, len(values), values)
+    return fmt.size
 
 
 def pack(blocks: list[int], layout: bytes, values: bytes, n_extras: int, result_block: int = NO_BLOCK) -> bytes:
-    """One descriptor (see the module docstring)."""
-    nb = len(blocks)
-    n = HEAD.size + 4 * nb + 8 + len(layout) + len(values)
-    return b"".join((HEAD.pack(MAGIC, n, result_block, nb, n_extras), _table(nb).pack(*blocks),
-                     _U32.pack(len(layout)), layout, _U32.pack(len(values)), values))
+    """One descriptor, as bytes."""
+    region = bytearray(packed_size(len(blocks), layout, values))
+    pack_into(region, blocks, layout, values, n_extras, result_block)
+    return bytes(region)
 
 
-def unpack(region: np.ndarray | memoryview, layouts: Layouts, nblocks: int
+def unpack(region: np.ndarray | memoryview | bytes, layouts: Layouts, nblocks: int
            ) -> tuple[int, list[int], Layout, bytes, int]:
     """Read and check the descriptor at the start of ``region``: (result block, block table, layout,
     values still encoded, number of extras). Every block number is below ``nblocks`` (or
     `NO_BLOCK`); `ValueError` names what is wrong. `values` decodes the values once the extras are in."""
-    mv = memoryview(region).cast("B") if not isinstance(region, memoryview) else region
-    if len(mv) < HEAD.size:
-        raise ValueError(f"malformed slot descriptor: a region of {len(mv)} bytes")
-    magic, total, result_block, n_blocks, n_extras = HEAD.unpack_from(mv)
-    if magic != MAGIC or not HEAD.size + 4 * n_blocks + 8 <= total <= len(mv):
+    length = len(region) if not isinstance(region, np.ndarray) else region.nbytes
+    if length < HEAD.size:
+        raise ValueError(f"malformed slot descriptor: a region of {length} bytes")
+    magic, total, result_block, n_blocks, n_extras = HEAD.unpack_from(region)
+    pos = HEAD.size + 4 * n_blocks
+    if magic != MAGIC or not pos + 8 <= total <= length:
         raise ValueError(f"malformed slot descriptor (magic {bytes(magic)!r}, {total} bytes, {n_blocks} blocks, "
-                         f"a region of {len(mv)} bytes)")
+                         f"a region of {length} bytes)")
     if result_block != NO_BLOCK and result_block >= nblocks:
         raise ValueError(f"malformed slot descriptor: result block {result_block} of {nblocks}")
-    if HEAD.size + 4 * n_blocks > len(mv):
-        raise ValueError(f"malformed slot descriptor: {n_blocks} blocks in a region of {len(mv)} bytes")
-    blocks = list(_table(n_blocks).unpack_from(mv, HEAD.size))
-    if any(b >= nblocks and b != NO_BLOCK for b in blocks):
-        raise ValueError(f"malformed slot descriptor: a block beyond the arena's {nblocks} in {blocks}")
-    pos = HEAD.size + 4 * n_blocks
-    (n,) = _U32.unpack_from(mv, pos)
+    (n,) = _U32.unpack_from(region, pos)
     if pos + 8 + n > total:
         raise ValueError(f"malformed slot descriptor: a layout of {n} bytes runs past the descriptor ({total} bytes)")
-    layout = layouts.parse(bytes(mv[pos + 4 : pos + 4 + n]))
-    pos += 4 + n
-    (m,) = _U32.unpack_from(mv, pos)
-    if pos + 4 + m != total:
+    (m,) = _U32.unpack_from(region, pos + 4 + n)
+    if pos + 8 + n + m != total:
         raise ValueError(f"malformed slot descriptor: values of {m} bytes do not end the descriptor")
+    _, _, _, _, _, *blocks, _, raw_layout, _, raw = _format(n_blocks, n, m).unpack_from(region)
+    for b in blocks:
+        if b >= nblocks and b != NO_BLOCK:
+            raise ValueError(f"malformed slot descriptor: a block beyond the arena's {nblocks} in {blocks}")
+    layout = layouts.parse(raw_layout)
     if layout.max_entry >= n_blocks:
         raise ValueError(f"malformed slot descriptor: a field in block entry {layout.max_entry} of {n_blocks}")
-    return result_block, blocks, layout, bytes(mv[pos + 4 : total]), n_extras
+    return result_block, blocks, layout, raw, n_extras
 
 
 def values(raw: bytes, layout: Layout, extras: list) -> list:

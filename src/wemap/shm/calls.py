@@ -2,38 +2,36 @@
 
 Every array field lies in arena blocks: in entry 0 of the descriptor's block table (the block
 the caller copies arrays into: the walker's input block in the manager, its result block in
-the worker) or, when it already lies in a block (`Arena.locate`, `ArenaMap.locate`), where it
-is. Every other value is plain (`wemap.slot_format`) or an extra for the pipe.
+the worker) or, when it already lies in a block (`Arena.placement`, `ArenaMap.placement`), where
+it is. Every other value is plain (`wemap.slot_format`) or an extra for the pipe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .._arrays import FieldError, Placement
 from ..codec import CodecRegistry
 from ..plain_values import Extra, NotPlain, encode_plain
-from ..slot_format import NO_BLOCK, Layout, Layouts, dtype_description
+from ..slot_format import Layout, Layouts
 
-__all__ = ["Encoded", "encode_call", "decode_call", "ALIGN"]
+__all__ = ["Encoded", "encode_call", "decode_call"]
 
-ALIGN = 64
 _PLAIN_SCALARS = frozenset({int, float, bool, type(None)})
 _SCALAR_ENTRY = ("scalar", ())
 
 
 class Encoded:
-    """One call laid out: its layout and values (bytes), extras, and the arrays still to be copied."""
+    """One call laid out: its layout and values (bytes), extras, and where its arrays go (`Placement`)."""
 
     __slots__ = ("layout", "values", "extras", "copies", "offsets", "copy_bytes", "refs", "array_bytes", "largest")
 
-    def __init__(self, layout: bytes, values: bytes, extras: list, copies: list, offsets: list, copy_bytes: int,
-                 refs: list, array_bytes: int, largest: tuple[str, int]) -> None:
+    def __init__(self, layout: bytes, values: bytes, extras: list, place: Placement) -> None:
         self.layout, self.values, self.extras = layout, values, extras
-        self.copies, self.offsets, self.copy_bytes = copies, offsets, copy_bytes
-        self.refs, self.array_bytes, self.largest = refs, array_bytes, largest
+        self.copies, self.offsets, self.copy_bytes = place.copies, place.offsets, place.cursor
+        self.refs, self.array_bytes, self.largest = place.refs, place.array_bytes, place.largest
 
 
 def _argument(where: str, which: int | str) -> str:
@@ -41,17 +39,12 @@ def _argument(where: str, which: int | str) -> str:
 
 
 def encode_call(layouts: Layouts, reg: CodecRegistry, args: tuple, kwargs: dict, *, where: str,
-                locate: Callable[[np.ndarray], tuple[int, int] | None]) -> Encoded:
-    """Lay out ``args``/``kwargs`` without writing anything; `ValueError` naming ``where`` and the field
-    for anything that cannot travel."""
+                place: Placement) -> Encoded:
+    """Lay out ``args``/``kwargs`` without writing anything, their arrays placed by ``place`` (a fresh
+    `Placement`); `ValueError` naming ``where`` and the field for anything that cannot travel."""
     entries = []
     vals: list[Any] = []
     extras: list[Any] = []
-    copies: list[np.ndarray] = []
-    offsets: list[int] = []
-    refs: list[int] = []
-    cursor = array_bytes = 0
-    largest = ("", 0)
     for which, value in (*enumerate(args), *kwargs.items()):
         if type(value) in _PLAIN_SCALARS and not reg.custom:  # a segment length: what `ScalarCodec` says
             vals.append(value)
@@ -68,41 +61,10 @@ def encode_call(layouts: Layouts, reg: CodecRegistry, args: tuple, kwargs: dict,
             extras.append(meta)
         else:
             vals.append(meta)
-        described = []
-        for name, v in fields.items():
-            if type(name) is not str:
-                raise ValueError(f"{_argument(where, which)}: the {codec.name!r} codec names a field {name!r}, "
-                                 f"not a string")
-            if type(v) is np.ndarray:
-                dt = v.dtype
-                if dt.hasobject:
-                    raise ValueError(f"{_argument(where, which)}: field {name!r} has dtype {dt} (Python objects), "
-                                     f"which cannot travel through shared memory; use a numeric dtype or keep it "
-                                     f"out of the walker state")
-                desc = dtype_description(dt)
-                if desc is not None:
-                    nbytes = v.nbytes
-                    if nbytes > largest[1]:
-                        largest = (name, nbytes)
-                    array_bytes += (nbytes + ALIGN - 1) & ~(ALIGN - 1)
-                    loc = locate(v)
-                    if loc is None:
-                        entry, offset = 0, cursor
-                        copies.append(v)
-                        offsets.append(offset)
-                        cursor = (offset + nbytes + ALIGN - 1) & ~(ALIGN - 1)
-                    else:
-                        block, offset = loc
-                        try:
-                            entry = refs.index(block) + 1
-                        except ValueError:
-                            refs.append(block)
-                            entry = len(refs)
-                    described.append((name, desc, v.shape, entry, offset))
-                    continue
-            described.append((name,))
-            vals.append(v)
-        entries.append((codec.name, tuple(described)))
+        try:
+            entries.append((codec.name, place.fields(fields, vals)))
+        except FieldError as exc:
+            raise ValueError(f"{_argument(where, which)}: the {codec.name!r} codec gave {exc}") from None
     key = (len(args), tuple(kwargs), tuple(entries))
     try:
         layout = layouts.make(key)
@@ -113,7 +75,7 @@ def encode_call(layouts: Layouts, reg: CodecRegistry, args: tuple, kwargs: dict,
     except NotPlain:  # a dict with a key that is not plain: that value goes over the pipe whole
         del extras[sum(type(v) is Extra for v in vals):]
         values = encode_plain([_plain_or_extra(v, extras) for v in vals], extras)
-    return Encoded(layout, values, extras, copies, offsets, cursor, refs, array_bytes, largest)
+    return Encoded(layout, values, extras, place)
 
 
 def _plain_or_extra(v: Any, extras: list) -> Any:
@@ -127,9 +89,9 @@ def _plain_or_extra(v: Any, extras: list) -> Any:
     return v
 
 
-def decode_call(layout: Layout, blocks: list[int], vals: list,
-                view: Callable[[int, np.dtype, tuple, int], np.ndarray]) -> tuple[list, dict]:
-    """Rebuild a call's arguments: each array field is ``view(block, dtype, shape, offset)``."""
+def decode_call(layout: Layout, vals: list, bases: list) -> tuple[list, dict]:
+    """Rebuild a call's arguments: an array field in block entry ``e`` at ``offset`` is a view of
+    ``bases[e]``'s array from its start plus ``offset`` (``bases[e]`` None: the descriptor names no block)."""
     it = iter(vals)
     out = []
     for codec, fields in layout.entries:
@@ -138,12 +100,12 @@ def decode_call(layout: Layout, blocks: list[int], vals: list,
         for f in fields:
             if len(f) == 1:
                 named[f[0]] = next(it)
-            else:
-                name, dt, shape, entry, offset = f
-                block = blocks[entry]
-                if block == NO_BLOCK:
-                    raise ValueError(f"malformed slot descriptor: field {name!r} is in no block")
-                named[name] = view(block, dt, shape, offset)
+                continue
+            name, dt, shape, entry, offset = f
+            base = bases[entry]
+            if base is None:
+                raise ValueError(f"malformed slot descriptor: field {name!r} is in no block")
+            named[name] = np.ndarray(shape, dt, base[0], base[1] + offset)
         try:
             out.append(codec.decode(named, meta))
         except Exception as exc:

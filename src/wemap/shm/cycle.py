@@ -4,7 +4,8 @@ Walker ``i`` of the call uses slot ``i`` (the ring has a slot per walker: a slot
 descriptor). Its arrays that are not in the arena yet are copied into an input block, once;
 a fresh result block is handed to the worker; the result comes back as views of the blocks it
 lies in (its result block, or its input's, for arrays the segment handed back unchanged).
-A walker whose worker is lost, or whose result did not fit, runs again, from the same input.
+A walker whose worker is lost runs again, from the same input; a result that did not fit its
+block came whole over the worker's pipe, and the next ``map`` has room for it.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._arrays import Placement
 from .._ring import now_ns
 from ..errors import WorkerException
 from ..faults import Attempts
 from ..mapper import TaskSpec
 from ..memcopy import write_arrays
-from ..slot_format import NO_BLOCK, pack, unpack, values
+from ..slot_format import NO_BLOCK, dtype_description, pack_into, packed_size, unpack, values
 from .calls import Encoded, decode_call, encode_call
-from .worker_loop import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_TOO_BIG
+from .worker_loop import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_PIPED
 
 if TYPE_CHECKING:
     from ..pool import WorkerProcess
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Cycle"]
 
-RETRY, TOO_BIG = "retry", "too big"
+RETRY = "retry"
 
 
 class Cycle:
@@ -45,18 +47,17 @@ class Cycle:
         self.attempts = Attempts(transport.policy)
         self.in_flight: set[int] = set()
         self.pushed_at: dict[int, int] = {}
-        self.too_big: list[tuple[int, int, int]] = []  # (task, block bytes, descriptor bytes) a result needs
+        self.piped: list[tuple[int, int, int]] = []  # (task, block bytes, descriptor bytes) a result needed
         self.broken: str | None = None  # why a worker could not map the arena
 
     def run(self) -> list[Any]:
         todo = list(range(len(self.specs)))
         while todo:
             self.prepare(todo)
-            todo = sorted(self.stream(todo) + [i for i, _, _ in self.too_big])
-            if self.too_big:
-                self.m.outgrown(max(b for _, b, _ in self.too_big), max(d for _, _, d in self.too_big),
-                                [self.specs[i] for i, _, _ in self.too_big])
-                self.too_big = []
+            todo = self.stream(todo)
+        if self.piped:
+            self.m.outgrown(max(b for _, b, _ in self.piped), max(d for _, _, d in self.piped),
+                            [self.specs[i] for i, _, _ in self.piped])
         return self.results
 
     # -- before the walkers go ---------------------------------------------------------------
@@ -65,7 +66,7 @@ class Cycle:
         arena = self.m.arena
         return encode_call(self.m.layouts, self.m.registry, spec.args, spec.kwargs,
                            where=f"walker {spec.walker_idx} (cycle {spec.cycle_idx})",
-                           locate=arena.locate if arena is not None else _nowhere)
+                           place=arena.placement() if arena is not None else Placement(dtype_description))
 
     def prepare(self, todo: list[int]) -> None:
         """Encode ``todo`` (every walker checked before anything is written), then fit the arena and ring to it."""
@@ -94,8 +95,7 @@ class Cycle:
                 self.outputs[i] = block
             else:
                 self.inputs[i] = block
-        need = max(len(pack([0] * (len(e.refs) + 1), e.layout, e.values, len(e.extras), 0))
-                   for e in self._encoded(todo))
+        need = max(packed_size(len(e.refs) + 1, e.layout, e.values) for e in self._encoded(todo))
         m.fit_ring(n, need)
 
     def _encoded(self, todo: list[int]) -> list[Encoded]:
@@ -107,12 +107,11 @@ class Cycle:
         assert enc is not None and self.outputs[i] is not None
         inp = self.inputs[i]
         if inp is not None and not self.written[i]:
-            write_arrays(inp[1], enc.offsets, enc.copies, enc.largest[1])
+            write_arrays(inp[1], enc.offsets, enc.copies, enc.largest)
             self.written[i] = True
-        desc = pack([inp[0] if inp is not None else NO_BLOCK, *enc.refs], enc.layout, enc.values, len(enc.extras),
-                    self.outputs[i][0])
         hdr, region, _ = m.views[i]
-        memoryview(region)[: len(desc)] = desc
+        pack_into(region, [inp[0] if inp is not None else NO_BLOCK, *enc.refs], enc.layout, enc.values,
+                  len(enc.extras), self.outputs[i][0])
         hdr.reset(i, spec.cycle_idx & 0xFFFF_FFFF_FFFF_FFFF, spec.walker_idx)
         self.in_flight.add(i)
         self.pushed_at[i] = now_ns()
@@ -165,12 +164,11 @@ class Cycle:
 
     # -- back --------------------------------------------------------------------------------
     def collect(self, i: int) -> str | None:
-        """Take walker ``i``'s finished slot: None, `RETRY` (``retry_on``) or `TOO_BIG`."""
+        """Take walker ``i``'s finished slot: None, or `RETRY` (``retry_on``)."""
         m, spec = self.m, self.specs[i]
         hdr = m.views[i][0]
         task, widx, pid, status = hdr.task_id, hdr.worker_idx, hdr.worker_pid, hdr.status
         t0, t1 = hdr.t_start_ns, hdr.t_end_ns
-        where = f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"
         if task != i or not 0 <= widx < m.worker_count():
             raise WorkerException(f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task "
                                   f"{task} of worker {widx}; the segment is corrupt", worker_idx=widx, pid=pid,
@@ -178,22 +176,21 @@ class Cycle:
         m.recovery.finished(pid, t1)
         self.times[widx].append(max(0, t1 - t0) * 1e-9)
         try:
-            if status == STATUS_OK:
+            if status == STATUS_OK or status == STATUS_PIPED:
                 extras = m.message(widx, "result", i, self)[2] if hdr.flags else []
                 self.results[i] = self.decode_result(i, extras)
+                if status == STATUS_PIPED:
+                    self.piped.append((i, hdr.out_nbytes, hdr.in_nbytes))
                 return None
-            if status == STATUS_TOO_BIG:
-                self.too_big.append((i, hdr.out_nbytes, hdr.in_nbytes))
-                return TOO_BIG
             if status not in (STATUS_FAILED, STATUS_CORRUPT):
                 raise ValueError(f"unknown status {status}")
             failure = m.message(widx, "failed", i, self)[2]
         except (ValueError, TypeError, IndexError, KeyError, EOFError, OSError) as exc:
-            raise WorkerException(f"{where}: {exc}; the segment is corrupt", worker_idx=widx, pid=pid,
-                                  walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx) from exc
+            raise WorkerException(f"{_where(i, spec, widx, pid)}: {exc}; the segment is corrupt", worker_idx=widx,
+                                  pid=pid, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx) from exc
         if status == STATUS_CORRUPT:
-            raise WorkerException(f"{where}: the worker could not read the walker from its descriptor "
-                                  f"({failure.exc_type}: {failure.exc_message}); the segment is corrupt",
+            raise WorkerException(f"{_where(i, spec, widx, pid)}: the worker could not read the walker from its "
+                                  f"descriptor ({failure.exc_type}: {failure.exc_message}); the segment is corrupt",
                                   worker_idx=widx, pid=pid, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
         self.attempts.failed(i, failure, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx, worker_idx=widx, pid=pid)
         return RETRY
@@ -211,16 +208,19 @@ class Cycle:
             held = m.arena.handed(b)
             if held is not None:
                 own[b] = held
+        bases = []
         for b in blocks:
-            if b != NO_BLOCK and b not in own:
+            if b == NO_BLOCK:
+                bases.append(None)
+            elif b in own:
+                bases.append((own[b], 0))
+            else:
                 raise ValueError(f"its result refers to block {b}, which is neither its result block nor its input's")
-        args, _ = decode_call(layout, blocks, values(raw, layout, extras),
-                              lambda b, dt, shape, offset: np.ndarray(shape, dt, own[b], offset))
+        args, _ = decode_call(layout, values(raw, layout, extras), bases)
         if len(args) != 1:
             raise ValueError(f"its result descriptor holds {len(args)} values, not one")
         return args[0]
 
 
-def _nowhere(arr: np.ndarray) -> None:
-    """No arena yet: every array is copied in."""
-    return None
+def _where(i: int, spec: TaskSpec, widx: int, pid: int) -> str:
+    return f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}) from worker {widx} (pid {pid})"

@@ -132,10 +132,10 @@ class Transport:
             self.arena = None
 
     def outgrown(self, block_bytes: int, desc_bytes: int, specs: list) -> None:
-        """Results did not fit their blocks or slots: larger ones, for the walkers to run again."""
-        logger.warning("%d result(s) did not fit (largest: %d bytes of arrays, %d of descriptor; walker %d of "
-                       "cycle %d): making room and running them again", len(specs), block_bytes, desc_bytes,
-                       specs[0].walker_idx, specs[0].cycle_idx)
+        """Results did not fit their blocks or slots (they came over the pipe): larger ones next time."""
+        logger.info("%d result(s) did not fit (largest: %d bytes of arrays, %d of descriptor; walker %d of "
+                    "cycle %d): they came over the pipe; the next map makes room", len(specs), block_bytes,
+                    desc_bytes, specs[0].walker_idx, specs[0].cycle_idx)
         self.min_block = max(self.min_block, block_bytes)
         self.min_region = max(self.min_region, 2 * desc_bytes)
 

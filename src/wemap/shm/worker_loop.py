@@ -13,9 +13,11 @@ slot header) and waits for the next ring or ``None`` (stop). A worker that canno
 arena says ``("detached", ring, reason)`` at once and serves nothing.
 
 Slot status: `STATUS_OK`; `STATUS_FAILED` (the segment raised, or its result cannot be carried:
-a `TaskFailure` follows on the pipe); `STATUS_TOO_BIG` (the result needs ``out_nbytes`` bytes
-of block or ``in_nbytes`` of descriptor, more than it has); `STATUS_CORRUPT` (the input could
-not be read: the transport, not the segment, is at fault; a `TaskFailure` says why).
+a `TaskFailure` follows on the pipe); `STATUS_PIPED` (the result needs ``out_nbytes`` bytes of
+block or ``in_nbytes`` of descriptor, more than it has: it came whole over the pipe, as the
+descriptor's one extra, and the manager makes room for the next ``map``; a segment never runs
+twice for want of room); `STATUS_CORRUPT` (the input could not be read: the transport, not the
+segment, is at fault; a `TaskFailure` says why).
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ from .._ring import RingClosed, now_ns
 from ..arena import ArenaMap
 from ..codec import Codec, CodecRegistry
 from ..memcopy import write_arrays
+from ..plain_values import Extra, encode_plain
 from ..pool import control_messages
 from ..segment import Segment
-from ..slot_format import NO_BLOCK, Layouts, pack, unpack, values
+from ..slot_format import NO_BLOCK, Layouts, pack_into, packed_size, unpack, values
 from ..worker import Task, TaskFailure, Worker, run_timed
 from .calls import decode_call, encode_call
 
-__all__ = ["ring_loop", "STATUS_OK", "STATUS_FAILED", "STATUS_TOO_BIG", "STATUS_CORRUPT"]
+__all__ = ["ring_loop", "STATUS_OK", "STATUS_FAILED", "STATUS_PIPED", "STATUS_CORRUPT"]
 
-STATUS_OK, STATUS_FAILED, STATUS_TOO_BIG, STATUS_CORRUPT = 0, 1, 2, 3
+STATUS_OK, STATUS_FAILED, STATUS_PIPED, STATUS_CORRUPT = 0, 1, 2, 3
+#: the layout of a result that comes whole over the pipe: one value, the descriptor's extra 0
+_PIPED = (1, (), (("scalar", ()),))
 
 
 class _Stopped(Exception):
@@ -55,11 +60,6 @@ class _Server:
         self.segment_func, self.reg, self.retry_on = segment_func, reg, retry_on
         self.layouts = Layouts(reg.by_name, arena.block_size)
 
-    def view(self, block: int, dt: np.dtype, shape: tuple, offset: int) -> np.ndarray:
-        arr = np.ndarray(shape, dt, self.arena.buf, block * self.arena.block_size + offset)
-        arr.flags.writeable = False  # a walker's input is never written: it can always be run again
-        return arr
-
     def extras(self, task: int, n: int) -> list:
         self.conn.send(("extras", task))
         msg = self.conn.recv()
@@ -71,6 +71,7 @@ class _Server:
 
     def serve(self) -> None:
         ring, arena = self.seg.ring, self.arena
+        readonly, block_size = arena.readonly, arena.block_size
         views = [(ring.header(k), ring.input_view(k), ring.output_view(k)) for k in range(ring.nslots)]
         pid = self.worker.pid
         while True:
@@ -92,7 +93,9 @@ class _Server:
                 if result_block == NO_BLOCK:
                     raise ValueError("malformed slot descriptor: no result block")
                 vals = values(raw, layout, self.extras(task, n_extras) if n_extras else [])
-                args, kwargs = decode_call(layout, blocks, vals, self.view)
+                # read-only views: a walker's input is never written, so it can always be run again
+                args, kwargs = decode_call(layout, vals, [None if b == NO_BLOCK else (readonly, b * block_size)
+                                                          for b in blocks])
             except _Stopped:
                 raise
             except Exception as exc:  # the transport, not the segment function, is at fault
@@ -127,24 +130,28 @@ class _Server:
     def write_result(self, result: Any, task: int, result_block: int, allowed: set[int], out: np.ndarray, where: str
                      ) -> tuple[int, int, int, bytes]:
         """Result arrays into the result block (those still in the walker's input blocks referenced
-        there), its descriptor into ``out``. Returns (status, descriptor bytes or block bytes needed,
-        descriptor bytes needed, the pickled extras message or b"")."""
+        there), its descriptor into ``out``; or, when they do not fit, the whole result over the pipe.
+        Returns (status, descriptor bytes or block bytes needed, descriptor bytes needed, the
+        pickled extras message or b"")."""
         arena = self.arena
-        enc = encode_call(self.layouts, self.reg, (result,), {}, where=where,
-                          locate=lambda a: arena.locate(a, allowed))
-        desc = pack([result_block, *enc.refs], enc.layout, enc.values, len(enc.extras))
-        if enc.copy_bytes > arena.block_size or len(desc) > out.nbytes:
-            return STATUS_TOO_BIG, enc.copy_bytes, len(desc), b""
-        extras = b""
-        if enc.extras:
-            try:
-                extras = pickle.dumps(("result", task, enc.extras), protocol=5)
-            except Exception as exc:
-                raise ValueError(f"{where}: a value that is neither an array nor plain cannot be pickled: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-        write_arrays(arena.block(result_block), enc.offsets, enc.copies, enc.largest[1])
-        memoryview(out)[: len(desc)] = desc
-        return STATUS_OK, len(desc), 0, extras
+        enc = encode_call(self.layouts, self.reg, (result,), {}, where=where, place=arena.placement(allowed))
+        blocks = [result_block, *enc.refs]
+        need = packed_size(len(blocks), enc.layout, enc.values)
+        if enc.copy_bytes > arena.block_size or need > out.nbytes:
+            pack_into(out, [result_block], self.layouts.make(_PIPED), encode_plain([Extra(0)], []), 1)
+            return STATUS_PIPED, enc.copy_bytes, need, _pickled(task, [result], where)
+        extras = _pickled(task, enc.extras, where) if enc.extras else b""
+        write_arrays(arena.block(result_block), enc.offsets, enc.copies, enc.largest)
+        return STATUS_OK, pack_into(out, blocks, enc.layout, enc.values, len(enc.extras)), 0, extras
+
+
+def _pickled(task: int, extras: list, where: str) -> bytes:
+    """The pipe message with a result's extras."""
+    try:
+        return pickle.dumps(("result", task, extras), protocol=5)
+    except Exception as exc:
+        raise ValueError(f"{where}: a value that is neither an array nor plain cannot be pickled: "
+                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def ring_loop(worker: Worker, conn: Connection, segment_func: Callable[..., Any], codecs: tuple[Codec, ...],
