@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from wemap._arrays import Placement
 
 import wemap
+from wemap._arrays import Placement
 from wemap.codec import ArrayCodec, Codec, CodecRegistry
 from wemap.plain_values import NotPlain, decode_plain, encode_plain
 from wemap.shm.calls import decode_call, encode_call
