@@ -1,4 +1,4 @@
-"""Single-process tests of the compiled slot ring through its binding (wemap._ring, _layout, _slot_header)."""
+"""Single-process tests of the compiled slot ring through its binding (wemap._ring, _slot_header)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wemap._layout import MAX_SLOTS, layout, required_size
-from wemap._ring import Ring, RingClosed, SlotHeader, now_ns
+from wemap._ring import MAX_SLOTS, Ring, RingClosed, SlotHeader, layout, now_ns, required_size
 from wemap.errors import RingCorruptError
 from wemap.segment import Segment
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from wemap._layout import required_size
+from wemap._ring import required_size
 from wemap.errors import RingCorruptError, ShmSpaceError
 from wemap.segment import Segment
 from wemap.stale_segments import SEGMENT_PREFIX, segment_name

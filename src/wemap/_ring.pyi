@@ -1,4 +1,4 @@
-"""Type stub for the compiled slot ring (src/wemap/_ring.pyx)."""
+"""Type stub for the compiled slot ring and its layout (src/wemap/_ring.pyx)."""
 
 from typing import Any
 
@@ -7,9 +7,13 @@ import numpy.typing as npt
 
 from wemap._slot_header import SlotHeader as SlotHeader
 
+MAX_SLOTS: int
+
 class RingClosed(Exception): ...
 
 def now_ns() -> int: ...
+def required_size(nslots: int, region_size: int) -> int: ...
+def layout(nslots: int, region_size: int) -> dict[str, int]: ...
 
 class Ring:
     def __init__(

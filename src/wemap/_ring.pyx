@@ -1,30 +1,25 @@
 # cython: language_level=3
 # cython: binding=True
 # cython: embedsignature=True
-"""Thin binding of the C slot ring (csrc/ring.h): create/attach, push/pop, slot views.
+"""Binding of the C slot ring (csrc/ring.h): a segment's layout, and the :class:`Ring` in a caller's buffer.
 
-A :class:`Ring` lives in any writable, C-contiguous, 64-byte aligned buffer; in
-wemap that is a ``multiprocessing.shared_memory.SharedMemory`` buffer managed by
-:mod:`wemap.segment`.  Blocking pops release the GIL and sleep until a slot, a
-close, an interrupt, the timeout or a signal (whose handlers then run, so Ctrl-C
-works): nothing wakes periodically.  A segment's layout is computed and checked in
-:mod:`wemap._layout`; a slot header's fields are :class:`wemap._slot_header.SlotHeader`.
+Blocking pops release the GIL and sleep until a slot, a close, an interrupt, the timeout or a signal
+(whose handlers then run, so Ctrl-C works): nothing wakes periodically.
 """
 
-cimport cython
-from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, Py_buffer, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.number cimport PyNumber_Index
 from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 
-from wemap._layout cimport compute_layout, raise_bad_header
 from wemap._ring_h cimport (WM_ALIGN, WM_BAD_INDEX, WM_BAD_LAYOUT, WM_BAD_MAGIC, WM_BAD_VERSION, WM_CLOSED,
-                            WM_CORRUPT, WM_DONE, WM_EMPTY, WM_FULL, WM_INTERRUPTED, WM_INVALID, WM_OK, WM_READY,
-                            WM_SIGNALED, WM_SYSERR, WM_TIMEOUT, WM_TRUNCATED, WM_WAKE_FAILED, wm_close, wm_interrupt,
-                            wm_interrupt_epoch, wm_is_closed, wm_layout_t, wm_now_ns, wm_pop_epoch, wm_push,
-                            wm_seg_attach, wm_seg_init, wm_slot_header_ptr, wm_slot_input, wm_slot_output)
+                            WM_CORRUPT, WM_DONE, WM_FULL, WM_HEADER_SIZE, WM_INTERRUPTED, WM_LAYOUT_VERSION,
+                            WM_MAGIC, WM_MAX_SLOTS, WM_OK, WM_READY, WM_SIGNALED, WM_SLOT_HEADER_SIZE, WM_SYSERR,
+                            WM_TIMEOUT, WM_TRUNCATED, WM_WAKE_FAILED, wm_close, wm_interrupt, wm_interrupt_epoch,
+                            wm_is_closed, wm_layout, wm_layout_t, wm_now_ns, wm_pop_epoch, wm_push, wm_seg_attach,
+                            wm_seg_init, wm_seg_t, wm_slot_header_ptr, wm_slot_input, wm_slot_output)
 from wemap cimport _slot_header
 
 import logging
@@ -38,7 +33,12 @@ from wemap.errors import RingCorruptError
 
 _log = logging.getLogger("wemap.ring")
 
-__all__ = ["Ring", "RingClosed", "SlotHeader", "now_ns"]
+__all__ = ["Ring", "RingClosed", "SlotHeader", "now_ns", "required_size", "layout", "MAX_SLOTS"]
+
+#: the most slots a segment can have
+MAX_SLOTS = WM_MAX_SLOTS
+
+cdef uint64_t _MAX_REGION = (1 << 63) - 1
 
 
 class RingClosed(Exception):
@@ -50,48 +50,110 @@ def now_ns():
     return wm_now_ns()
 
 
-# -- statuses ----------------------------------------------------------------------
+# -- layout --------------------------------------------------------------------------
 
-#: status -> (exception, message); callers with more context (slot numbers, header values)
-#: raise a more specific message themselves before falling back to these
-_ERRORS = {
-    WM_FULL: (queue.Full, "ring full"),
-    WM_EMPTY: (queue.Empty, "ring empty"),
-    WM_TIMEOUT: (TimeoutError, "timed out waiting for the ring"),
-    WM_CLOSED: (RingClosed, "ring closed"),
-    WM_INTERRUPTED: (InterruptedError, "ring wait interrupted"),
-    WM_SIGNALED: (InterruptedError, "ring wait interrupted by a signal"),
-    WM_BAD_INDEX: (IndexError, "slot index out of range"),
-    WM_BAD_MAGIC: (RingCorruptError, "not a wemap segment (bad magic)"),
-    WM_BAD_VERSION: (RingCorruptError, "unsupported segment layout version"),
-    WM_BAD_LAYOUT: (RingCorruptError, "segment header geometry is inconsistent"),
-    WM_TRUNCATED: (RingCorruptError, "truncated segment"),
-    WM_INVALID: (ValueError, "invalid argument to the ring"),
-    WM_CORRUPT: (RingCorruptError, "a ring's cells contradict its positions: something wrote into the segment"),
-}
+def required_size(nslots, region_size):
+    """Return the bytes a segment of ``nslots`` slots needs (each region rounded up to 64)."""
+    cdef wm_layout_t L
+    _compute_layout(nslots, region_size, &L)
+    return L.total_size
 
+
+def layout(nslots, region_size):
+    """Return every offset and size of a segment's layout, as a dict."""
+    cdef wm_layout_t L
+    _compute_layout(nslots, region_size, &L)
+    return _layout_dict(&L)
+
+
+cdef dict _layout_dict(const wm_layout_t *L):
+    return {
+        "nslots": L.nslots,
+        "ring_capacity": L.ring_capacity,
+        "region_size": L.region_size,
+        "slot_stride": L.slot_stride,
+        "header_size": L.header_size,
+        "slot_header_size": WM_SLOT_HEADER_SIZE,
+        "ring_bytes": L.ring_bytes,
+        "ready_offset": L.ready_offset,
+        "done_offset": L.done_offset,
+        "slots_offset": L.slots_offset,
+        "total_size": L.total_size,
+    }
+
+
+cdef int _compute_layout(object nslots, object region_size, wm_layout_t *out) except -1:
+    n = int(nslots)
+    r = int(region_size)
+    if not 1 <= n <= WM_MAX_SLOTS:
+        raise ValueError(f"nslots must be in 1..{WM_MAX_SLOTS}, got {n}")
+    if not 0 <= r <= _MAX_REGION:
+        raise ValueError(f"region_size must be in 0..{_MAX_REGION}, got {r}")
+    if wm_layout(<uint32_t>n, <uint64_t>r, out) != WM_OK:
+        raise ValueError(f"a segment of {n} slots x 2 x {r} bytes is too large to address")
+    return 0
+
+
+cdef int _raise_bad_header(int st, const wm_layout_t *L, const void *mem, size_t length) except -1:
+    """Raise RingCorruptError saying what wm_seg_attach found wrong with a header (``L``: its values)."""
+    cdef wm_layout_t want
+    if st == WM_BAD_MAGIC:
+        raise RingCorruptError(
+            f"not a wemap segment: magic 0x{(<const uint64_t *>mem)[0]:016x}, expected 0x{WM_MAGIC:016x}")
+    if st == WM_BAD_VERSION:
+        raise RingCorruptError(
+            f"unsupported segment layout version {L.version} vs {WM_LAYOUT_VERSION} "
+            "(made by a different wemap version)")
+    if st == WM_TRUNCATED and length < WM_HEADER_SIZE:
+        raise RingCorruptError(
+            f"truncated: mapping has {length} bytes, less than the {WM_HEADER_SIZE}-byte header")
+    if st == WM_TRUNCATED:
+        raise RingCorruptError(f"truncated: header says {L.total_size} bytes, mapping has {length}")
+    if st == WM_BAD_LAYOUT and wm_layout(L.nslots, L.region_size, &want) != WM_OK:
+        raise RingCorruptError(
+            f"bad geometry: header says nslots={L.nslots}, region_size={L.region_size}, "
+            "which is no valid layout")
+    if st == WM_BAD_LAYOUT:
+        stored, expect = _layout_dict(L), _layout_dict(&want)
+        wrong = [f"{k}={stored[k]} (expected {expect[k]})"
+                 for k in ("header_size", "ring_capacity", "region_size", "slot_stride",
+                           "ready_offset", "done_offset", "slots_offset", "total_size")
+                 if stored[k] != expect[k]]
+        raise RingCorruptError(f"bad geometry for nslots={L.nslots}: header says " + ", ".join(wrong))
+    return _check_status(st)
+
+
+# -- statuses ------------------------------------------------------------------------
 
 cdef int _check_status(int st) except -1:
-    """Raise the exception for a ring status; the one place statuses become exceptions."""
+    """Raise for a status the caller did not handle itself: a failed system call, a corrupted ring, or a bug."""
     if st == WM_OK:
         return 0
     if st == WM_SYSERR:
         e = errno
         raise OSError(e, os.strerror(e))
-    exc, message = _ERRORS.get(st, (RuntimeError, f"unknown ring status {st}"))
-    raise exc(message)
+    if st == WM_CORRUPT:
+        raise RingCorruptError("a ring's cells contradict its positions: something wrote into the segment")
+    if st == WM_BAD_INDEX:  # only a pop gets it: the ring held an index its own checks rule out
+        raise RingCorruptError("ring delivered a slot index beyond nslots")
+    raise RuntimeError(f"unexpected ring status {st}")
 
 
-@cython.auto_pickle(False)
 cdef class Ring:
     """Two slot-index rings (ready, done) and the slots, in a caller's buffer.
 
-    ``Ring(buffer, create=True, nslots=..., region_size=...)`` initialises a new
-    segment in ``buffer`` (:func:`wemap._layout.required_size` bytes at least);
-    ``Ring(buffer)`` attaches to an existing one and validates its header
-    (:class:`~wemap.errors.RingCorruptError` if it is not a usable wemap segment).
-    The buffer is held (a Py_buffer) until :meth:`release`.
+    ``Ring(buffer, create=True, nslots=..., region_size=...)`` initialises a new segment in ``buffer``
+    (:func:`required_size` bytes at least, 64-byte aligned); ``Ring(buffer)`` attaches to an existing
+    one (:class:`~wemap.errors.RingCorruptError` if it is not a usable wemap segment). The buffer is
+    held until :meth:`release`.
     """
+
+    cdef wm_seg_t _seg        # validated geometry; _seg.base is NULL once released
+    cdef Py_buffer _view      # the buffer held from __init__ until release()
+    cdef bint _has_view       # whether _view holds a buffer
+    cdef object _obj          # the exporting object, which numpy views are made over
+    cdef int _busy            # calls running without the GIL (release() refuses meanwhile)
+    cdef object __weakref__
 
     def __init__(self, buffer, *, bint create=False, nslots=None, region_size=None):
         cdef wm_layout_t want
@@ -110,7 +172,7 @@ cdef class Ring:
             if create:
                 if nslots is None or region_size is None:
                     raise TypeError("Ring(create=True) needs nslots and region_size")
-                compute_layout(nslots, region_size, &want)
+                _compute_layout(nslots, region_size, &want)
                 if want.total_size > length:
                     raise ValueError(
                         f"buffer has {length} bytes; a ring of {want.nslots} slots x "
@@ -122,8 +184,7 @@ cdef class Ring:
             else:
                 st = wm_seg_attach(&self._seg, self._view.buf, length)
                 if st != WM_OK:
-                    raise_bad_header(st, &self._seg.layout, self._view.buf, length)
-                    _check_status(st)
+                    _raise_bad_header(st, &self._seg.layout, self._view.buf, length)
             self._obj = buffer
         except BaseException:
             memset(&self._seg, 0, sizeof(self._seg))
@@ -134,7 +195,6 @@ cdef class Ring:
     def __dealloc__(self):
         if self._has_view:
             PyBuffer_Release(&self._view)
-            self._has_view = False
 
     def __reduce__(self):
         raise TypeError("a Ring cannot be pickled; pickle its wemap.segment.Segment (by name)")
@@ -195,15 +255,13 @@ cdef class Ring:
         cdef int st
         self._busy += 1
         try:
-            # Without the GIL: a push can wait (briefly) for a preempted consumer.
-            with nogil:
+            with nogil:  # a push can wait (briefly) for a preempted consumer
                 st = wm_push(&self._seg, ring, s)
         finally:
             self._busy -= 1
         if st == WM_FULL:
-            raise queue.Full(
-                f"{'ready' if ring == WM_READY else 'done'} ring full "
-                f"({self._seg.layout.ring_capacity} cells), or a consumer died mid-pop")
+            raise queue.Full(f"{'ready' if ring == WM_READY else 'done'} ring full "
+                             f"({self._seg.layout.ring_capacity} cells), or a consumer died mid-pop")
         if st == WM_WAKE_FAILED:  # pushed: a sleeping consumer finds it when it next wakes
             _log.warning("slot %d pushed, but waking a waiting process failed: %s", s, os.strerror(errno))
             return 0
@@ -241,8 +299,6 @@ cdef class Ring:
                     return None
                 if st == WM_CLOSED:
                     raise RingClosed(f"{'ready' if ring == WM_READY else 'done'} ring closed")
-                if st == WM_BAD_INDEX:
-                    raise RingCorruptError("ring delivered a slot index beyond nslots")
                 _check_status(st)
         finally:
             self._busy -= 1
@@ -258,18 +314,14 @@ cdef class Ring:
         self._push(WM_DONE, slot)
 
     def pop_ready(self, timeout=None):
-        """Wait for a slot from the ready ring; None on timeout (seconds; None waits forever, 0 does not wait).
-
-        Raises RingClosed once the ring is closed and empty.
-        """
+        """Wait for a slot from the ready ring; None on timeout (seconds; None waits forever, 0 does not wait),
+        RingClosed once the ring is closed and empty."""
         return self._pop(WM_READY, timeout, None)
 
     def pop_done(self, timeout=None, epoch=None):
         """Wait for a slot from the done ring; None on timeout or on an interrupt (:meth:`interrupt_done`).
-
-        ``epoch``: :meth:`done_epoch` taken before the caller last looked for a result, so an
-        interrupt since then ends the wait at once (default: now).
-        """
+        ``epoch``: :meth:`done_epoch` taken before the caller last looked for a result, so an interrupt
+        since then ends the wait at once (default: now)."""
         return self._pop(WM_DONE, timeout, epoch)
 
     def done_epoch(self):
@@ -283,11 +335,8 @@ cdef class Ring:
         _check_status(wm_close(&self._seg, WM_READY))
 
     def interrupt_done(self):
-        """Make every pop_done now blocked (in any process) return None.
-
-        For the manager's watcher thread (wemap.shm.watcher): it wakes the
-        manager when a worker dies, writes to its pipe, or a timeout is due.
-        """
+        """Make every pop_done now blocked (in any process) return None: the manager's watcher thread
+        wakes the manager this way (wemap.shm.watcher)."""
         self._live()
         _check_status(wm_interrupt(&self._seg, WM_DONE))
 
@@ -313,20 +362,13 @@ cdef class Ring:
         h._ring = self
         return h
 
-    # -- lifetime --------------------------------------------------------------------
-
     def release(self):
-        """Drop the held buffer so its owner (SharedMemory.close) can unmap it.
-
-        Idempotent.  Afterwards every other method raises ValueError("ring
-        released").  Views already handed out keep their own reference to the
-        buffer.  BufferError while another thread is blocked in a pop or push.
-        """
+        """Drop the held buffer so its owner (SharedMemory.close) can unmap it; idempotent. Other methods then
+        raise ValueError, views handed out keep their own reference; BufferError while a call is blocked."""
         if not self._has_view:
             return
         if self._busy:
-            raise BufferError(
-                f"ring is in use by {self._busy} call(s) blocked in other threads")
+            raise BufferError(f"ring is in use by {self._busy} call(s) blocked in other threads")
         memset(&self._seg, 0, sizeof(self._seg))
         PyBuffer_Release(&self._view)
         self._has_view = False

@@ -18,7 +18,6 @@ cdef extern from "ring.h" nogil:
 
     enum wm_status:
         WM_OK
-        WM_EMPTY
         WM_FULL
         WM_TIMEOUT
         WM_CLOSED
@@ -28,7 +27,6 @@ cdef extern from "ring.h" nogil:
         WM_BAD_VERSION
         WM_BAD_LAYOUT
         WM_TRUNCATED
-        WM_INVALID
         WM_SYSERR
         WM_CORRUPT
         WM_WAKE_FAILED

@@ -29,8 +29,7 @@ from .errors import RingCorruptError, ShmSpaceError
 from .stale_segments import remove_stale_segments, segment_name
 
 try:
-    from ._layout import required_size
-    from ._ring import Ring
+    from ._ring import Ring, required_size
 except ImportError as _exc:  # pragma: no cover - depends on the build
     raise ImportError(
         "wemap._ring (the compiled shared-memory ring) is not built or does not load: "

@@ -1,6 +1,0 @@
-"""Type stub for a ring segment's layout (src/wemap/_layout.pyx)."""
-
-MAX_SLOTS: int
-
-def required_size(nslots: int, region_size: int) -> int: ...
-def layout(nslots: int, region_size: int) -> dict[str, int]: ...
