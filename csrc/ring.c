@@ -358,25 +358,6 @@ const char *wm_status_str(int status)
     }
 }
 
-#define WM_FIELD(name) { #name, (uint32_t)offsetof(wm_slot_header, name), \
-                         (uint32_t)sizeof(((wm_slot_header *)0)->name) }
-
-static const wm_field_desc wm_slot_fields[] = {
-    WM_FIELD(task_id),    WM_FIELD(cycle),      WM_FIELD(walker_idx),
-    WM_FIELD(worker_idx), WM_FIELD(worker_pid), WM_FIELD(t_start_ns),
-    WM_FIELD(t_end_ns),   WM_FIELD(in_nbytes),  WM_FIELD(out_nbytes),
-    WM_FIELD(status),     WM_FIELD(flags),
-};
-
-#undef WM_FIELD
-
-const wm_field_desc *wm_slot_header_fields(size_t *count)
-{
-    if (count != NULL)
-        *count = sizeof wm_slot_fields / sizeof wm_slot_fields[0];
-    return wm_slot_fields;
-}
-
 /* ---------------------------------------------------------------------- */
 /* Layout, init, attach                                                   */
 /* ---------------------------------------------------------------------- */

@@ -121,13 +121,6 @@ typedef struct wm_slot_header {
     unsigned char reserved[WM_SLOT_HEADER_SIZE - 72]; /**< zero */
 } wm_slot_header;
 
-/** Name, offset and size of one ::wm_slot_header field (for binding checks). */
-typedef struct wm_field_desc {
-    const char *name; /**< field name as in ::wm_slot_header */
-    uint32_t offset;  /**< offsetof */
-    uint32_t size;    /**< sizeof */
-} wm_field_desc;
-
 /**
  * @brief Human-readable name of a status.
  * @param status a ::wm_status value
@@ -321,13 +314,6 @@ void *wm_slot_input(const wm_seg_t *seg, uint32_t slot);
  * @return the region, or NULL if @p slot >= nslots
  */
 void *wm_slot_output(const wm_seg_t *seg, uint32_t slot);
-
-/**
- * @brief Describe ::wm_slot_header's fields, for checking bindings against it.
- * @param count receives the number of entries (may be NULL)
- * @return a static array of field descriptions, in declaration order
- */
-const wm_field_desc *wm_slot_header_fields(size_t *count);
 
 /**
  * @brief CLOCK_MONOTONIC in nanoseconds (the clock slot times are stamped with).
