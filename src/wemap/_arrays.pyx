@@ -1,12 +1,8 @@
 # cython: language_level=3
 # cython: binding=True
 # cython: embedsignature=True
-"""Typed helpers for moving arrays in and out of shared memory.
-
-The per-walker steps that cost more as Python calls than as the bytes they move: where an
-array's buffer starts, one call that copies a walker's arrays to their offsets in a block, and
-the loop over a call's fields that decides where each array goes (`Placement`: both sides of
-the shared-memory mapper run it for every walker). Nothing here knows the ring.
+"""Typed helpers for moving arrays in and out of shared memory: the per-walker steps that cost more as
+Python calls than as the bytes they move. Nothing here knows the ring.
 """
 
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
@@ -24,11 +20,8 @@ cdef Py_ssize_t _NOGIL_COPY_BYTES = 64 * 1024
 
 
 def data_address(obj):
-    """Return the address of the first byte of ``obj``'s buffer (an ndarray, read-only or strided too).
-
-    What ``arr.__array_interface__["data"][0]`` gives, without building that dict: the
-    manager asks it of every array of every walker (is it in the result arena?).
-    """
+    """Return the address of the first byte of ``obj``'s buffer (an ndarray, read-only or strided too):
+    ``arr.__array_interface__["data"][0]`` without building that dict, for every array of every walker."""
     cdef Py_buffer view
     PyObject_GetBuffer(obj, &view, PyBUF_STRIDES)
     cdef uintptr_t addr = <uintptr_t>view.buf
@@ -37,15 +30,12 @@ def data_address(obj):
 
 
 def copy_arrays(dst, offsets, arrays):
-    """Copy each of ``arrays`` (C-contiguous buffers of plain data) byte for byte to byte ``offsets[k]``
-    of ``dst`` (a writable C-contiguous buffer): what ``np.copyto`` into a view at that offset does
-    for an array of the view's dtype and shape, without making the views.
+    """Copy each of ``arrays`` byte for byte to byte ``offsets[k]`` of the writable buffer ``dst``: what
+    ``np.copyto`` into views at those offsets does, without making the views. Overlaps are allowed.
 
-    ``BufferError`` when ``dst`` or an array is not C-contiguous, or an array holds Python objects
-    (its format has an ``O``: lay those out with ``np.copyto``); ``ValueError`` for an array that
-    does not fit ``dst`` at its offset. Nothing is copied unless everything checks. Every buffer
-    is held until the copies are done, so nothing can free or resize a source meanwhile. Overlaps
-    are allowed. Copies of 64 KiB or more in all run without the GIL.
+    ``BufferError`` when ``dst`` or an array is not C-contiguous, or an array may hold Python objects
+    (lay those out with ``np.copyto``); ``ValueError`` for an array that does not fit ``dst`` at its
+    offset. Nothing is copied unless everything checks; every buffer is held until the copies are done.
     """
     cdef Py_ssize_t n = len(arrays)
     cdef Py_ssize_t k, got = 0, total = 0
@@ -107,13 +97,12 @@ class FieldError(ValueError):
 
 
 cdef class Placement:
-    """One call's array fields: those to copy (``copies`` at ``offsets``, ``cursor`` bytes in all) and
-    the blocks the others lie in (``refs``, in first-use order).
+    """Where a call's arrays go, on both sides of the shared-memory mapper: those to copy (``copies`` at
+    ``offsets``, ``cursor`` bytes in all) and the arena blocks the others lie in (``refs``, first use first).
 
     ``describe(dtype)``: how a layout names the dtype, or None for an array that travels as a value.
-    ``base``, ``span``: the arena's first byte and length as this process maps it (span 0: no
-    arena, every array is copied); ``allowed``: the block numbers a field may be referred to in
-    (None: any).
+    ``base``, ``span``: the arena's first byte and length in this process (span 0: every array is
+    copied); ``allowed``: the block numbers a field may be referred to in (None: any).
     """
 
     cdef readonly list copies, offsets, refs

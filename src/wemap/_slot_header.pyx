@@ -12,11 +12,9 @@ __all__ = ["SlotHeader"]
 @cython.final
 @cython.auto_pickle(False)
 cdef class SlotHeader:
-    """One slot's header (struct wm_slot_header), read and written field by field as typed C.
-
-    The process that popped the slot's index owns its header; pushing the index publishes it.
-    What numpy's structured views cost per field (a few microseconds) is most of a small walker's
-    bookkeeping, so the manager and the workers use this instead (bench/README.md).
+    """One slot's header (struct wm_slot_header), field by field as typed C: what numpy's structured views
+    cost per field is most of a small walker's bookkeeping. The process that popped the slot's index owns
+    its header; pushing the index publishes it.
     """
 
     cdef wm_slot_header *_h(self) except NULL:

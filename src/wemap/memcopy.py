@@ -1,9 +1,7 @@
 """Copy a walker's arrays into shared memory: one call for small ones, a few threads for large ones.
 
-One thread cannot saturate memory bandwidth, and numpy releases the GIL inside ``copyto``, so
-a large array is split into row blocks copied on a small shared thread pool. Small arrays go
-in one call into the binding (`wemap._arrays.copy_arrays`): a view and a ``copyto`` per
-array cost more than their bytes.
+One thread cannot saturate memory bandwidth and numpy's ``copyto`` releases the GIL, so a large array
+is copied in row blocks on a small shared thread pool.
 """
 
 from __future__ import annotations
@@ -35,25 +33,23 @@ def _threads() -> int:
     return max(1, min(_MAX_THREADS, n))
 
 
-def _executor() -> ThreadPoolExecutor | None:
+def _executor(threads: int) -> ThreadPoolExecutor:
     global _pool, _pool_pid
-    if _threads() < 2:
-        return None
     with _lock:
         if _pool is None or _pool_pid != os.getpid():  # a pool does not survive fork
-            _pool = ThreadPoolExecutor(_threads(), thread_name_prefix="wemap-copy")
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="wemap-copy")
             _pool_pid = os.getpid()
         return _pool
 
 
 def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     """``np.copyto(dst, src)`` (same shape and dtype), in parallel row blocks when large."""
-    pool = _executor() if src.nbytes >= PARALLEL_MIN_BYTES and src.ndim >= 1 and len(src) >= 2 else None
-    if pool is None:
+    n = _threads() if src.nbytes >= PARALLEL_MIN_BYTES and src.ndim >= 1 and len(src) >= 2 else 1
+    if n < 2:
         np.copyto(dst, src, casting="no")
         return
-    n = _threads()
     bounds = np.linspace(0, len(src), n + 1, dtype=np.int64)
+    pool = _executor(n)
     futures = [pool.submit(np.copyto, dst[a:b], src[a:b], casting="no")
                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     for f in futures:
@@ -64,7 +60,7 @@ def write_arrays(block: np.ndarray, offsets: list[int], arrays: list[np.ndarray]
     """Each of ``arrays`` into the uint8 ``block`` at its offset; ``largest``: the biggest one's bytes."""
     if largest < PARALLEL_MIN_BYTES:
         try:
-            copy_arrays(block, offsets, arrays)
+            copy_arrays(block, offsets, arrays)  # a view and a copyto per array would cost more than the bytes
             return
         except BufferError:  # an array that is not C-contiguous: np.copyto lays it out
             pass
