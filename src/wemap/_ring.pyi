@@ -16,14 +16,8 @@ def required_size(nslots: int, region_size: int) -> int: ...
 def layout(nslots: int, region_size: int) -> dict[str, int]: ...
 
 class Ring:
-    def __init__(
-        self,
-        buffer: Any,
-        *,
-        create: bool = False,
-        nslots: int | None = None,
-        region_size: int | None = None,
-    ) -> None: ...
+    def __init__(self, buffer: Any, *, create: bool = False, nslots: int | None = None,
+                 region_size: int | None = None) -> None: ...
     @property
     def nslots(self) -> int: ...
     @property

@@ -67,19 +67,10 @@ def layout(nslots, region_size):
 
 
 cdef dict _layout_dict(const wm_layout_t *L):
-    return {
-        "nslots": L.nslots,
-        "ring_capacity": L.ring_capacity,
-        "region_size": L.region_size,
-        "slot_stride": L.slot_stride,
-        "header_size": L.header_size,
-        "slot_header_size": WM_SLOT_HEADER_SIZE,
-        "ring_bytes": L.ring_bytes,
-        "ready_offset": L.ready_offset,
-        "done_offset": L.done_offset,
-        "slots_offset": L.slots_offset,
-        "total_size": L.total_size,
-    }
+    cdef dict d = L[0]  # Cython makes a struct a dict of its fields
+    del d["creator_pid"], d["version"]  # the header's, not the geometry's
+    d["slot_header_size"] = WM_SLOT_HEADER_SIZE
+    return d
 
 
 cdef int _compute_layout(object nslots, object region_size, wm_layout_t *out) except -1:
@@ -95,7 +86,7 @@ cdef int _compute_layout(object nslots, object region_size, wm_layout_t *out) ex
 
 
 cdef int _raise_bad_header(int st, const wm_layout_t *L, const void *mem, size_t length) except -1:
-    """Raise RingCorruptError saying what wm_seg_attach found wrong with a header (``L``: its values)."""
+    """Raise what wm_seg_attach's status ``st`` says is wrong with a header (``L``: the header's values)."""
     cdef wm_layout_t want
     if st == WM_BAD_MAGIC:
         raise RingCorruptError(
