@@ -236,11 +236,9 @@ class MapperBase:
     def cleanup(self, **kwargs: Any) -> None:
         """End every process and free every segment; safe to call twice and after errors."""
         _RUNNING.discard(self)
-        if self._state == "running":
-            self._state = "closed"
+        was, self._state = self._state, "closed"
+        if was == "running":
             self._stop(abort=False)
-        elif self._state == "new":
-            self._state = "closed"
 
     def _abort(self) -> None:
         """Stop at once after a failed ``map``: workers still mid-segment are not waited for."""

@@ -19,15 +19,11 @@ __all__ = ["dumps", "PROTOCOL"]
 PROTOCOL = 5
 
 
-def _viewed_as(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return arr.view(dtype)
-
-
 class _Pickler(ForkingPickler):
     def reducer_override(self, obj: Any) -> Any:
         # called only for objects that are not of a built-in type: cheap for everything else
         if isinstance(obj, np.ndarray) and not obj.dtype.isnative:
-            return _viewed_as, (obj.view(obj.dtype.newbyteorder("=")), obj.dtype)
+            return np.ndarray.view, (obj.view(obj.dtype.newbyteorder("=")), obj.dtype)
         return NotImplemented
 
 

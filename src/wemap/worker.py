@@ -161,23 +161,13 @@ class TaskFailure:
         )
 
     def to_exception(
-        self,
-        *,
-        walker_idx: int | None,
-        cycle_idx: int | None,
-        worker_idx: int | None,
-        pid: int | None,
+        self, *, walker_idx: int | None, cycle_idx: int | None, worker_idx: int | None, pid: int | None
     ) -> TaskException:
         where = f"walker {walker_idx}, cycle {cycle_idx}, worker {worker_idx} (pid {pid})"
         return TaskException(
             f"segment function raised {self.exc_type}: {self.exc_message} [{where}]",
-            exc_type=self.exc_type,
-            exc_message=self.exc_message,
-            traceback=self.traceback,
-            walker_idx=walker_idx,
-            cycle_idx=cycle_idx,
-            worker_idx=worker_idx,
-            pid=pid,
+            exc_type=self.exc_type, exc_message=self.exc_message, traceback=self.traceback,
+            walker_idx=walker_idx, cycle_idx=cycle_idx, worker_idx=worker_idx, pid=pid,
         )
 
 

@@ -1,11 +1,6 @@
 """`SharedMemWorkerMapper`: walkers live in shared memory; slots carry only descriptors.
 
-See docs/architecture.md for the glossary and one walker's trip. In short: the manager copies
-a walker the user made into a block of the arena once (a walker that is a result of an earlier
-``map`` is already in one), writes a descriptor of where its arrays are into the walker's slot
-and pushes the slot to the ready ring; a worker pops it, runs the segment on read-only views,
-writes the result's new arrays into a fresh block, its descriptor into the slot, and pushes
-the slot to the done ring; the manager hands the result back as views of those blocks.
+docs/architecture.md has the glossary and one walker's trip through the rings and the arena.
 """
 
 from __future__ import annotations
@@ -34,10 +29,8 @@ GONE_KEYWORDS = ("zero_copy", "shared_results", "slot_size", "num_slots", "liven
 class SharedMemWorkerMapper(PoolMapper):
     """Persistent worker processes; walker arrays travel through shared memory, never pickled.
 
-    Takes `WorkerMapper`'s arguments, in wepy's order (``num_workers, worker_type,
-    worker_attributes, segment_func``; the rest keyword-only; unknown keywords become mapper
-    `attributes`), and ``codecs``: extra `Codec` objects tried before the built-ins (walker
-    types of your own).
+    Takes `WorkerMapper`'s arguments, in wepy's order, and ``codecs``: extra `Codec` objects
+    tried before the built-ins (walker types of your own).
 
     Every array of a walker lives in a block of a shared-memory *arena*. A walker you made is
     copied into one once; a result comes back as writable arrays in the arena that are yours for
