@@ -91,10 +91,12 @@ def test_unknown_keywords_become_mapper_attributes_workers_see(name):
     assert all(attrs == m.attributes for _, attrs in seen)
 
 
-def test_a_misspelt_keyword_warns():
-    with pytest.warns(UserWarning, match="did you mean 'task_timeout'"):
-        m = wemap.WorkerMapper(num_workers=1, task_timout=3)
+@pytest.mark.parametrize("cls", [wemap.Mapper, wemap.WorkerMapper, wemap.SharedMemWorkerMapper])
+def test_a_misspelt_keyword_warns_at_the_callers_line(cls):
+    with pytest.warns(UserWarning, match="did you mean 'task_timeout'") as caught:
+        m = cls(num_workers=1, task_timout=3)
     assert m.attributes == {"task_timout": 3}
+    assert [w.filename for w in caught] == [__file__]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         wemap.WorkerMapper(num_workers=1, device_ids=[0])  # a real attribute, far from every parameter

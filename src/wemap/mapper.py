@@ -1,4 +1,5 @@
-"""`Mapper`, the reference for-loop mapper, and the `map()` argument handling every mapper shares.
+"""`Mapper`, the reference for-loop mapper, and what every mapper shares: `MapperBase` (the
+lifecycle and the `map()` argument handling) and `PoolMapper` (the process mappers' options).
 
 The interface (from wepy's work-mapper specification): ``init(segment_func=..., num_workers=...)``
 once, then ``map(*iterables, **iterables)`` per cycle, then ``cleanup()``; results come back
@@ -11,9 +12,9 @@ from __future__ import annotations
 import atexit
 import copy
 import difflib
-import multiprocessing as mp
 import inspect
 import logging
+import multiprocessing as mp
 import os
 import sys
 import threading
@@ -23,10 +24,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .faults import Attempts, RetryPolicy, sigterm_raises
-from .pool import default_start_method
+from .pool import WorkerPool, default_start_method
 from .worker import Task, Worker, WorkerFactory, run_timed
 
-__all__ = ["Mapper", "MapperBase", "TaskSpec", "resolve_start_method"]
+__all__ = ["Mapper", "MapperBase", "PoolMapper", "TaskSpec"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ logger = logging.getLogger(__name__)
 class TaskSpec(NamedTuple):
     """One walker's call: its position in the input, arguments, and where it is (for errors).
 
-    A named tuple, not a frozen dataclass: one is made per walker per cycle, and it is as
-    immutable for a quarter of the cost.
+    A named tuple, not a frozen dataclass: one is made per walker per cycle.
     """
 
     task_idx: int
@@ -92,9 +92,9 @@ def _as_int(value: Any, default: int) -> int:
 
 def _warn_near_misses(cls: type, attributes: Mapping[str, Any]) -> None:
     """Warn when an extra keyword looks like a misspelt parameter: it would silently become an attribute."""
-    if not attributes:
-        return
     known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "mapper_attributes")]
+    # the user's line: past this function and each constructor from cls's down to MapperBase's
+    constructors = sum("__init__" in vars(c) for c in cls.__mro__[:cls.__mro__.index(MapperBase) + 1])
     for key in attributes:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
         if close:
@@ -102,29 +102,13 @@ def _warn_near_misses(cls: type, attributes: Mapping[str, Any]) -> None:
                 f"{cls.__name__}: unknown keyword {key!r} is kept as a mapper attribute (as wepy does); "
                 f"did you mean {close[0]!r}?",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=2 + constructors,
             )
-
-
-def resolve_start_method(start_method: str | None, proc_start_method: str | None) -> str:
-    """The process start method from wemap's keyword or wepy's (``proc_start_method``); forkserver by default."""
-    if start_method is not None and proc_start_method is not None and start_method != proc_start_method:
-        raise ValueError(f"start_method={start_method!r} and proc_start_method={proc_start_method!r} disagree; "
-                         f"give one of them (proc_start_method is wepy's name for start_method)")
-    method = start_method if start_method is not None else proc_start_method
-    if method is None:
-        return default_start_method()
-    available = mp.get_all_start_methods()
-    if method not in available:
-        raise ValueError(f"start method {method!r} is not available here; choose one of {available}")
-    return method
 
 
 #: mappers started and not yet cleaned up: cleaned up at interpreter exit (a script that never
 #: calls ``cleanup()``), so no worker, no segment and no warning outlives the manager
 _RUNNING: weakref.WeakSet[MapperBase] = weakref.WeakSet()
-
-
 #: mappers inside ``map`` now, each at most once (checked and added under ``_MAP_GUARD``)
 _MAPPING: weakref.WeakSet[MapperBase] = weakref.WeakSet()
 _MAP_GUARD = threading.Lock()
@@ -189,7 +173,9 @@ class MapperBase:
         """``{worker_idx: [seconds per segment]}`` for the last `map` call; idle workers map to ``[]``."""
         return self._worker_segment_times
 
-    def init(self, segment_func: Callable[..., Any] | None = None, num_workers: int | None = None, **kwargs: Any) -> None:
+    def init(
+        self, segment_func: Callable[..., Any] | None = None, num_workers: int | None = None, **kwargs: Any
+    ) -> None:
         """Start the mapper (processes, segments); called once before the first cycle."""
         if self._state == "running":
             raise RuntimeError(f"{type(self).__name__}.init() called twice; call cleanup() before init() again")
@@ -250,11 +236,9 @@ class MapperBase:
     def cleanup(self, **kwargs: Any) -> None:
         """End every process and free every segment; safe to call twice and after errors."""
         _RUNNING.discard(self)
-        if self._state == "running":
-            self._state = "closed"
+        was, self._state = self._state, "closed"
+        if was == "running":
             self._stop(abort=False)
-        elif self._state == "new":
-            self._state = "closed"
 
     def _abort(self) -> None:
         """Stop at once after a failed ``map``: workers still mid-segment are not waited for."""
@@ -300,11 +284,9 @@ class Mapper(MapperBase):
     """Reference mapper: a plain for-loop in the calling process.
 
     Same interface, timing dict (``{0: [...]}``) and `TaskException` as the process mappers;
-    use it for debugging, small systems and as the ground truth in tests.
-
-    Takes what wepy's ``Mapper`` takes: ``segment_func`` (the only positional argument) and any
-    other keyword, kept in `attributes`. ``num_workers`` is accepted and ignored (one worker, this
-    process), so wepy's ``Configuration`` can build it. Its constructor is `MapperBase`'s.
+    use it for debugging, small systems and as the ground truth in tests. Its constructor is
+    `MapperBase`'s (wepy's ``Mapper``'s); ``num_workers`` is accepted so wepy's ``Configuration``
+    can build it, and ignored (one worker, this process).
     """
 
     def _default_num_workers(self) -> int:
@@ -345,3 +327,63 @@ class Mapper(MapperBase):
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.cleanup()
+
+
+class PoolMapper(MapperBase):
+    """A mapper whose workers are the processes of a `WorkerPool`; subclasses implement `_dispatch`.
+
+    The constructor is wepy's ``WorkerMapper``'s (see `wemap.WorkerMapper`). A ``map`` that fails
+    ends every worker, so nothing is left behind and ``cleanup()`` stays safe to call.
+    """
+
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        worker_type: type | None = None,
+        worker_attributes: Mapping[str, Any] | None = None,
+        segment_func: Callable[..., Any] | None = None,
+        *,
+        worker_init: Callable[[Worker], Any] | None = None,
+        start_method: str | None = None,
+        proc_start_method: str | None = None,
+        start_timeout: float = 120.0,
+        stop_timeout: float = 5.0,
+        max_retries: int = 2,
+        retry_on: tuple[type[BaseException], ...] = (),
+        task_timeout: float | None = None,
+        first_task_timeout: float | None = None,
+        **mapper_attributes: Any,
+    ) -> None:
+        super().__init__(
+            segment_func, num_workers=num_workers, worker_type=worker_type, worker_attributes=worker_attributes,
+            worker_init=worker_init, max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
+            first_task_timeout=first_task_timeout, **mapper_attributes,
+        )
+        if start_method is not None and proc_start_method is not None and start_method != proc_start_method:
+            raise ValueError(f"start_method={start_method!r} and proc_start_method={proc_start_method!r} disagree; "
+                             f"give one of them (proc_start_method is wepy's name for start_method)")
+        method = start_method if start_method is not None else proc_start_method
+        self.start_method = default_start_method() if method is None else method
+        if self.start_method not in (available := mp.get_all_start_methods()):
+            raise ValueError(f"start method {method!r} is not available here; choose one of {available}")
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+
+    def _start_pool(self, loop: Callable[..., None], loop_args: tuple, **picklable: Any) -> WorkerPool:
+        """Start the workers, each running ``loop(worker, conn, *loop_args)``, once ``picklable`` is checked."""
+        pool = WorkerPool(
+            self._worker_count(), loop, loop_args, worker_type=self.worker_factory,
+            worker_attributes=self.worker_attributes, worker_init=self.worker_init, start_method=self.start_method,
+            start_timeout=self.start_timeout, stop_timeout=self.stop_timeout,
+        )
+        pool.check_picklable(segment_func=self.segment_func, worker_type=self.worker_type,
+                             worker_attributes=self.worker_attributes, worker_init=self.worker_init, **picklable)
+        pool.start()
+        return pool
+
+    def _run(self, specs: list[TaskSpec]) -> list[Any]:
+        try:
+            return self._dispatch(specs)
+        except BaseException:
+            self._abort()
+            raise

@@ -1,12 +1,10 @@
 """Pickles for what travels over a worker's pipe, keeping every numpy array's dtype.
 
-numpy's own pickling of an array that takes its ``__reduce__`` path (every pickle protocol
-below 5; under 5 a non-contiguous array or an ndarray subclass) reloads a non-native byte order
-as native: ``>f8`` comes back ``<f8``, values equal, dtype changed, where `wemap.Mapper` hands
-back the array itself. Here such an array travels as a native-order view of the same bytes and
-is viewed back with its own dtype on arrival, so nothing is swapped or copied on the way; every
-other object pickles as `multiprocessing` pickles it, with protocol 5 (contiguous arrays'
-bytes in place, no intermediate copy).
+numpy's ``__reduce__`` pickling (a non-contiguous array or an ndarray subclass, even under
+protocol 5) reloads a non-native byte order as native: ``>f8`` comes back ``<f8``, where
+`wemap.Mapper` hands back the array itself. Such an array travels here as a native-order view of
+the same bytes, viewed back with its own dtype on arrival; everything else pickles as
+`multiprocessing` pickles it, with protocol 5.
 """
 
 from __future__ import annotations
@@ -21,15 +19,11 @@ __all__ = ["dumps", "PROTOCOL"]
 PROTOCOL = 5
 
 
-def _viewed_as(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return arr.view(dtype)
-
-
 class _Pickler(ForkingPickler):
     def reducer_override(self, obj: Any) -> Any:
         # called only for objects that are not of a built-in type: cheap for everything else
         if isinstance(obj, np.ndarray) and not obj.dtype.isnative:
-            return _viewed_as, (obj.view(obj.dtype.newbyteorder("=")), obj.dtype)
+            return np.ndarray.view, (obj.view(obj.dtype.newbyteorder("=")), obj.dtype)
         return NotImplemented
 
 

@@ -1,20 +1,14 @@
 """wepy's ``Worker`` subclasses (its OpenMM GPU and CPU workers, a user's own) inside wemap's workers.
 
-wepy's workers are ``multiprocessing.Process`` subclasses built in the manager around task and
-result queues; what a subclass adds is ``run_task(task)``, which calls ``task(**worker_kwargs)``
-with per-worker keywords read from ``self._worker_idx``, ``self.mapper_attributes`` and
-``self.attributes`` (wepy's ``OpenMMGPUWorker`` passes ``platform`` and ``DeviceIndex``). wemap
-builds one such object in each of its own worker processes, never starts it, and calls its
-``run_task`` for every segment: the queues, the process and the signal handling stay wemap's.
-
-wepy is imported only when a worker type could be one of its classes.
+wepy's workers are ``multiprocessing.Process`` subclasses whose ``run_task(task)`` calls
+``task(**worker_kwargs)`` with per-worker keywords (wepy's ``OpenMMGPUWorker`` passes ``platform``
+and ``DeviceIndex``). wemap builds one in each of its worker processes, never starts it, and calls
+its ``run_task`` for every segment: the queues, the process and the signal handling stay wemap's.
 """
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,28 +17,19 @@ from .worker import Task, Worker
 
 __all__ = ["is_wepy_worker_type", "WepyWorker"]
 
-logger = logging.getLogger(__name__)
-
-
-def _wepy_worker_base() -> type | None:
-    if "wepy" not in sys.modules:
-        import importlib.util
-
-        if importlib.util.find_spec("wepy") is None:
-            return None
-    try:
-        from wepy.work_mapper.mapper import Worker as WepyWorkerBase
-    except Exception:  # a broken wepy install is not ours to report here
-        return None
-    return WepyWorkerBase
-
 
 def is_wepy_worker_type(worker_type: Any) -> bool:
-    """True for wepy's ``Worker`` and its subclasses (wepy installed); False for anything else."""
+    """True for wepy's ``Worker`` and its subclasses (wepy installed); False for anything else.
+
+    wepy is imported only here, when a worker type could be one of its classes.
+    """
     if not isinstance(worker_type, type) or issubclass(worker_type, Worker):
         return False
-    base = _wepy_worker_base()
-    return base is not None and issubclass(worker_type, base)
+    try:
+        from wepy.work_mapper.mapper import Worker as WepyWorkerBase
+    except Exception:  # wepy missing, or a broken install that is not ours to report
+        return False
+    return issubclass(worker_type, WepyWorkerBase)
 
 
 class WepyWorker(Worker):
@@ -87,8 +72,7 @@ def _build(wepy_type: type, worker_idx: int, mapper_attributes: dict, attributes
     """Construct a wepy worker object without letting it take over SIGTERM.
 
     wepy's ``Worker.__init__`` calls ``signal.signal(SIGTERM, ...)``, which only the main thread
-    may do (a Dask worker runs tasks in other threads): the call is made a no-op while the
-    object is built, in every thread.
+    may do (a Dask worker runs tasks in other threads): it is a no-op while the object is built.
     """
     real_signal = signal.signal
 

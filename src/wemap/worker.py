@@ -1,9 +1,8 @@
 """What runs a segment: `Task` (a function and its arguments) and `Worker` (the per-process
 object that owns persistent resources such as an OpenMM ``Context`` on one GPU).
 
-A `Worker` lives in a worker process for the whole run (or in the calling process under
-`wemap.Mapper`). Subclass it, or pass ``worker_init``, to build expensive per-worker state
-once; the segment function reaches it through `current_worker()`.
+Subclass `Worker`, or pass ``worker_init``, to build expensive per-worker state once; the
+segment function reaches it through `current_worker()`.
 """
 
 from __future__ import annotations
@@ -105,10 +104,8 @@ class Worker:
 class WorkerFactory:
     """Makes a mapper's worker in its process: a `Worker` subclass, or one of wepy's workers.
 
-    Every mapper builds its workers through this one picklable callable, with the signature
-    ``(worker_idx, num_workers, worker_attributes, worker_init)`` of `Worker` itself, so the
-    mapper's ``mapper_attributes`` reach each worker and wepy's ``Worker`` subclasses (its OpenMM
-    GPU and CPU workers) run unchanged inside wemap's worker processes.
+    A picklable callable with `Worker`'s own signature, so every mapper builds workers one way
+    and the mapper's ``mapper_attributes`` reach each of them.
     """
 
     def __init__(self, worker_type: type | None, mapper_attributes: Mapping[str, Any] | None = None) -> None:
@@ -164,23 +161,13 @@ class TaskFailure:
         )
 
     def to_exception(
-        self,
-        *,
-        walker_idx: int | None,
-        cycle_idx: int | None,
-        worker_idx: int | None,
-        pid: int | None,
+        self, *, walker_idx: int | None, cycle_idx: int | None, worker_idx: int | None, pid: int | None
     ) -> TaskException:
         where = f"walker {walker_idx}, cycle {cycle_idx}, worker {worker_idx} (pid {pid})"
         return TaskException(
             f"segment function raised {self.exc_type}: {self.exc_message} [{where}]",
-            exc_type=self.exc_type,
-            exc_message=self.exc_message,
-            traceback=self.traceback,
-            walker_idx=walker_idx,
-            cycle_idx=cycle_idx,
-            worker_idx=worker_idx,
-            pid=pid,
+            exc_type=self.exc_type, exc_message=self.exc_message, traceback=self.traceback,
+            walker_idx=walker_idx, cycle_idx=cycle_idx, worker_idx=worker_idx, pid=pid,
         )
 
 
@@ -199,10 +186,8 @@ def run_timed(
 ) -> tuple[bool, Any, float, int, int]:
     """Run ``task`` on ``worker``; return (ok, result or TaskFailure, seconds, t_start_ns, t_end_ns).
 
-    Whatever the segment raises is its failure, ``sys.exit()`` and ``raise KeyboardInterrupt``
-    included: data for the manager, not ours to raise here. Only an exception that a signal
-    handler raised (`from_signal`: a Ctrl-C or SIGTERM reaching `wemap.Mapper`'s manager while
-    the segment runs) goes through: it stops the map, as it would stop any other code.
+    Whatever the segment raises is its failure, ``sys.exit()`` included, except an exception a
+    signal handler raised (`from_signal`: Ctrl-C or SIGTERM under `wemap.Mapper`): that stops the map.
     """
     previous = _set_current(worker)
     t0 = time.monotonic_ns()

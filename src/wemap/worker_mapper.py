@@ -15,12 +15,13 @@ import select
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .faults import Attempts
-from .mapper import MapperBase, TaskSpec, resolve_start_method
+from .mapper import PoolMapper, TaskSpec
 from .pickling import dumps
 from .pool import ABORT_STOP_TIMEOUT, WorkerPool, describe_exitcode
 from .worker import Task, TaskFailure, Worker, run_timed
@@ -40,11 +41,8 @@ def pipe_loop(
         try:
             payload = dumps((task_idx, ok, result, seconds))
         except Exception as exc:  # an unpicklable result is the segment's bug: report it as such
-            failure = TaskFailure.capture(exc)
-            failure = TaskFailure(
-                failure.exc_type, f"the segment's result could not be sent to the manager: {exc}", failure.traceback
-            )
-            payload = dumps((task_idx, False, failure, seconds))
+            message = f"the segment's result could not be sent to the manager: {exc}"
+            payload = dumps((task_idx, False, replace(TaskFailure.capture(exc), exc_message=message), seconds))
         del result
         conn.send_bytes(payload)
 
@@ -85,7 +83,7 @@ def send_within(conn: Connection, payload: memoryview, deadline: float | None) -
     return True
 
 
-class WorkerMapper(MapperBase):
+class WorkerMapper(PoolMapper):
     """Persistent worker processes, one task (a pickled walker) at a time per worker.
 
     Takes what wepy's ``WorkerMapper`` takes, in its order: ``num_workers, worker_type,
@@ -99,70 +97,17 @@ class WorkerMapper(MapperBase):
     ``worker_attributes`` and ``worker_init`` must pickle.
     """
 
-    def __init__(
-        self,
-        num_workers: int | None = None,
-        worker_type: type | None = None,
-        worker_attributes: Mapping[str, Any] | None = None,
-        segment_func: Callable[..., Any] | None = None,
-        *,
-        worker_init: Callable[[Worker], Any] | None = None,
-        start_method: str | None = None,
-        proc_start_method: str | None = None,
-        start_timeout: float = 120.0,
-        stop_timeout: float = 5.0,
-        max_retries: int = 2,
-        retry_on: tuple[type[BaseException], ...] = (),
-        task_timeout: float | None = None,
-        first_task_timeout: float | None = None,
-        **mapper_attributes: Any,
-    ) -> None:
-        super().__init__(
-            segment_func, num_workers=num_workers, worker_type=worker_type, worker_attributes=worker_attributes,
-            worker_init=worker_init, max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
-            first_task_timeout=first_task_timeout, **mapper_attributes,
-        )
-        self.start_method = resolve_start_method(start_method, proc_start_method)
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._pool: WorkerPool | None = None
+    _pool: WorkerPool | None = None
 
     def _start(self) -> None:
-        pool = WorkerPool(
-            self._worker_count(),
-            pipe_loop,
-            (self.segment_func, self.policy.retry_on),
-            worker_type=self.worker_factory,
-            worker_attributes=self.worker_attributes,
-            worker_init=self.worker_init,
-            start_method=self.start_method,
-            start_timeout=self.start_timeout,
-            stop_timeout=self.stop_timeout,
-        )
-        pool.check_picklable(
-            segment_func=self.segment_func,
-            worker_type=self.worker_type,
-            worker_attributes=self.worker_attributes,
-            worker_init=self.worker_init,
-        )
-        pool.start()
-        self._pool = pool
+        self._pool = self._start_pool(pipe_loop, (self.segment_func, self.policy.retry_on))
 
     def _stop(self, abort: bool) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.stop(ABORT_STOP_TIMEOUT if abort else self.stop_timeout)
 
-    def _run(self, specs: list[TaskSpec]) -> list[Any]:
-        try:
-            return self._dispatch(specs)
-        except BaseException:
-            # Any failure leaves no process behind; cleanup() stays safe to call again.
-            self._abort()
-            raise
-
     def _dispatch(self, specs: list[TaskSpec]) -> list[Any]:
-        assert self._pool is not None
         pool = self._pool
         attempts = Attempts(self.policy)
         pending = deque(specs)

@@ -1,11 +1,6 @@
 """`SharedMemWorkerMapper`: walkers live in shared memory; slots carry only descriptors.
 
-See docs/architecture.md for the glossary and one walker's trip. In short: the manager copies
-a walker the user made into a block of the arena once (a walker that is a result of an earlier
-``map`` is already in one), writes a descriptor of where its arrays are into the walker's slot
-and pushes the slot to the ready ring; a worker pops it, runs the segment on read-only views,
-writes the result's new arrays into a fresh block, its descriptor into the slot, and pushes
-the slot to the done ring; the manager hands the result back as views of those blocks.
+docs/architecture.md has the glossary and one walker's trip through the rings and the arena.
 """
 
 from __future__ import annotations
@@ -16,8 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..codec import Codec, CodecRegistry
-from ..mapper import MapperBase, TaskSpec, resolve_start_method
-from ..pool import WorkerPool
+from ..mapper import PoolMapper, TaskSpec
 from ..segment import remove_stale_segments
 from ..worker import Worker
 from .cycle import Cycle
@@ -32,13 +26,11 @@ logger = logging.getLogger(__name__)
 GONE_KEYWORDS = ("zero_copy", "shared_results", "slot_size", "num_slots", "liveness_interval")
 
 
-class SharedMemWorkerMapper(MapperBase):
+class SharedMemWorkerMapper(PoolMapper):
     """Persistent worker processes; walker arrays travel through shared memory, never pickled.
 
-    Takes `WorkerMapper`'s arguments, in wepy's order (``num_workers, worker_type,
-    worker_attributes, segment_func``; the rest keyword-only; unknown keywords become mapper
-    `attributes`), and ``codecs``: extra `Codec` objects tried before the built-ins (walker
-    types of your own).
+    Takes `WorkerMapper`'s arguments, in wepy's order, and ``codecs``: extra `Codec` objects
+    tried before the built-ins (walker types of your own).
 
     Every array of a walker lives in a block of a shared-memory *arena*. A walker you made is
     copied into one once; a result comes back as writable arrays in the arena that are yours for
@@ -73,22 +65,18 @@ class SharedMemWorkerMapper(MapperBase):
         **mapper_attributes: Any,
     ) -> None:
         gone = [k for k in GONE_KEYWORDS if k in mapper_attributes]
-        for k in gone:
-            del mapper_attributes[k]
         if gone:
             warnings.warn(f"SharedMemWorkerMapper: {', '.join(gone)} no longer choose anything (every walker takes "
                           f"one path through shared memory) and are ignored; remove them", DeprecationWarning,
                           stacklevel=2)
         super().__init__(
-            segment_func, num_workers=num_workers, worker_type=worker_type, worker_attributes=worker_attributes,
-            worker_init=worker_init, max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
-            first_task_timeout=first_task_timeout, **mapper_attributes,
+            num_workers, worker_type, worker_attributes, segment_func, worker_init=worker_init,
+            start_method=start_method, proc_start_method=proc_start_method, start_timeout=start_timeout,
+            stop_timeout=stop_timeout, max_retries=max_retries, retry_on=retry_on, task_timeout=task_timeout,
+            first_task_timeout=first_task_timeout, **{k: v for k, v in mapper_attributes.items() if k not in gone},
         )
         self.codecs = tuple(codecs)
         self._registry = CodecRegistry(self.codecs)
-        self.start_method = resolve_start_method(start_method, proc_start_method)
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
         self._transport: Transport | None = None
 
     @property
@@ -106,16 +94,7 @@ class SharedMemWorkerMapper(MapperBase):
     def _start(self) -> None:
         for name in remove_stale_segments():
             logger.warning("removed stale segment %s left by a dead process", name)
-        pool = WorkerPool(
-            self._worker_count(), ring_loop, (self.segment_func, self.codecs, self.policy.retry_on),
-            worker_type=self.worker_factory, worker_attributes=self.worker_attributes,
-            worker_init=self.worker_init, start_method=self.start_method, start_timeout=self.start_timeout,
-            stop_timeout=self.stop_timeout,
-        )
-        pool.check_picklable(segment_func=self.segment_func, worker_type=self.worker_type,
-                             worker_attributes=self.worker_attributes, worker_init=self.worker_init,
-                             codecs=self.codecs)
-        pool.start()
+        pool = self._start_pool(ring_loop, (self.segment_func, self.codecs, self.policy.retry_on), codecs=self.codecs)
         try:
             self._transport = Transport(pool, self._registry, self.policy)
         except BaseException:
@@ -127,14 +106,9 @@ class SharedMemWorkerMapper(MapperBase):
         if t is not None:
             t.stop(abort, self.stop_timeout)
 
-    def _run(self, specs: list[TaskSpec]) -> list[Any]:
+    def _dispatch(self, specs: list[TaskSpec]) -> list[Any]:
+        cycle = Cycle(self._transport, specs, self._worker_segment_times)
         try:
-            assert self._transport is not None
-            cycle = Cycle(self._transport, specs, self._worker_segment_times)
-            try:
-                return cycle.run()
-            finally:
-                self.recovered_segments += cycle.attempts.recovered
-        except BaseException:
-            self._abort()
-            raise
+            return cycle.run()
+        finally:
+            self.recovered_segments += cycle.attempts.recovered
