@@ -10,15 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-__all__ = [
-    "WemapError",
-    "TaskException",
-    "WorkerException",
-    "TaskTimeout",
-    "RingCorruptError",
-    "ShmSpaceError",
-]
-
+__all__ = ["WemapError", "TaskException", "WorkerException", "TaskTimeout", "RingCorruptError", "ShmSpaceError"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,34 +72,6 @@ class TaskException(WemapError, *_WEPY_TASK):
         if self.traceback:
             return f"{base}\n\nTraceback in the worker:\n{self.traceback.rstrip()}"
         return base
-
-    def __reduce__(self):
-        return (
-            _rebuild_task_exception,
-            (
-                self.args[0] if self.args else "",
-                self.exc_type,
-                self.exc_message,
-                self.traceback,
-                self.walker_idx,
-                self.cycle_idx,
-                self.worker_idx,
-                self.pid,
-            ),
-        )
-
-
-def _rebuild_task_exception(message, exc_type, exc_message, tb, walker_idx, cycle_idx, worker_idx, pid):
-    return TaskException(
-        message,
-        exc_type=exc_type,
-        exc_message=exc_message,
-        traceback=tb,
-        walker_idx=walker_idx,
-        cycle_idx=cycle_idx,
-        worker_idx=worker_idx,
-        pid=pid,
-    )
 
 
 class WorkerException(WemapError, *_WEPY_WORKER):

@@ -18,7 +18,7 @@ from typing import Any
 from ..codec import Codec, CodecRegistry
 from ..mapper import MapperBase, TaskSpec, resolve_start_method
 from ..pool import WorkerPool
-from ..segment import remove_stale_segments
+from ..stale_segments import remove_stale_segments
 from ..worker import Worker
 from .cycle import Cycle
 from .transport import Transport
