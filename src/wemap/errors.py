@@ -7,7 +7,6 @@ wemap's too. wepy is looked up, not required: without it these are plain wemap e
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 __all__ = ["WemapError", "TaskException", "WorkerException", "TaskTimeout", "RingCorruptError", "ShmSpaceError"]
@@ -18,11 +17,9 @@ logger = logging.getLogger(__name__)
 def _wepy_bases() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """wepy's (TaskException,), (WorkerException,) when wepy is installed, else two empty tuples."""
     try:
-        if importlib.util.find_spec("wepy") is None:
-            return (), ()
         from wepy.work_mapper.mapper import TaskException as WepyTaskException
         from wepy.work_mapper.mapper import WorkerException as WepyWorkerException
-    except Exception as exc:  # a broken wepy install must not break wemap
+    except Exception as exc:  # wepy missing, or a broken install, which must not break wemap
         logger.debug("wepy's exception classes not used: %s", exc)
         return (), ()
     return (WepyTaskException,), (WepyWorkerException,)

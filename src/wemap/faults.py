@@ -149,29 +149,22 @@ def sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    term = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if term:
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    if sigint:
-        signal.signal(signal.SIGINT, _on_sigint)
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    ours = [signum for signum, default in defaults.items() if signal.getsignal(signum) == default]
+    for signum in ours:
+        signal.signal(signum, _raise_marked)
     try:
         yield
     finally:
-        if sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        if term:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in ours:
+            signal.signal(signum, defaults[signum])
 
 
-def _on_sigterm(signum, frame):
-    logger.error("SIGTERM received during map(): stopping workers and freeing shared memory")
-    exc = _Terminated(128 + signal.SIGTERM)
-    setattr(exc, SIGNAL_MARK, True)
-    raise exc
-
-
-def _on_sigint(signum, frame):
-    exc = KeyboardInterrupt()  # the type Python's own handler raises, marked
+def _raise_marked(signum, frame):
+    if signum == signal.SIGTERM:
+        logger.error("SIGTERM received during map(): stopping workers and freeing shared memory")
+        exc: BaseException = _Terminated(128 + signum)
+    else:
+        exc = KeyboardInterrupt()  # the type Python's own handler raises
     setattr(exc, SIGNAL_MARK, True)
     raise exc

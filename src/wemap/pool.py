@@ -118,9 +118,7 @@ class WorkerPool:
         self.num_workers = num_workers
         self.loop = loop
         self.loop_args = loop_args
-        self.worker_type = worker_type
-        self.worker_attributes = dict(worker_attributes or {})
-        self.worker_init = worker_init
+        self.worker_args = (worker_type, num_workers, dict(worker_attributes or {}), worker_init)
         self.name = name
         self.workers: list[WorkerProcess] = []
         #: the manager's environment as of `start`, which every worker gets (a replacement too)
@@ -146,8 +144,7 @@ class WorkerPool:
         lifeline_r, lifeline_w = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=worker_main,
-            args=(self.environ, self.worker_type, idx, self.num_workers, self.worker_attributes, self.worker_init,
-                  child_conn, lifeline_r, self.loop, self.loop_args),
+            args=(self.environ, idx, self.worker_args, child_conn, lifeline_r, self.loop, self.loop_args),
             name=f"{self.name}-{idx}",
             daemon=True,
         )
@@ -296,11 +293,7 @@ class WorkerPool:
                 if new.extra.get("init_failed") or attempt == attempts:
                     raise
                 if exc.exitcode is None:  # alive, not ready within start_timeout
-                    why = f"did not finish starting within {self.start_timeout:.3g} s (start_timeout)"
                     new.process.kill()
-                else:
-                    why = f"died while starting ({describe_exitcode(exc.exitcode)})"
-                logger.warning("replacement %s %s; starting another (%d of %d)",
-                               new.describe(), why, attempt + 1, attempts)
+                logger.warning("replacement %s; starting another (%d of %d)", exc, attempt + 1, attempts)
                 new.reap(1.0)
         raise AssertionError("unreachable")

@@ -230,10 +230,6 @@ class Segment:
     creating process, unlinks it; `close` and `unlink` are idempotent.
     """
 
-    name: str
-    ring: Ring
-    owner_pid: int
-
     def __init__(self, shm: SharedMemory, ring: Ring, *, created: bool) -> None:
         self._shm = shm
         self.ring = ring
@@ -245,10 +241,7 @@ class Segment:
 
     @classmethod
     def create(cls, nslots: int, region_size: int, *, shm_dir: str = "/dev/shm") -> Segment:
-        """Create, reserve and initialise a new segment of ``nslots`` slots.
-
-        Raises `ShmSpaceError` (leaving nothing behind) when ``shm_dir`` cannot hold it.
-        """
+        """Create, reserve and initialise a segment of ``nslots`` slots; `ShmSpaceError` if ``shm_dir`` is too small."""
         size = required_size(nslots, region_size)
         shm = create_reserved(size, f"the slot ring ({nslots} slots x 2 x {region_size:,} bytes + header)", shm_dir)
         try:

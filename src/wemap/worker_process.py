@@ -75,17 +75,15 @@ def _watch_lifeline(lifeline: Connection) -> None:
 
 def worker_main(
     environ: dict[str, str],
-    worker_type: type[Worker],
     idx: int,
-    num_workers: int,
-    attributes: dict,
-    worker_init: Callable | None,
+    worker_args: tuple[type[Worker], int, dict, Callable | None],
     conn: Connection,
     lifeline: Connection,
     loop: Callable[..., None],
     loop_args: tuple,
 ) -> None:
-    """Run worker ``idx``: say ``("ready", pid)`` once ``Worker.init`` is done, then ``loop``."""
+    """Run worker ``idx`` (``worker_args``: its class, num_workers, attributes, worker_init): say
+    ``("ready", pid)`` once ``Worker.init`` is done, then ``loop``."""
     # A forkserver child has the environment of the forkserver's start: the manager's replaces it.
     os.environ.clear()
     os.environ.update(environ)
@@ -93,7 +91,8 @@ def worker_main(
     # Ctrl-C reaches the whole process group; the manager owns the shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="wemap-lifeline", daemon=True).start()
-    worker = worker_type(idx, num_workers, attributes, worker_init)
+    worker_type, *args = worker_args
+    worker = worker_type(idx, *args)
     try:
         worker.init()
     except Exception as exc:
