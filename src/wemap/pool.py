@@ -155,9 +155,8 @@ class WorkerPool:
             wp = WorkerProcess(idx=idx, process=proc, conn=conn, lifeline=lifeline_w, pid=proc.pid)
             logger.info("started worker %d (pid %d, %s)", idx, proc.pid, self.start_method)
         except BaseException:
-            # Interrupted (a Ctrl-C) before the caller holds it: end it here, or the handles in this
-            # frame, kept alive by the traceback, keep it running. A child whose pid never came back
-            # sees its lifeline close and exits by itself.
+            # Interrupted (a Ctrl-C) before the caller holds it: end it here, or the traceback keeps it
+            # running. A child whose pid never came back sees its lifeline close and exits by itself.
             for c in (conn, child_conn, lifeline_r, lifeline_w):
                 c.close()
             if proc.pid:
@@ -277,10 +276,9 @@ class WorkerPool:
     def respawn(self, w: WorkerProcess, attempts: int = 3) -> WorkerProcess:
         """Reap a dead worker and start a ready replacement with the same index (same device).
 
-        A replacement killed while starting (an OOM kill during init, say), or not done starting
-        within ``start_timeout`` (frozen, or stuck in the kernel: the worker it replaces did start in
-        time) is ended and started again, up to ``attempts`` times; one whose ``Worker.init`` raises
-        is a bug and fails at once.
+        A replacement that dies or is not ready within ``start_timeout`` (the worker it replaces was,
+        so it is frozen or stuck) is ended and started again, up to ``attempts`` times; one whose
+        ``Worker.init`` raises is a bug and fails at once.
         """
         w.reap(0.5)
         for attempt in range(1, attempts + 1):
