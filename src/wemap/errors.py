@@ -7,18 +7,9 @@ wemap's too. wepy is looked up, not required: without it these are plain wemap e
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
-__all__ = [
-    "WemapError",
-    "TaskException",
-    "WorkerException",
-    "TaskTimeout",
-    "RingCorruptError",
-    "ShmSpaceError",
-]
-
+__all__ = ["WemapError", "TaskException", "WorkerException", "TaskTimeout", "RingCorruptError", "ShmSpaceError"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +17,9 @@ logger = logging.getLogger(__name__)
 def _wepy_bases() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """wepy's (TaskException,), (WorkerException,) when wepy is installed, else two empty tuples."""
     try:
-        if importlib.util.find_spec("wepy") is None:
-            return (), ()
         from wepy.work_mapper.mapper import TaskException as WepyTaskException
         from wepy.work_mapper.mapper import WorkerException as WepyWorkerException
-    except Exception as exc:  # a broken wepy install must not break wemap
+    except Exception as exc:  # wepy missing, or a broken install, which must not break wemap
         logger.debug("wepy's exception classes not used: %s", exc)
         return (), ()
     return (WepyTaskException,), (WepyWorkerException,)
@@ -80,34 +69,6 @@ class TaskException(WemapError, *_WEPY_TASK):
         if self.traceback:
             return f"{base}\n\nTraceback in the worker:\n{self.traceback.rstrip()}"
         return base
-
-    def __reduce__(self):
-        return (
-            _rebuild_task_exception,
-            (
-                self.args[0] if self.args else "",
-                self.exc_type,
-                self.exc_message,
-                self.traceback,
-                self.walker_idx,
-                self.cycle_idx,
-                self.worker_idx,
-                self.pid,
-            ),
-        )
-
-
-def _rebuild_task_exception(message, exc_type, exc_message, tb, walker_idx, cycle_idx, worker_idx, pid):
-    return TaskException(
-        message,
-        exc_type=exc_type,
-        exc_message=exc_message,
-        traceback=tb,
-        walker_idx=walker_idx,
-        cycle_idx=cycle_idx,
-        worker_idx=worker_idx,
-        pid=pid,
-    )
 
 
 class WorkerException(WemapError, *_WEPY_WORKER):

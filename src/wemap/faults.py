@@ -27,10 +27,9 @@ logger = logging.getLogger(__name__)
 
 
 def check_seconds(name: str, value: object, *, zero: bool = False, infinite: bool = True) -> float:
-    """``value`` as seconds, or a `TypeError`/`ValueError` naming parameter ``name``.
+    """``value`` as seconds (a real number, not a bool or nan), or an error naming parameter ``name``.
 
-    A real number (numpy's too, not a bool), never nan; positive, or ``>= 0`` with ``zero``;
-    ``inf`` (no limit) only with ``infinite``.
+    Positive, or ``>= 0`` with ``zero``; ``inf`` (no limit) only with ``infinite``.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds (int or float), got {type(value).__name__} {value!r}")
@@ -75,13 +74,11 @@ class RetryPolicy:
 
     def timeout_for(self, first_segment: bool) -> float | None:
         """Seconds a segment may run (a worker's first, or a later one); ``None``: no limit."""
-        limit: float | None
+        limit = self.task_timeout
         if first_segment and self.first_task_timeout is not None:
             limit = self.first_task_timeout
-        elif first_segment:
-            limit = None if self.task_timeout is None else 10 * self.task_timeout
-        else:
-            limit = self.task_timeout
+        elif first_segment and limit is not None:
+            limit *= 10
         return None if limit is None or math.isinf(limit) else limit
 
 
@@ -145,39 +142,29 @@ def sigterm_raises() -> Iterator[None]:
     """While a ``map`` runs (main thread, default handlers only): SIGTERM raises, and the
     exceptions SIGTERM and Ctrl-C raise are marked as the signal's (`worker.from_signal`).
 
-    Without the first, SIGTERM kills the manager on the spot: no cleanup, workers orphaned until
-    their lifeline fires, the segment left to the resource tracker. The mark is for `wemap.Mapper`,
-    whose segments run in the manager: a Ctrl-C or SIGTERM landing in a segment stops the map,
-    while a ``KeyboardInterrupt`` or ``SystemExit`` the segment raises itself is its failure
-    (`TaskException`). A SIGINT handler of the user's own is left alone, and then a
-    ``KeyboardInterrupt`` inside a `Mapper` segment counts as the segment's.
+    Otherwise SIGTERM kills the manager with no cleanup. The mark lets `wemap.Mapper`, whose segments
+    run in the manager, stop the map on a signal, while a ``KeyboardInterrupt`` or ``SystemExit`` a
+    segment raises itself is its failure (`TaskException`). A user's own SIGINT handler is left alone.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    term = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if term:
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    if sigint:
-        signal.signal(signal.SIGINT, _on_sigint)
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    ours = [signum for signum, default in defaults.items() if signal.getsignal(signum) == default]
+    for signum in ours:
+        signal.signal(signum, _raise_marked)
     try:
         yield
     finally:
-        if sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        if term:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in ours:
+            signal.signal(signum, defaults[signum])
 
 
-def _on_sigterm(signum, frame):
-    logger.error("SIGTERM received during map(): stopping workers and freeing shared memory")
-    exc = _Terminated(128 + signal.SIGTERM)
-    setattr(exc, SIGNAL_MARK, True)
-    raise exc
-
-
-def _on_sigint(signum, frame):
-    exc = KeyboardInterrupt()  # the type Python's own handler raises, marked
+def _raise_marked(signum, frame):
+    if signum == signal.SIGTERM:
+        logger.error("SIGTERM received during map(): stopping workers and freeing shared memory")
+        exc: BaseException = _Terminated(128 + signum)
+    else:
+        exc = KeyboardInterrupt()  # the type Python's own handler raises
     setattr(exc, SIGNAL_MARK, True)
     raise exc

@@ -12,16 +12,12 @@
     lifeline (write end, never written) ─────▶ watcher thread: EOF ⇒ manager gone ⇒ os._exit
     WorkerPool.stop: ask ─ join(timeout) ─ terminate ─ join ─ kill ─ join   (always bounded)
 
-Nothing polls: the manager blocks in ``multiprocessing.connection.wait`` on pipes and process
-sentinels (a killed worker wakes it at once), workers block in ``recv`` or a futex.
-Workers are never forked from the manager by default: a manager that has touched CUDA or
-holds threads breaks forked children (openmm#1886), so everything a worker needs is pickled.
+Workers are never forked from the manager by default: a manager that has touched CUDA or holds
+threads breaks forked children (openmm#1886), so everything a worker needs is pickled.
 
-Every worker, a replacement included, runs in the manager's environment as of `WorkerPool.start`
-(the mapper's ``init``), not the forkserver's, which dates from the first pool of the process: a
-``CUDA_VISIBLE_DEVICES`` or ``OMP_NUM_THREADS`` set between two mappers reaches the second one's
-``Worker.init`` and segments. A library that the forkserver itself loaded (what the main module
-imports) read its variables then; start with ``spawn`` to have those re-read too.
+Every worker, a replacement included, runs in the manager's environment as of `WorkerPool.start`,
+not the forkserver's, which dates from the first pool of the process. A library the forkserver
+itself loaded (what the main module imports) read its variables then; ``spawn`` re-reads those too.
 """
 
 from __future__ import annotations
@@ -41,19 +37,10 @@ from typing import Any
 from .errors import WorkerException
 from .faults import check_seconds
 from .worker import Worker
-from .worker_process import WorkerProcess, control_messages, worker_main
+from .worker_process import WorkerProcess, worker_main
 
-# WorkerProcess and control_messages live in wemap.worker_process; the shm mapper imports them from here
-__all__ = [
-    "WorkerPool",
-    "WorkerProcess",
-    "ABORT_STOP_TIMEOUT",
-    "control_messages",
-    "describe_exitcode",
-    "default_start_method",
-    "check_picklable",
-    "multiprocessing_helper_pids",
-]
+__all__ = ["WorkerPool", "ABORT_STOP_TIMEOUT", "describe_exitcode", "default_start_method",
+           "multiprocessing_helper_pids"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +49,7 @@ ABORT_STOP_TIMEOUT = 0.25
 
 
 def multiprocessing_helper_pids() -> set[int]:
-    """Pids of multiprocessing's own long-lived helpers (forkserver, resource tracker).
-
-    They are shared by every pool of this process and outlive it by design, so leak checks
-    (tests, the fault soak) count every other child process as ours.
-    """
+    """Pids of multiprocessing's own helpers (forkserver, resource tracker), which outlive every pool by design."""
     import multiprocessing.forkserver
     import multiprocessing.resource_tracker
 
@@ -95,18 +78,6 @@ def describe_exitcode(exitcode: int | None) -> str:
         except ValueError:
             return f"signal {-exitcode}"
     return f"exit code {exitcode}"
-
-
-def check_picklable(what: str, obj: Any, start_method: str) -> None:
-    """Fail early, naming ``what``, when ``obj`` cannot travel to a worker process."""
-    try:
-        ForkingPickler.dumps(obj)
-    except Exception as exc:
-        raise TypeError(
-            f"{what} ({obj!r}) cannot be pickled, and the {start_method!r} start method sends it to "
-            f"every worker process: define it at module level (not a lambda, closure or local class), "
-            f"or use wemap.Mapper to run in this process. ({type(exc).__name__}: {exc})"
-        ) from exc
 
 
 def _has_room(conn: Connection) -> bool:
@@ -147,20 +118,25 @@ class WorkerPool:
         self.num_workers = num_workers
         self.loop = loop
         self.loop_args = loop_args
-        self.worker_type = worker_type
-        self.worker_attributes = dict(worker_attributes or {})
-        self.worker_init = worker_init
+        self.worker_args = (worker_type, num_workers, dict(worker_attributes or {}), worker_init)
         self.name = name
         self.workers: list[WorkerProcess] = []
         #: the manager's environment as of `start`, which every worker gets (a replacement too)
         self.environ: dict[str, str] = dict(os.environ)
 
     def check_picklable(self, **objects: Any) -> None:
+        """Fail early, naming the keyword, when an object cannot travel to a worker process."""
         if self.start_method == "fork":
             return
         for what, obj in objects.items():
-            if obj is not None:
-                check_picklable(what, obj, self.start_method)
+            try:
+                ForkingPickler.dumps(obj)
+            except Exception as exc:
+                raise TypeError(
+                    f"{what} ({obj!r}) cannot be pickled, and the {self.start_method!r} start method sends it "
+                    f"to every worker process: define it at module level (not a lambda, closure or local class), "
+                    f"or use wemap.Mapper to run in this process. ({type(exc).__name__}: {exc})"
+                ) from exc
 
     def spawn(self, idx: int) -> WorkerProcess:
         """Start worker ``idx`` (also used to replace a dead one); does not wait for it."""
@@ -168,18 +144,7 @@ class WorkerPool:
         lifeline_r, lifeline_w = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=worker_main,
-            args=(
-                self.environ,
-                self.worker_type,
-                idx,
-                self.num_workers,
-                self.worker_attributes,
-                self.worker_init,
-                child_conn,
-                lifeline_r,
-                self.loop,
-                self.loop_args,
-            ),
+            args=(self.environ, idx, self.worker_args, child_conn, lifeline_r, self.loop, self.loop_args),
             name=f"{self.name}-{idx}",
             daemon=True,
         )
@@ -190,9 +155,8 @@ class WorkerPool:
             wp = WorkerProcess(idx=idx, process=proc, conn=conn, lifeline=lifeline_w, pid=proc.pid)
             logger.info("started worker %d (pid %d, %s)", idx, proc.pid, self.start_method)
         except BaseException:
-            # Interrupted (a Ctrl-C) before the caller holds it: end it here, or the handles in this
-            # frame, kept alive by the traceback, keep it running. A child whose pid never came back
-            # sees its lifeline close and exits by itself.
+            # Interrupted (a Ctrl-C) before the caller holds it: end it here, or the traceback keeps it
+            # running. A child whose pid never came back sees its lifeline close and exits by itself.
             for c in (conn, child_conn, lifeline_r, lifeline_w):
                 c.close()
             if proc.pid:
@@ -261,12 +225,10 @@ class WorkerPool:
                 del waiting[w.conn]
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask, join with a timeout (default ``stop_timeout``), terminate, kill: every step
-        bounded; safe to call twice. A worker still starting (in its ``Worker.init``) reads no
-        request to stop, so it is not waited for: a failed or interrupted start ends at once.
+        """Ask, join with a timeout (default ``stop_timeout``), terminate, kill: every step bounded; idempotent.
 
-        Interrupted (a second Ctrl-C while workers are asked to stop), it still kills and
-        reaps every worker before the interrupt goes on: nothing is left holding a GPU.
+        A worker still in its ``Worker.init`` reads no request to stop, so it is not waited for.
+        Interrupted (a second Ctrl-C), it still kills and reaps every worker: none is left holding a GPU.
         """
         workers, self.workers = self.workers, []
         try:
@@ -303,9 +265,7 @@ class WorkerPool:
             if w.process.is_alive():
                 w.process.kill()
         for w in workers:
-            w.process.join(1.0)
-            for c in (w.conn, w.lifeline):
-                c.close()
+            w.reap(1.0)
             if w.process.is_alive():
                 logger.error("%s is still alive after SIGKILL", w.describe())
             else:
@@ -316,14 +276,11 @@ class WorkerPool:
     def respawn(self, w: WorkerProcess, attempts: int = 3) -> WorkerProcess:
         """Reap a dead worker and start a ready replacement with the same index (same device).
 
-        A replacement killed while starting (an OOM kill during init, say), or not done starting
-        within ``start_timeout`` (frozen, or stuck in the kernel: the worker it replaces did start in
-        time) is ended and started again, up to ``attempts`` times; one whose ``Worker.init`` raises
-        is a bug and fails at once.
+        A replacement that dies or is not ready within ``start_timeout`` (the worker it replaces was,
+        so it is frozen or stuck) is ended and started again, up to ``attempts`` times; one whose
+        ``Worker.init`` raises is a bug and fails at once.
         """
-        w.process.join(0.5)
-        for c in (w.conn, w.lifeline):
-            c.close()
+        w.reap(0.5)
         for attempt in range(1, attempts + 1):
             new = self.spawn(w.idx)
             self.workers[w.idx] = new
@@ -334,13 +291,7 @@ class WorkerPool:
                 if new.extra.get("init_failed") or attempt == attempts:
                     raise
                 if exc.exitcode is None:  # alive, not ready within start_timeout
-                    why = f"did not finish starting within {self.start_timeout:.3g} s (start_timeout)"
                     new.process.kill()
-                else:
-                    why = f"died while starting ({describe_exitcode(exc.exitcode)})"
-                logger.warning("replacement %s %s; starting another (%d of %d)",
-                               new.describe(), why, attempt + 1, attempts)
-                new.process.join(1.0)
-                for c in (new.conn, new.lifeline):
-                    c.close()
+                logger.warning("replacement %s; starting another (%d of %d)", exc, attempt + 1, attempts)
+                new.reap(1.0)
         raise AssertionError("unreachable")

@@ -1,18 +1,14 @@
 """One POSIX shared-memory segment holding a slot `Ring`: create, attach, close, unlink.
 
-The manager creates the segment (``Segment.create``) under a name carrying its pid
-(``wemap_<pid>_<random>``, mode 0600) and reserves its pages at once, so a ``/dev/shm``
-too small for it fails here with `ShmSpaceError` instead of a SIGBUS in the middle of a
-run. Workers attach by name (``Segment.attach``, or by unpickling a `Segment`), which
-validates the header and never registers the segment with multiprocessing's resource
-tracker: only the creating process owns, and unlinks, it. The creator's registration is
-what removes the segment if the manager is killed; `wemap.stale_segments` sweeps up after
-owners that died some other way, by the ``flock`` the creator holds on every segment it made,
-from before the segment has a size until its name is removed (`create_reserved`).
+The manager creates it (``Segment.create``) with every page reserved, so a ``/dev/shm`` too small
+fails with `ShmSpaceError` instead of a SIGBUS mid-run. Workers attach by name without registering
+it with the resource tracker: only the creator unlinks it. The creator holds an ``flock`` on every
+segment it made until the name goes, which is how `wemap.stale_segments` tells orphans apart.
 """
 
 from __future__ import annotations
 
+import _posixshmem  # what SharedMemory itself opens and unlinks names with
 import errno
 import fcntl
 import logging
@@ -23,10 +19,8 @@ from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
-import _posixshmem  # what SharedMemory itself opens and unlinks names with
-
 from .errors import RingCorruptError, ShmSpaceError
-from .stale_segments import remove_stale_segments, segment_name
+from .stale_segments import segment_name
 
 try:
     from ._ring import Ring, required_size
@@ -37,36 +31,27 @@ except ImportError as _exc:  # pragma: no cover - depends on the build
         f"from the wemap source tree ({_exc})"
     ) from _exc
 
-# remove_stale_segments: the sweep lives in wemap.stale_segments; the mappers import it from here
-__all__ = ["Segment", "create_reserved", "unlink_owned", "close_or_hand_over", "remove_stale_segments"]
+__all__ = ["Segment", "create_reserved", "unlink_owned", "close_or_hand_over"]
 
 log = logging.getLogger(__name__)
 
 _SPACE_ERRNOS = {errno.ENOSPC, errno.ENOMEM, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_SHM_FIX = (
-    "run the container with a larger --shm-size, e.g. docker run --shm-size=2g, "
-    "or use fewer/smaller slots"
-)
 # Serialises the resource_tracker.register patch used to attach untracked (< 3.13).
 _TRACKER_PATCH_LOCK = threading.Lock()
 #: names tried before `create_reserved` gives up (another is taken only while a sweep looks at one)
 _CREATE_TRIES = 8
-#: owner-lock descriptors this process holds; a forked child closes its copies (`_drop_inherited_locks`)
+#: owner-lock descriptors this process holds
 _OWNER_LOCKS: set[int] = set()
 
 
 def _drop_inherited_locks() -> None:
-    """In a child just forked (a worker started with ``fork``): close the copies of the parent's owner locks.
+    """In a forked child, close its copies of the parent's owner locks.
 
-    An flock belongs to the open file description, which fork shares: a child that kept the
-    copies would keep the parent's segments looking owned after the parent died. Closing a copy
-    leaves the parent's lock held (unlocking it would not).
+    fork shares the open file description an flock belongs to: kept copies would keep the parent's
+    segments looking owned after it died. Closing a copy leaves the parent's lock held.
     """
-    for fd in list(_OWNER_LOCKS):
-        try:
-            os.close(fd)
-        except OSError:  # pragma: no cover - nothing else closes them
-            pass
+    for fd in _OWNER_LOCKS:
+        os.close(fd)
     _OWNER_LOCKS.clear()
 
 
@@ -82,31 +67,22 @@ def _free_bytes(shm_dir: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def _space_error(needed: int, free: int | None, shm_dir: str, what: str) -> ShmSpaceError:
+def _space_error(needed: int, shm_dir: str, what: str) -> ShmSpaceError:
+    free = _free_bytes(shm_dir)
     have = "an unknown number of" if free is None else f"{free:,}"
     err = ShmSpaceError(
         f"not enough shared memory for {what}: it needs {needed:,} bytes but {shm_dir} has {have} bytes free; "
-        f"{_SHM_FIX}"
+        "run the container with a larger --shm-size, e.g. docker run --shm-size=2g, or use fewer/smaller slots"
     )
     err.needed = needed  # type: ignore[attr-defined]
     err.free = free  # type: ignore[attr-defined]
     return err
 
 
-def _reserve(shm: SharedMemory, size: int) -> None:
-    """Allocate every page of the segment now (tmpfs is sparse: a later write could SIGBUS)."""
-    fd = getattr(shm, "_fd", -1)
-    if fd < 0 or not hasattr(os, "posix_fallocate"):
-        log.debug("cannot reserve shared memory pages on this platform; skipping")
-        return
-    os.posix_fallocate(fd, 0, size)
-
-
 class _Owned(SharedMemory):
     """A segment this process created: it holds the owner lock until its name is removed.
 
-    ``unlink`` (through `unlink_owned` or `_discard`) releases the lock with the name. Pickled,
-    it travels as a plain attachment: only the creating process owns a segment.
+    Pickled, it travels as a plain attachment: only the creating process owns a segment.
     """
 
     _lock_fd = -1
@@ -116,13 +92,10 @@ class _Owned(SharedMemory):
         try:
             super().unlink()
         finally:
-            self._release_lock()
-
-    def _release_lock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, -1
-        if fd >= 0 and self._lock_pid == os.getpid():  # in a forked child the copy is closed already
-            _OWNER_LOCKS.discard(fd)
-            os.close(fd)
+            fd, self._lock_fd = self._lock_fd, -1
+            if fd >= 0 and self._lock_pid == os.getpid():  # in a forked child the copy is closed already
+                _OWNER_LOCKS.discard(fd)
+                os.close(fd)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (_open_untracked, (self.name,))
@@ -131,32 +104,24 @@ class _Owned(SharedMemory):
 def _create_locked(size: int) -> _Owned:
     """Create a fresh name, take its owner lock, then give it ``size`` bytes.
 
-    In that order a sweep never finds a segment with a size whose live owner does not hold the
-    lock yet: it leaves a segment without a size alone. A sweep that holds the lock of the new,
-    empty name for the instant it looks at it makes this take another name.
+    In that order a sweep, which leaves segments without a size alone, never sees a live owner's
+    segment unlocked; one that holds the new name's lock for an instant makes this take another.
     """
     for _ in range(_CREATE_TRIES):
         name = "/" + segment_name()
         fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)  # close-on-exec
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _posixshmem.shm_unlink(name)
-            os.close(fd)
-            continue
-        except BaseException:
-            _posixshmem.shm_unlink(name)
-            os.close(fd)
-            raise
-        _OWNER_LOCKS.add(fd)
-        try:
+            _OWNER_LOCKS.add(fd)
             os.fchmod(fd, 0o600)  # whatever the umask: the mode a sweep takes for a segment's
             os.ftruncate(fd, size)
             shm = _Owned(name=name[1:])  # opened again, tracked: the resource tracker unlinks it if we are killed
-        except BaseException:
+        except BaseException as exc:
             _posixshmem.shm_unlink(name)
             _OWNER_LOCKS.discard(fd)
             os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                continue
             raise
         shm._lock_fd, shm._lock_pid = fd, os.getpid()
         return shm
@@ -171,18 +136,18 @@ def create_reserved(size: int, what: str, shm_dir: str = "/dev/shm") -> SharedMe
     """
     free = _free_bytes(shm_dir)
     if free is not None and size > free:
-        raise _space_error(size, free, shm_dir, what)
+        raise _space_error(size, shm_dir, what)
     shm = _create_locked(size)
     try:
-        _reserve(shm, size)
+        os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]  # tmpfs is sparse: a later write could SIGBUS
     except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            log.debug("%s cannot reserve pages (%s); continuing unreserved", shm_dir, exc)
+            return shm
+        _discard(shm)
         if exc.errno in _SPACE_ERRNOS:
-            _discard(shm)
-            raise _space_error(size, _free_bytes(shm_dir), shm_dir, what) from exc
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            _discard(shm)
-            raise
-        log.debug("%s cannot reserve pages (%s); continuing unreserved", shm_dir, exc)
+            raise _space_error(size, shm_dir, what) from exc
+        raise
     except BaseException:
         _discard(shm)
         raise
@@ -192,19 +157,16 @@ def create_reserved(size: int, what: str, shm_dir: str = "/dev/shm") -> SharedMe
 def unlink_owned(shm: SharedMemory) -> None:
     """Remove the name of a segment this process created (and its resource-tracker entry)."""
     try:
-        shm.unlink()  # shm_unlink + resource-tracker unregister
-    except FileNotFoundError:
-        # Someone (a stale-segment sweep, a user) removed the name first; still drop our
-        # tracker registration so it does not warn about a leak at exit.
+        shm.unlink()
+    except FileNotFoundError:  # a sweep or a user removed it first: still drop the tracker's entry
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
 
 
 def close_or_hand_over(shm: SharedMemory) -> bool:
     """Unmap now (True), or, while numpy views still use the mapping, leave it to them (False).
 
-    The views keep the mmap object alive through their buffers; dropping our references lets
-    it unmap itself when the last of them goes, and keeps ``SharedMemory.__del__`` from
-    retrying (and failing noisily) at garbage collection.
+    The views keep the mmap alive; dropping our references lets it unmap when the last of them
+    goes, and keeps ``SharedMemory.__del__`` from retrying (and failing noisily).
     """
     try:
         shm.close()
@@ -212,10 +174,8 @@ def close_or_hand_over(shm: SharedMemory) -> bool:
     except BufferError:
         shm._buf = None  # type: ignore[attr-defined]
         shm._mmap = None  # type: ignore[attr-defined]
-        fd = getattr(shm, "_fd", -1)
-        if fd >= 0:
-            os.close(fd)
-            shm._fd = -1  # type: ignore[attr-defined]
+        os.close(shm._fd)  # type: ignore[attr-defined]
+        shm._fd = -1  # type: ignore[attr-defined]
         return False
 
 
@@ -225,18 +185,14 @@ def _discard(shm: SharedMemory) -> None:
         shm.close()
     except (BufferError, OSError) as exc:  # pragma: no cover - nothing holds views yet
         log.debug("closing half-made segment %s: %s", shm.name, exc)
-    try:
-        shm.unlink()
-    except FileNotFoundError:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    unlink_owned(shm)
 
 
 class _Attached(SharedMemory):
     """A segment this process only attached to: it never removes the name.
 
-    ``SharedMemory.__init__`` unlinks the name when mapping fails (``except OSError:
-    self.unlink()``), e.g. when an attaching worker runs out of address space; the
-    segment is the manager's, and its other workers and replacements still need it.
+    ``SharedMemory.__init__`` unlinks the name when mapping fails (e.g. a worker out of address
+    space); the segment is the manager's, and its other workers still need it.
     """
 
     def unlink(self) -> None:
@@ -244,11 +200,10 @@ class _Attached(SharedMemory):
 
 
 def _open_untracked(name: str) -> SharedMemory:
-    """Open an existing segment without telling the resource tracker (cpython #82300).
+    """Open an existing segment without registering it with this process's resource tracker.
 
-    On 3.10-3.12 ``SharedMemory(name=...)`` registers the segment with the tracker of
-    the attaching process, which then unlinks it (or warns about a leak) when that
-    process exits, although the segment belongs to the manager.
+    On 3.10-3.12 ``SharedMemory(name=...)`` always registers it (cpython #82300), and the tracker
+    then unlinks the manager's segment when the attaching process exits.
     """
     if sys.version_info >= (3, 13):
         return _Attached(name=name, track=False)  # type: ignore[call-arg]
@@ -274,12 +229,7 @@ class Segment:
     creating process, unlinks it; `close` and `unlink` are idempotent.
     """
 
-    name: str
-    ring: Ring
-    owner_pid: int
-
     def __init__(self, shm: SharedMemory, ring: Ring, *, created: bool) -> None:
-        """Wrap an open SharedMemory and its Ring; use `create` or `attach` instead."""
         self._shm = shm
         self.ring = ring
         self.name = shm.name
@@ -288,14 +238,9 @@ class Segment:
         self._closed = False
         self._unlinked = False
 
-    # -- making and opening ----------------------------------------------------
-
     @classmethod
     def create(cls, nslots: int, region_size: int, *, shm_dir: str = "/dev/shm") -> Segment:
-        """Create, reserve and initialise a new segment of ``nslots`` slots.
-
-        Raises `ShmSpaceError` (leaving nothing behind) when ``shm_dir`` cannot hold it.
-        """
+        """Create, reserve and initialise a segment of ``nslots`` slots; `ShmSpaceError` if ``shm_dir`` is too small."""
         size = required_size(nslots, region_size)
         shm = create_reserved(size, f"the slot ring ({nslots} slots x 2 x {region_size:,} bytes + header)", shm_dir)
         try:
@@ -320,15 +265,11 @@ class Segment:
             raise
         return cls(shm, ring, created=False)
 
-    # -- lifetime ------------------------------------------------------------------
-
     def close(self) -> None:
         """Release the ring and unmap this process's view of the segment. Idempotent.
 
-        If numpy views of the slots are still alive the mapping cannot be unmapped yet:
-        that is logged at debug level and the mapping is handed to the views, to be
-        unmapped when the last of them goes. If another thread is blocked in a ring call,
-        nothing is closed (logged as a warning) and close can be called again later.
+        Numpy views of the slots still alive get the mapping, unmapped when the last of them goes.
+        While another thread is blocked in a ring call nothing is closed (a warning): call again later.
         """
         if self._closed:
             return
@@ -357,6 +298,4 @@ class Segment:
         self.unlink()
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        # Pickle by name: a spawned child re-attaches instead of copying memory.
-        return (type(self).attach, (self.name,))
-
+        return (type(self).attach, (self.name,))  # by name: a spawned child re-attaches

@@ -1,11 +1,9 @@
 """The names of wemap's shared-memory segments, and the sweep that removes orphaned ones.
 
-Every segment is named ``wemap_<pid>_<16 hex>`` (`segment_name`), so a sweep can tell wemap's
-segments from anything else in ``/dev/shm``. Its owner holds an ``flock`` on it until the name
-is removed (`wemap.segment.create_reserved`); the kernel drops the lock when the owner dies,
-however it dies, and every process that opens the name sees it, in any pid namespace. So
-`remove_stale_segments` removes a segment only when it can take that lock, never by the pid in
-its name (containers sharing ``/dev/shm`` each number their processes from 1).
+A segment's owner holds an ``flock`` on it until the name is removed (`wemap.segment.create_reserved`);
+the kernel drops the lock however the owner dies, and it is seen from every pid namespace. So the
+sweep goes by the lock, never by the pid in the name (containers sharing ``/dev/shm`` each number
+their processes from 1).
 """
 
 from __future__ import annotations
@@ -33,12 +31,9 @@ def segment_name() -> str:
 def remove_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
     """Unlink the segments in ``shm_dir`` whose owner is gone; return their names. Never raises.
 
-    For segments orphaned by an owner that died without its resource tracker (e.g. the whole
-    process group SIGKILLed). A segment goes only when it is provably orphaned: named
-    ``wemap_<pid>_<16 hex>``, a regular file of this user with mode 0600 and a size, as
-    `create_reserved` makes them, and nobody holds its owner lock. The pid in the name plays no
-    part: across pid namespaces a live owner's pid can look dead. Anything else under such a name
-    (another user's file, a directory, an entry this user cannot open) is left where it is.
+    For owners that died with their resource tracker (e.g. the process group SIGKILLed). Only a
+    provable orphan goes: named as `segment_name` makes them, a regular file of this user with mode
+    0600 and a size, and nobody holds its owner lock. Anything else under such a name stays.
     """
     try:
         names = sorted(os.listdir(shm_dir))

@@ -1,10 +1,6 @@
 """A worker process: what runs in the child (`worker_main`), and the manager's handle on it.
 
-`worker_main` is the target `wemap.pool.WorkerPool` starts every worker with; under spawn and
-forkserver it travels pickled by reference, so it lives at module level here. It makes the
-child's environment the manager's, ignores SIGINT (the manager owns the shutdown), watches the
-lifeline so that a worker never outlives its manager, runs ``Worker.init`` once and then the
-mapper's loop, which reads its orders with `control_messages`.
+`worker_main` is the target `wemap.pool.WorkerPool` starts every worker with (pickled by reference).
 """
 
 from __future__ import annotations
@@ -30,14 +26,11 @@ EXIT_INIT_FAILED = 76
 
 def control_messages(conn: Connection) -> Iterator[Any]:
     """Worker side: the manager's messages, until it says stop (``None``) or is gone (EOF)."""
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        yield msg
+    try:
+        while (msg := conn.recv()) is not None:
+            yield msg
+    except EOFError:
+        pass
 
 
 @dataclass
@@ -64,6 +57,12 @@ class WorkerProcess:
     def describe(self) -> str:
         return f"worker {self.idx} (pid {self.pid})"
 
+    def reap(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the process to end, and close the pipes to it."""
+        self.process.join(grace)
+        self.conn.close()
+        self.lifeline.close()
+
 
 def _watch_lifeline(lifeline: Connection) -> None:
     """Exit the worker as soon as the manager's end of the lifeline closes (manager died)."""
@@ -74,36 +73,26 @@ def _watch_lifeline(lifeline: Connection) -> None:
     os._exit(EXIT_ORPHANED)
 
 
-def _apply_environment(environ: dict[str, str]) -> None:
-    """Make this process's environment ``environ``: what is missing from it goes, the rest is set."""
-    for key in [k for k in os.environ if k not in environ]:
-        del os.environ[key]
-    for key, value in environ.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
-
-
 def worker_main(
     environ: dict[str, str],
-    worker_type: type[Worker],
     idx: int,
-    num_workers: int,
-    attributes: dict,
-    worker_init: Callable | None,
+    worker_args: tuple[type[Worker], int, dict, Callable | None],
     conn: Connection,
     lifeline: Connection,
     loop: Callable[..., None],
     loop_args: tuple,
 ) -> None:
-    """Run worker ``idx``: say ``("ready", pid)`` once ``Worker.init`` is done, then ``loop``."""
-    # A forkserver child inherits the environment the forkserver started with, at the first mapper
-    # of the process: the manager's as of init replaces it before anything reads it.
-    _apply_environment(environ)
+    """Run worker ``idx`` (``worker_args``: its class, num_workers, attributes, worker_init): say
+    ``("ready", pid)`` once ``Worker.init`` is done, then ``loop``."""
+    # A forkserver child has the environment of the forkserver's start: the manager's replaces it.
+    os.environ.clear()
+    os.environ.update(environ)
     faulthandler.enable()
     # Ctrl-C reaches the whole process group; the manager owns the shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="wemap-lifeline", daemon=True).start()
-    worker = worker_type(idx, num_workers, attributes, worker_init)
+    worker_type, *args = worker_args
+    worker = worker_type(idx, *args)
     try:
         worker.init()
     except Exception as exc:

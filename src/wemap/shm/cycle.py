@@ -25,7 +25,7 @@ from .calls import Encoded, decode_call, encode_call
 from .worker_loop import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_PIPED
 
 if TYPE_CHECKING:
-    from ..pool import WorkerProcess
+    from ..worker_process import WorkerProcess
     from .transport import Transport
 
 __all__ = ["Cycle"]

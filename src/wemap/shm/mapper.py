@@ -12,7 +12,7 @@ from typing import Any
 
 from ..codec import Codec, CodecRegistry
 from ..mapper import PoolMapper, TaskSpec
-from ..segment import remove_stale_segments
+from ..stale_segments import remove_stale_segments
 from ..worker import Worker
 from .cycle import Cycle
 from .transport import Transport

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from .._ring import now_ns
 from ..errors import WorkerException
-from ..pool import WorkerProcess, describe_exitcode
+from ..pool import describe_exitcode
+from ..worker_process import WorkerProcess
 
 if TYPE_CHECKING:
     from .cycle import Cycle

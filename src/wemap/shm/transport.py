@@ -19,9 +19,10 @@ from ..arena import PAGE, Arena
 from ..codec import CodecRegistry
 from ..errors import WorkerException
 from ..faults import RetryPolicy
-from ..pool import ABORT_STOP_TIMEOUT, WorkerPool, WorkerProcess, describe_exitcode
+from ..pool import ABORT_STOP_TIMEOUT, WorkerPool, describe_exitcode
 from ..segment import Segment
 from ..slot_format import Layouts
+from ..worker_process import WorkerProcess
 from .recovery import Recovery
 from .watcher import Watcher
 

@@ -34,10 +34,10 @@ from ..arena import ArenaMap
 from ..codec import Codec, CodecRegistry
 from ..memcopy import write_arrays
 from ..plain_values import Extra, encode_plain
-from ..pool import control_messages
 from ..segment import Segment
 from ..slot_format import NO_BLOCK, Layouts, pack_into, packed_size, unpack, values
 from ..worker import Task, TaskFailure, Worker, run_timed
+from ..worker_process import control_messages
 from .calls import decode_call, encode_call
 
 __all__ = ["ring_loop", "STATUS_OK", "STATUS_FAILED", "STATUS_PIPED", "STATUS_CORRUPT"]
