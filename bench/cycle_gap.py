@@ -23,7 +23,6 @@ from wemap.benchmarks.measure import ProcessTree, floor_cycle
 from wemap.benchmarks.report import report_rows
 from wemap.benchmarks.workloads import make_walkers, noop_segment
 
-
 #: cycles each condition runs before the next takes its turn
 TURN = 5
 
@@ -72,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
              f"median of {count} cycles after each pause, {TURN} at a time in turns, each followed by the same "
              f"pause and a memcpy floor cycle:")
     report_rows("cycle_gap", args, title, rows,
-                [("pause", "before each cycle", "s"), ("cycle_ms", "cycle ms", ".3f"), ("us_per_task", "µs / task", ".1f"),
-                 ("floor_ms", "floor ms, same pause", ".3f"), ("over_floor_us", "µs / task over that floor", ".1f")])
+                [("pause", "before each cycle", "s"), ("cycle_ms", "cycle ms", ".3f"),
+                 ("us_per_task", "µs / task", ".1f"), ("floor_ms", "floor ms, same pause", ".3f"),
+                 ("over_floor_us", "µs / task over that floor", ".1f")])
     return 0
 
 

@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(init_signals(name, signame, args.init_signals, args.exit_bound, args.seed + k))
     title = (f"{args.cycles} cycles x {args.walkers} walkers x {args.atoms} atoms on {args.workers} workers: "
              f"a SIGKILL to a random worker every {args.kill_every} s, or a SIGSTOP every {args.freeze_every} s "
-             f"(task_timeout {args.task_timeout} s, start_timeout {args.start_timeout} s); {args.init_signals} managers per signal given it at a random "
-             f"moment of init (1-3 workers):")
+             f"(task_timeout {args.task_timeout} s, start_timeout {args.start_timeout} s); "
+             f"{args.init_signals} managers per signal given it at a random moment of init (1-3 workers):")
     report_rows("fault_soak", args, title, rows, [
         ("mapper", "mapper", "s"), ("fault", "fault", "s"), ("faults_injected", "faults injected", "d"),
         ("in_init", "landed in init", "d"), ("recovered_segments", "walkers re-run", "d"),

@@ -120,7 +120,8 @@ def check_platform(res: Results, platform: str) -> bool:
         res.add("platform", "import openmm", "FAIL", f"{type(exc).__name__}: {exc}", time.perf_counter() - t)
         return False
     here = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-    res.add("platform", "OpenMM", "info", f"{openmm.Platform.getOpenMMVersion()} at {os.path.dirname(openmm.__file__)}; "
+    res.add("platform", "OpenMM", "info",
+            f"{openmm.Platform.getOpenMMVersion()} at {os.path.dirname(openmm.__file__)}; "
             f"platforms {', '.join(here)}", time.perf_counter() - t)
     failures = [" ".join(f.split()) for f in openmm.Platform.getPluginLoadFailures()]
     try:
@@ -194,7 +195,8 @@ def check_contexts(res: Results, platform: str, mapper_name: str, quick: bool, d
     workers, devices = 2, [0, 0]
     gpu = platform in GPU
     prop = "DeviceIndex" if gpu else "Threads"
-    expected = [platform_properties_for(platform, i, workers, devices if gpu else None).get(prop) for i in range(workers)]
+    expected = [platform_properties_for(platform, i, workers, devices if gpu else None).get(prop)
+                for i in range(workers)]
     system = alanine_dipeptide()
     runners = [OpenMMRunner(system.system, system.integrator(seed=s), platform=platform,
                             devices=devices if gpu else None) for s in (11, 12)]
@@ -265,7 +267,7 @@ def check_bench(res: Results, python: str, platform: str, quick: bool, out: Path
     if rc != 0 or not path.exists():
         tail = " | ".join(log.read_text().strip().splitlines()[-3:]) if log.exists() else ""
         res.add("bench", "wemap bench --openmm-only", "FAIL", f"{command}: "
-                + ("timed out after %.0f s" % limit if rc is None else f"exit {rc}") + f"; {tail}", seconds)
+                + (f"timed out after {limit:.0f} s" if rc is None else f"exit {rc}") + f"; {tail}", seconds)
         return
     section = json.loads(path.read_text()).get("openmm") or {}
     if section.get("status") != "ok":

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mappers", nargs="+", default=DEFAULT_MAPPERS,
-                    help=f"mappers to run (default: {' '.join(DEFAULT_MAPPERS)}; wepy's is left out when not installed)")
+                    help=f"mappers to run (default: {' '.join(DEFAULT_MAPPERS)}; "
+                         "wepy's is left out when not installed)")
     ap.add_argument("--out", default="bench/results/manager_cpu.json", help="JSON path; the PNG goes beside it")
     args, rest = ap.parse_known_args(argv)
     out = Path(args.out)

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu = statistics.median(c for _, c in samples)
         rows.append({"what": f"SharedMemWorkerMapper ({name})", "order": order, "us_per_task": 1e6 * wall / n,
                      "over_floor_us": 1e6 * (wall - fl["memcpy floor"]) / n, "cpu_us_per_task": 1e6 * cpu / n})
-    title = f"No-op segment, {n} walkers x {args.atoms:,} atoms, {args.workers} workers, median of {args.cycles} cycles:"
+    title = (f"No-op segment, {n} walkers x {args.atoms:,} atoms, {args.workers} workers, "
+             f"median of {args.cycles} cycles:")
     report_rows("per_task", args, title, rows, [("what", "what", "s"), ("order", "cycles run", "s"),
                                                 ("us_per_task", "µs / task", ".1f"),
                                                 ("over_floor_us", "µs / task over floor", ".1f"),

@@ -167,13 +167,15 @@ def table(res: dict) -> str:
     rows = [
         "| measurement | result | goal | met |",
         "| --- | --- | --- | --- |",
-        f"| handoff one-way, median | {ow['median']:.1f} us | <= {HANDOFF_GOAL_US:.0f} us | {mark(ow['median'] <= HANDOFF_GOAL_US)} |",
+        f"| handoff one-way, median | {ow['median']:.1f} us | <= {HANDOFF_GOAL_US:.0f} us "
+        f"| {mark(ow['median'] <= HANDOFF_GOAL_US)} |",
         f"| handoff one-way, p99 | {ow['p99']:.1f} us | | |",
         f"| push + pop, same process | {h['local_push_pop_us']:.2f} us | | |",
         f"| fill slot, {f['atoms']:,} atoms ({f['bytes'] / 1e6:.0f} MB), median | {f['slot_fill_ms']['median']:.2f} ms "
         f"({f['slot_fill_GBps']:.1f} GB/s) | | |",
         f"| np.copyto into plain array, median | {f['np_copyto_ms']['median']:.2f} ms | | |",
-        f"| fill / np.copyto | {f['ratio_median']:.3f} | <= {FILL_GOAL_RATIO} | {mark(f['ratio_median'] <= FILL_GOAL_RATIO)} |",
+        f"| fill / np.copyto | {f['ratio_median']:.3f} | <= {FILL_GOAL_RATIO} "
+        f"| {mark(f['ratio_median'] <= FILL_GOAL_RATIO)} |",
     ]
     return "\n".join(rows)
 

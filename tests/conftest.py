@@ -7,8 +7,8 @@ import time
 
 import psutil
 import pytest
-
 from mappers import MAPPERS, PROCESS_MAPPERS
+
 from wemap.pool import multiprocessing_helper_pids
 
 SHM_DIR = "/dev/shm"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import wemap
 from wepy.walker import Walker, WalkerState
+
+import wemap
 
 
 def record_task_kwargs(walker, segment_length, platform=None, platform_kwargs=None, **kwargs):

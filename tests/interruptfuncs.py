@@ -12,7 +12,7 @@ import os
 import signal
 
 
-def _rebuild(n: int) -> "CtrlCOnPickle":
+def _rebuild(n: int) -> CtrlCOnPickle:
     obj = CtrlCOnPickle(n)
     obj.pickled = n  # in a worker: never fires again
     return obj

@@ -166,14 +166,16 @@ def test_goals_are_quotients_of_the_rows(tiny_run):
         if g["op"] == "<=":
             top, bottom = bottom, top
         low, high = g["spread"]
-        assert close(low, top["cycle_s_min"] / bottom["cycle_s_max"]) and close(high, top["cycle_s_max"] / bottom["cycle_s_min"])
+        assert close(low, top["cycle_s_min"] / bottom["cycle_s_max"])
+        assert close(high, top["cycle_s_max"] / bottom["cycle_s_min"])
         assert low <= g["value"] <= high
         assert g["unsettled"] == (low < g["target"] < high)
 
 
 def test_goals_are_measured_in_the_largest_cell_when_the_headline_cell_did_not_run():
     def row(atoms, key="SharedMemWorkerMapper", walkers=8, workers=2, status="ok"):
-        return {"status": status, "key": key, "workload": "noop", "atoms": atoms, "walkers": walkers, "workers": workers}
+        return {"status": status, "key": key, "workload": "noop", "atoms": atoms, "walkers": walkers,
+                "workers": workers}
 
     assert goals_cell([row(10_000), row(100_000), row(1_000_000, walkers=48)])["atoms"] == 100_000
     assert goals_cell([row(100_000), row(1_000_000)]) == HEADLINE
@@ -221,7 +223,8 @@ def test_a_goal_whose_target_lies_within_the_spread_says_so():
 
 def test_the_per_task_goal_is_the_difference_of_the_medians_per_walker():
     def row(key, cycles):
-        return {"status": "ok", "key": key, **PER_TASK_CELL, "cycle_s": cycles, "cycle_s_median": statistics.median(cycles)}
+        return {"status": "ok", "key": key, **PER_TASK_CELL, "cycle_s": cycles,
+                "cycle_s_median": statistics.median(cycles)}
 
     n = PER_TASK_CELL["walkers"]
     floor = row("floor", [0.00050, 0.00052, 0.00054, 0.00056, 0.00058])
@@ -385,7 +388,8 @@ def test_cycle_gap_script_times_each_pause(tmp_path):
     """bench/cycle_gap.py at a tiny size: one row per pause, each a positive cycle time beside a floor's."""
     cycle_gap = _bench_script("cycle_gap")
     out = tmp_path / "gap.json"
-    assert cycle_gap.main(["--atoms", "50", "--walkers", "2", "--workers", "1", "--cycles", "3", "--out", str(out)]) == 0
+    args = ["--atoms", "50", "--walkers", "2", "--workers", "1", "--cycles", "3", "--out", str(out)]
+    assert cycle_gap.main(args) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["pause"] for r in rows][0] == "none (back to back)" and len(rows) == 4
     assert all(r["cycle_ms"] > 0 and r["us_per_task"] == pytest.approx(r["cycle_ms"] * 1e3 / 2) for r in rows)

@@ -84,7 +84,8 @@ def test_every_atomic_in_the_ring_uses_the_order_its_table_documents():
     wrong = [f"ring.c:{line}: {tag} uses {orders}, the table says {table.get(tag)}"
              for line, tag, orders in ops if tag not in table or set(orders) != {table[tag]}]
     assert not wrong, "\n".join(wrong)
-    assert set(table) <= {tag for _, tag, _ in ops}, f"documented but not in the code: {set(table) - {t for _, t, _ in ops}}"
+    assert set(table) <= {tag for _, tag, _ in ops}, \
+        f"documented but not in the code: {set(table) - {t for _, t, _ in ops}}"
     header_lines = text[: text.index("*/")].count("\n") + 1
     untagged = [n for n, line in enumerate(text.splitlines(), 1)
                 if n > header_lines and re.search(r"\batomic_(?!init\b|signal_fence\b)\w+\s*\(", line)

@@ -10,8 +10,8 @@ import os
 import threading
 
 import pytest
-
 import segfuncs
+
 import wemap
 from wemap import Mapper, WorkerMapper
 

@@ -17,7 +17,6 @@ import segfuncs
 import wemap
 from wemap import Mapper, TaskException, WorkerException
 
-
 pytestmark = pytest.mark.timeout(60)
 
 

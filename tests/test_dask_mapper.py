@@ -18,10 +18,10 @@ import psutil
 import pytest
 import segfuncs
 
-distributed = pytest.importorskip("distributed")
+distributed = pytest.importorskip("distributed")  # before wemap.dask_mapper, which imports it
 
-from wemap import TaskException, WorkerException
-from wemap.dask_mapper import DaskMapper
+from wemap import TaskException, WorkerException  # noqa: E402
+from wemap.dask_mapper import DaskMapper  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,8 @@ SCRIPTS = sorted(EXAMPLES.glob("*.py"))
 BATCH = sorted(EXAMPLES.glob("*.sbatch"))
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 150) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+        timeout: float = 150) -> subprocess.CompletedProcess:
     """``args`` run as a user would, with ``env`` over this environment."""
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=None if env is None else {**os.environ, **env})

@@ -290,7 +290,8 @@ def test_finished_worker_is_not_timed_out_while_a_replacement_starts(mapper_cls,
     with mapper_cls(segment_func=segfuncs.killed_then_slow, num_workers=2, worker_init=segfuncs.slow_init,
                     task_timeout=2.5, first_task_timeout=2.5, max_retries=1) as m:
         assert m.map([0, 1], [str(tmp_path)] * 2) == [0, 1]
-    assert len((tmp_path / "ran-1").read_text().split()) == 1, "walker 1 ran again: its worker was killed after it finished"
+    assert len((tmp_path / "ran-1").read_text().split()) == 1, \
+        "walker 1 ran again: its worker was killed after it finished"
 
 
 def test_mapper_retry_sees_the_original_input(tmp_path):

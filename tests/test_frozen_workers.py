@@ -13,9 +13,9 @@ import signal
 import numpy as np
 import psutil
 import pytest
-
 import segfuncs
 from conftest import our_children
+
 from wemap import SharedMemWorkerMapper, WorkerMapper
 
 MAPPERS = [WorkerMapper, SharedMemWorkerMapper]

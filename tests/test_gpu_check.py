@@ -85,7 +85,8 @@ def test_a_missing_platform_still_prints_the_table_with_the_plugin_failures(tmp_
 @pytest.mark.timeout(90)
 def test_checks_that_die_leave_what_they_recorded_and_a_failing_exit(tmp_path):
     fake = tmp_path / "python"
-    fake.write_text(f"#!/bin/sh\ncase \"$*\" in *--deadline*) echo 'Fatal Python error: simulated'; kill -9 $$ ;; esac\n"
+    fake.write_text("#!/bin/sh\n"
+                    "case \"$*\" in *--deadline*) echo 'Fatal Python error: simulated'; kill -9 $$ ;; esac\n"
                     f"exec {sys.executable} \"$@\"\n")
     fake.chmod(0o755)
     proc = run_check(tmp_path, "--platform", "CPU", "--quick", python=fake, timeout=80)

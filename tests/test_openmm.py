@@ -11,8 +11,9 @@ import pytest
 
 openmm = pytest.importorskip("openmm")
 
-import wemap  # noqa: E402
 from mappers import MAPPERS as ALL_MAPPERS  # noqa: E402
+
+import wemap  # noqa: E402
 from wemap import systems  # noqa: E402
 from wemap.openmm import (  # noqa: E402
     TIMING_FIELDS,

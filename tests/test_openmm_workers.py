@@ -9,8 +9,9 @@ import pytest
 
 openmm = pytest.importorskip("openmm")
 
-import wemap  # noqa: E402
 from mappers import MAPPERS  # noqa: E402
+
+import wemap  # noqa: E402
 from wemap import systems  # noqa: E402
 from wemap.openmm import OpenMMCPUWorker, OpenMMGPUWorker, OpenMMRunner  # noqa: E402
 

@@ -31,8 +31,8 @@ def test_every_test_file_is_collected_without(missing, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "WEMAP_BLOCK": missing}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(TESTS)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           str(TESTS)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0 and " error" not in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
     skipped = proc.stdout.count("SKIPPED") + proc.stdout.count("skipped")
     assert skipped, "nothing skipped: the extra was not blocked"

@@ -8,8 +8,8 @@ import math
 import time
 
 import numpy as np
-import pytest
 import paramfuncs
+import pytest
 import segfuncs
 from mappers import MAPPERS
 

@@ -74,7 +74,8 @@ def test_readme_python_block_runs(index, tmp_path):
     script = tmp_path / f"readme_block_{index}.py"
     script.write_text(block)
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=220)
-    assert proc.returncode == 0, f"README block {index} failed:\n{block}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 0, \
+        f"README block {index} failed:\n{block}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 @pytest.mark.timeout(300)

@@ -88,7 +88,8 @@ def test_attempts_allow_max_retries_reruns_of_a_lost_walker(max_retries):
     for _ in range(max_retries):  # two walkers, each with a budget of its own
         attempts.lost(5, **where)  # re-run it
         attempts.lost(6, **where)
-    with pytest.raises(WorkerException, match=rf"lost {max_retries + 1} time\(s\), more than max_retries={max_retries}"):
+    with pytest.raises(WorkerException,
+                       match=rf"lost {max_retries + 1} time\(s\), more than max_retries={max_retries}"):
         attempts.lost(5, **where)
     assert attempts.recovered == 2 * max_retries
 
@@ -147,7 +148,8 @@ def test_walker_killing_its_worker_every_time_runs_max_retries_plus_one_times(pr
             m.map(list(range(N)), **cycle_args(victim=VICTIM, runs=str(runs)))
     assert (info.value.walker_idx, info.value.cycle_idx) == (VICTIM, CYCLE)
     assert runs_of(runs) == max_retries + 1
-    assert len({pid for w, pid in faultfuncs.read_runs(runs) if w == VICTIM}) == max_retries + 1, "a new worker each time"
+    pids = {pid for w, pid in faultfuncs.read_runs(runs) if w == VICTIM}
+    assert len(pids) == max_retries + 1, "a new worker each time"
 
 
 # -- task_timeout alone -----------------------------------------------------------------------

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import segfuncs
+from mappers import MAPPERS as ALL_MAPPERS
 
 import wemap
-from mappers import MAPPERS as ALL_MAPPERS
 from wemap import sim
 from wemap.resample import BinnedResampler
-
 
 # the contract suite's mappers that run on this machine's processes (Dask has its own tests)
 MAPPERS = {name: cls for name, cls in ALL_MAPPERS.items() if name != "DaskMapper"}

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 import segfuncs
+
 from wemap import Mapper, SharedMemWorkerMapper, Walker, WorkerMapper
 
 MAPPERS = [WorkerMapper, SharedMemWorkerMapper]
@@ -78,7 +78,7 @@ def test_subclass_arrays_in_wepy_walkers(mapper_cls, tmp_path):
                for a in arrays.values()]
     with mapper_cls(segment_func=segfuncs.echo, num_workers=1) as m:
         got = m.map(walkers, [1] * len(walkers))
-    for g, w, (kind, a) in zip(got, walkers, arrays.items()):
+    for g, (kind, a) in zip(got, arrays.items()):
         assert type(g) is wepy_walker.Walker and g.weight == 0.25
         np.testing.assert_array_equal(g.state["positions"], np.ones((4, 3)))
         assert_same(g.state["extra"], a, kind)

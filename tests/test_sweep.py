@@ -16,8 +16,8 @@ import textwrap
 
 import psutil
 import pytest
-
 import segfuncs
+
 from wemap import SharedMemWorkerMapper
 from wemap.segment import Segment
 from wemap.stale_segments import remove_stale_segments

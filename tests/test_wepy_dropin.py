@@ -16,10 +16,11 @@ pytest.importorskip("wepy")
 
 import dropin_funcs  # noqa: E402
 import segfuncs  # noqa: E402
-import wemap  # noqa: E402
 from mappers import MAPPERS  # noqa: E402
 from wepy.work_mapper.mapper import TaskException as WepyTaskException  # noqa: E402
 from wepy.work_mapper.mapper import WorkerException as WepyWorkerException  # noqa: E402
+
+import wemap  # noqa: E402
 
 pytestmark = [pytest.mark.wepy, pytest.mark.timeout(120)]
 

@@ -23,16 +23,22 @@ pytest.importorskip("wepy")
 h5py = pytest.importorskip("h5py")
 pytest.importorskip("mdtraj", reason="wepy's HDF5 reporter imports mdtraj")
 
-import wemap  # noqa: E402
 import wepy.runners.openmm as wepy_openmm  # noqa: E402
-from openmm import app  # noqa: E402
 from mappers import MAPPERS  # noqa: E402
+from openmm import app  # noqa: E402
 from test_openmm_workers import not_the_default_threads  # noqa: E402
+from wepy.boundary_conditions.receptor import UnbindingBC  # noqa: E402
+from wepy.reporter.hdf5 import WepyHDF5Reporter  # noqa: E402
+from wepy.resampling.distances.distance import Distance  # noqa: E402
+from wepy.resampling.resamplers.revo import REVOResampler  # noqa: E402
+from wepy.runners.openmm import GET_STATE_KWARG_DEFAULTS, OpenMMState, OpenMMWalker  # noqa: E402
+from wepy.sim_manager import Manager  # noqa: E402
+from wepy.work_mapper.mapper import Mapper as WepyMapper  # noqa: E402
+
+import wemap  # noqa: E402
+from wemap._arrays import Placement  # noqa: E402
 from wemap.codec import CodecRegistry  # noqa: E402
 from wemap.memcopy import write_arrays  # noqa: E402
-from wemap._arrays import Placement  # noqa: E402
-from wemap.shm.calls import decode_call, encode_call  # noqa: E402
-from wemap.slot_format import Layouts, dtype_description, pack, unpack, values  # noqa: E402
 from wemap.openmm import (  # noqa: E402
     ArrayState,
     OpenMMCPUWorker,
@@ -44,13 +50,8 @@ from wemap.openmm import (  # noqa: E402
     json_topology,
     openmm_walker,
 )
-from wepy.boundary_conditions.receptor import UnbindingBC  # noqa: E402
-from wepy.reporter.hdf5 import WepyHDF5Reporter  # noqa: E402
-from wepy.resampling.distances.distance import Distance  # noqa: E402
-from wepy.resampling.resamplers.revo import REVOResampler  # noqa: E402
-from wepy.runners.openmm import GET_STATE_KWARG_DEFAULTS, OpenMMState, OpenMMWalker  # noqa: E402
-from wepy.sim_manager import Manager  # noqa: E402
-from wepy.work_mapper.mapper import Mapper as WepyMapper  # noqa: E402
+from wemap.shm.calls import decode_call, encode_call  # noqa: E402
+from wemap.slot_format import Layouts, dtype_description, pack, unpack, values  # noqa: E402
 
 pytestmark = [pytest.mark.openmm, pytest.mark.wepy, pytest.mark.timeout(120)]
 

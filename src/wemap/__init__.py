@@ -7,8 +7,8 @@ arrays through shared memory instead of pickles. See `Mapper`, `WorkerMapper`,
 
 from __future__ import annotations
 
-from .errors import RingCorruptError, ShmSpaceError, TaskException, TaskTimeout, WemapError, WorkerException
 from .codec import Codec
+from .errors import RingCorruptError, ShmSpaceError, TaskException, TaskTimeout, WemapError, WorkerException
 from .mapper import Mapper
 from .walker import Walker
 from .worker import Task, Worker, current_worker

@@ -92,7 +92,8 @@ def add_demo_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--walkers", type=positive_int, default=8, help="initial walkers (default: %(default)s)")
-    p.add_argument("--per-bin", type=positive_int, default=4, help="walkers kept per occupied bin (default: %(default)s)")
+    p.add_argument("--per-bin", type=positive_int, default=4,
+                   help="walkers kept per occupied bin (default: %(default)s)")
     p.add_argument("--cycles", type=positive_int, default=40, help="WE cycles (default: %(default)s)")
     p.add_argument("--steps", type=positive_int, default=1000, help="2 fs steps per segment (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, default=2, help="worker processes (default: %(default)s)")

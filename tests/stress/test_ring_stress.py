@@ -116,7 +116,8 @@ def test_mpmc_processes_exactly_once(method, nslots):
                 seg.ring.push_done(s)  # every slot starts free
             t0 = time.perf_counter()
             consumers = [ctx.Process(target=_consumer, args=(seg, c, results)) for c in range(N_CONSUMERS)]
-            producers = [ctx.Process(target=_producer, args=(seg, p, per_producer, results)) for p in range(N_PRODUCERS)]
+            producers = [ctx.Process(target=_producer, args=(seg, p, per_producer, results))
+                         for p in range(N_PRODUCERS)]
             procs = consumers + producers
             for proc in procs:
                 proc.start()

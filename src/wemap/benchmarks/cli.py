@@ -109,19 +109,25 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--openmm", action=argparse.BooleanOptionalAction, default=None,
                    help="wemap's vs wepy's OpenMMRunner on a water box (default: on, off with --quick)")
     o.add_argument("--openmm-only", action="store_true", help="run only the OpenMM section")
-    o.add_argument("--platform", default="CPU", help="OpenMM platform: CPU, CUDA, OpenCL, HIP, Reference (default: %(default)s)")
+    o.add_argument("--platform", default="CPU",
+                   help="OpenMM platform: CPU, CUDA, OpenCL, HIP, Reference (default: %(default)s)")
     o.add_argument("--openmm-atoms", type=parse_atoms, default=3000, help="water box atoms (default: %(default)s)")
     o.add_argument("--openmm-walkers", type=positive_int, default=4, help="walkers (default: %(default)s)")
-    o.add_argument("--openmm-workers", type=positive_int, default=None, help="workers (default: 2, at most the cores)")
-    o.add_argument("--openmm-steps", type=positive_int, default=100, help="2 fs steps per segment (default: %(default)s)")
+    o.add_argument("--openmm-workers", type=positive_int, default=None,
+                   help="workers (default: 2, at most the cores)")
+    o.add_argument("--openmm-steps", type=positive_int, default=100,
+                   help="2 fs steps per segment (default: %(default)s)")
     o.add_argument("--openmm-devices", type=lambda v: [int(d) for d in v.split(",")], default=None,
-                   help="GPU DeviceIndex per worker, relative to CUDA_VISIBLE_DEVICES, e.g. 0,1 (default: the visible ones)")
-    o.add_argument("--openmm-cycles", type=positive_int, default=4, help="cycles; the first is reported apart (default: %(default)s)")
-    o.add_argument("--openmm-mapper", choices=("Mapper", "WorkerMapper", "SharedMemWorkerMapper"), default="WorkerMapper",
-                   help="mapper both runners go through (default: %(default)s)")
+                   help="GPU DeviceIndex per worker, relative to CUDA_VISIBLE_DEVICES, e.g. 0,1 "
+                        "(default: the visible ones)")
+    o.add_argument("--openmm-cycles", type=positive_int, default=4,
+                   help="cycles; the first is reported apart (default: %(default)s)")
+    o.add_argument("--openmm-mapper", choices=("Mapper", "WorkerMapper", "SharedMemWorkerMapper"),
+                   default="WorkerMapper", help="mapper both runners go through (default: %(default)s)")
     w = p.add_argument_group("output")
     w.add_argument("--out", type=Path, default=None,
-                   help="folder for the .md, .json and .png (default: bench/results in a wemap checkout, else ./wemap-bench)")
+                   help="folder for the .md, .json and .png "
+                        "(default: bench/results in a wemap checkout, else ./wemap-bench)")
     w.add_argument("--name", default=None, help="file stem of the .md, .json and .png (default: wemap-bench[-quick])")
     w.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     w.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -162,7 +168,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
     print(format_report(payload))
     files = payload["files"]
-    print(f"\ntables: {files['md']}\nraw figures: {files['json']}" + (f"\nplot: {files['png']}" if files["png"] else ""))
+    print(f"\ntables: {files['md']}\nraw figures: {files['json']}"
+          + (f"\nplot: {files['png']}" if files["png"] else ""))
     return 0
 
 
@@ -185,7 +192,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 
         check_platform(args.platform, required=args.openmm_only)
     out_dir = args.out or default_out_dir()
-    name = args.name or ("wemap-bench-openmm" if args.openmm_only else "wemap-bench-quick" if args.quick else "wemap-bench")
+    name = args.name or ("wemap-bench-openmm" if args.openmm_only
+                         else "wemap-bench-quick" if args.quick else "wemap-bench")
     notes: list[str] = []
     t_start = time.perf_counter()
 

@@ -29,8 +29,8 @@ from .measure import deadline, memcpy_floor, time_mapper
 from .report import cgroup_room
 from .workloads import WORKLOADS, bytes_per_walker, make_walkers
 
-__all__ = ["MatrixSpec", "run_matrix", "add_ratios", "goals", "goals_cell", "per_task_goal", "HEADLINE", "HEADLINE_COMMAND",
-           "GOALS", "PER_TASK_CELL", "PER_TASK_TARGET_US", "MEMORY_HEADROOM"]
+__all__ = ["MatrixSpec", "run_matrix", "add_ratios", "goals", "goals_cell", "per_task_goal", "HEADLINE",
+           "HEADLINE_COMMAND", "GOALS", "PER_TASK_CELL", "PER_TASK_TARGET_US", "MEMORY_HEADROOM"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ def _finish(row: dict[str, Any], figures: dict[str, Any], moves_data: bool = Tru
     row["ideal_s"] = math.ceil(row["walkers"] / row["processes"]) * row["segment_s"]
     row["overhead_s"] = med - row["ideal_s"]
     # a cycle that is mostly sleep says nothing about bandwidth
-    row["gb_per_s"] = 2 * row["bytes_per_cycle"] / med / 1e9 if moves_data and med > 0 and not row["segment_s"] else None
+    row["gb_per_s"] = (2 * row["bytes_per_cycle"] / med / 1e9
+                       if moves_data and med > 0 and not row["segment_s"] else None)
     cpu = row.get("manager_cpu_s_median")
     row["manager_cpu_frac"] = cpu / med if cpu is not None and med > 0 else None
     return row
@@ -190,7 +191,8 @@ def _run_group(spec: MatrixSpec, phase: Sequence[Contender], atoms: int, n_walke
     for workload in spec.workloads:
         for k in workers:
             for c in phase:
-                row = _base_row(c.label, c.key, c.kind, workload, spec.sleep_s, atoms, n_walkers, k, c.processes(k), spec)
+                row = _base_row(c.label, c.key, c.kind, workload, spec.sleep_s, atoms, n_walkers, k,
+                                c.processes(k), spec)
                 row["in_process"] = c.in_process
                 ram_need, shm_need = c.estimate(cycle_bytes, wb, k)
                 if WORKLOADS[workload].fed_back:
@@ -370,8 +372,9 @@ def per_task_goal(rows: list[dict[str, Any]], cell: dict[str, Any] = PER_TASK_CE
                   and r["walkers"] == cell["walkers"]), None)
     name = (f"SharedMemWorkerMapper per-task overhead over the memcpy floor, µs "
             f"({cell['walkers']} walkers x {cell['atoms']:,} atoms, {cell['workers']} workers)")
-    entry: dict[str, Any] = {"goal": name, "cell": dict(cell), "compared_with": "floor", "op": "<=", "target": target_us,
-                             "unit": "us per task", "numerator_s": None, "denominator_s": None, "value": None,
+    entry: dict[str, Any] = {"goal": name, "cell": dict(cell), "compared_with": "floor", "op": "<=",
+                             "target": target_us, "unit": "us per task",
+                             "numerator_s": None, "denominator_s": None, "value": None,
                              "met": None, "spread": None, "spread_from": "quartiles", "unsettled": None}
     if shm is None or floor is None:
         missing = "SharedMemWorkerMapper" if shm is None else "the memcpy floor"

@@ -27,7 +27,8 @@ from ..pool import multiprocessing_helper_pids
 from .contenders import Contender
 from .workloads import Workload
 
-__all__ = ["ProcessTree", "memcpy_floor", "floor_cycle", "time_mapper", "enough", "deadline", "CellTimeout", "MAX_REPEATS"]
+__all__ = ["ProcessTree", "memcpy_floor", "floor_cycle", "time_mapper", "enough", "deadline", "CellTimeout",
+           "MAX_REPEATS"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,8 @@ def _check(out: Any, walkers: Sequence[Any]) -> None:
         raise AssertionError(f"mapper returned {len(out)} results for {len(walkers)} walkers")
     got = np.asarray(out[-1].state["positions"])
     if got.shape != walkers[-1].state["positions"].shape:
-        raise AssertionError(f"mapper returned positions of shape {got.shape}, expected {walkers[-1].state['positions'].shape}")
+        raise AssertionError(f"mapper returned positions of shape {got.shape}, "
+                             f"expected {walkers[-1].state['positions'].shape}")
 
 
 def time_mapper(

@@ -157,7 +157,8 @@ def run_openmm_section(
     mapper: str = "WorkerMapper",
     devices: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Both runners on one water box; ``{"status": "skipped", "reason": ...}`` when OpenMM or wemap.openmm is missing."""
+    """Both runners on one water box; ``{"status": "skipped", "reason": ...}`` when OpenMM or wemap.openmm
+    is missing."""
     params = {"platform": platform, "atoms": atoms, "walkers": walkers, "workers": workers, "steps": steps,
               "cycles": cycles, "mapper": mapper, "devices": devices}
     why = availability()

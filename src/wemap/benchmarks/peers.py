@@ -22,7 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-__all__ = ["RayActorMapper", "ProcessPoolMapper", "WepyWorkerMapper", "wepy_worker_mapper", "ensure_ray", "shutdown_ray"]
+__all__ = ["RayActorMapper", "ProcessPoolMapper", "WepyWorkerMapper", "wepy_worker_mapper", "ensure_ray",
+           "shutdown_ray"]
 
 logger = logging.getLogger(__name__)
 

@@ -60,11 +60,13 @@ def plot_matrix(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | None
         panels.append(("new-arrays segment: overhead per cycle", fresh, "overhead_s", "overhead s (cycle − ideal)"))
     loop = [r for r in sel if r["workload"] == "loop" or r["key"] == "floor"]
     if any(r["key"] != "floor" for r in loop):
-        panels.append(("WE loop (results fed back): overhead per cycle", loop, "overhead_s", "overhead s (cycle − ideal)"))
+        panels.append(("WE loop (results fed back): overhead per cycle", loop, "overhead_s",
+                       "overhead s (cycle − ideal)"))
     if sleep:
         ms = sleep[0]["segment_s"] * 1e3
         panels.append((f"{ms:g} ms segment: overhead per cycle", sleep, "overhead_s", "overhead s (cycle − ideal)"))
-        panels.append((f"{ms:g} ms segment: manager CPU while waiting", sleep, "manager_cpu_frac", "manager CPU, fraction of a core"))
+        panels.append((f"{ms:g} ms segment: manager CPU while waiting", sleep, "manager_cpu_frac",
+                       "manager CPU, fraction of a core"))
     else:
         panels.append(("no-op segment: manager CPU", [r for r in noop if r["key"] != "floor"], "manager_cpu_frac",
                        "manager CPU, fraction of a core"))

@@ -135,7 +135,8 @@ def markdown_table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]
     return "\n".join(lines)
 
 
-def report_rows(benchmark: str, args: Any, title: str, rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> Path:
+def report_rows(benchmark: str, args: Any, title: str, rows: list[dict],
+                columns: Sequence[tuple[str, str, str]]) -> Path:
     """What each of the small ``bench/`` scripts ends with: ``title`` and the table on stdout, and the
     rows with the arguments and the machine in the JSON at ``args.out``; returns its path."""
     print(f"\n{title}\n")

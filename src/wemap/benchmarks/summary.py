@@ -74,8 +74,9 @@ def matrix_tables(rows: Sequence[dict[str, Any]]) -> str:
     parts = []
     for (workload, walkers, workers), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != "noop", *kv[0][1:])):
         seg = group[0]["segment_s"]
-        what = {"noop": "no-op segment", "fresh": "new-arrays segment (no work)",
-                "loop": "new-arrays segment, results fed back (a WE loop)"}.get(workload, f"{seg * 1e3:g} ms sleep segment")
+        kinds = {"noop": "no-op segment", "fresh": "new-arrays segment (no work)",
+                 "loop": "new-arrays segment, results fed back (a WE loop)"}
+        what = kinds.get(workload, f"{seg * 1e3:g} ms sleep segment")
         counts = sorted({r["repeats"] for r in group if r["status"] == "ok"} or {r["repeats"] for r in group})
         reps = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         parts.append(f"### {what}, {walkers} walkers, {workers} workers (median of {reps} cycles)\n")
@@ -108,7 +109,8 @@ def goals_table(goals: Sequence[dict[str, Any]]) -> str:
             "goal": g["goal"],
             "target": f"{g['op']} {g['target']:g}",
             "value": g["value"],
-            "spread": "" if not spread else f"{spread[0]:.2f}–{spread[1]:.2f} ({g.get('spread_from', 'fastest and slowest cycles')})",
+            "spread": "" if not spread else (f"{spread[0]:.2f}–{spread[1]:.2f} "
+                                             f"({g.get('spread_from', 'fastest and slowest cycles')})"),
             "verdict": verdict if g["met"] is not None else f"not measured ({g.get('reason')})",
         })
     return markdown_table(rows, [("goal", "goal", "s"), ("target", "target", "s"), ("value", "measured", ".2f"),

@@ -63,9 +63,9 @@ state (Nose-Hoover chains, CustomIntegrator variables), then sets the walker's o
 
 from __future__ import annotations
 
-try:
-    import openmm
-    from openmm import app, unit
+try:  # imported only to check that OpenMM is there, and to say how to install it if not
+    import openmm  # noqa: F401
+    from openmm import app, unit  # noqa: F401
 except ImportError as exc:  # openmm is an optional extra
     raise ImportError(
         "wemap.openmm needs OpenMM, which is not installed: pip install 'wemap[openmm]' "
