@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import time
 import uuid
 
@@ -129,6 +131,32 @@ def _first_time(marker_dir, x) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def _stop_when_receiving(marker: str) -> None:
+    """SIGSTOP this process once its main thread has asked for a walker's extras and waits for them
+    (the worker's ``_Server.extras`` in ``recv``), the marker written first."""
+    main = threading.main_thread().ident
+    while True:
+        frame, names = sys._current_frames().get(main), set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        if "extras" in names and names & {"recv", "_recv_bytes", "_recv"}:
+            break
+        time.sleep(0.0002)  # polling the main thread's stack: there is no event to wait on
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def freeze_waiting_for_extras(walker, marker_dir, victim, **kwargs):
+    """Return ``walker``; at walker ``victim`` (the first time), leave a thread that freezes this
+    worker once it has asked the manager for its next walker's extras and waits to read them."""
+    if kwargs.get("walker_idx") == victim and _first_time(marker_dir, "freeze"):
+        marker = os.path.join(marker_dir, "frozen")
+        threading.Thread(target=_stop_when_receiving, args=(marker,), daemon=True).start()
+    return walker
 
 
 def kill_once(walker, segment_length, marker_dir, victim, **kwargs):

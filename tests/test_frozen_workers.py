@@ -16,6 +16,7 @@ import pytest
 import segfuncs
 from conftest import our_children
 
+import wemap
 from wemap import SharedMemWorkerMapper, WorkerMapper
 
 MAPPERS = [WorkerMapper, SharedMemWorkerMapper]
@@ -96,3 +97,17 @@ def test_walkers_waiting_behind_busy_workers_are_not_timed_out(mapper_cls):
         # the last walker waits about 1.8 s (three segments of 0.6 s) before the one worker takes it
         assert m.map(list(range(4)), [0.6] * 4) == list(range(4))
         assert workers() == [before] and m.recovered_segments == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_frozen_while_it_waits_for_a_walkers_extras_is_killed_at_the_timeout(tmp_path):
+    """Values that are neither arrays nor plain travel over the worker's pipe when it asks for them;
+    a worker frozen before it read more than its pipe holds no longer blocks the manager for ever."""
+    ws = [wemap.Walker({"positions": np.full((10, 3), float(i)), "tags": set(range(i, i + 100_000))}, 0.125)
+          for i in range(8)]
+    with SharedMemWorkerMapper(segment_func=segfuncs.freeze_waiting_for_extras, num_workers=2,
+                               task_timeout=4, first_task_timeout=4) as m:
+        out = m.map(ws, marker_dir=[str(tmp_path)] * 8, victim=[0] * 8, walker_idx=range(8))
+        frozen = int((tmp_path / "frozen").read_text())
+        assert not psutil.pid_exists(frozen) or psutil.Process(frozen).status() == psutil.STATUS_ZOMBIE
+    assert out == ws

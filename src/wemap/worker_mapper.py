@@ -9,10 +9,6 @@ order workers finish in, and the manager always knows which walker a dead worker
 from __future__ import annotations
 
 import logging
-import math
-import os
-import select
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +21,7 @@ from .mapper import PoolMapper, TaskSpec
 from .pickling import dumps
 from .pool import ABORT_STOP_TIMEOUT, WorkerPool, describe_exitcode
 from .worker import Task, TaskFailure, Worker, run_timed
-from .worker_process import control_messages
+from .worker_process import control_messages, send_within
 
 __all__ = ["WorkerMapper"]
 
@@ -45,42 +41,6 @@ def pipe_loop(
             payload = dumps((task_idx, False, replace(TaskFailure.capture(exc), exc_message=message), seconds))
         del result
         conn.send_bytes(payload)
-
-
-#: a task this small fits the empty pipe of a worker waiting for its next one (a socket buffer holds
-#: about 200 KiB), so sending it never blocks
-_FITS_THE_PIPE = 64 * 1024
-
-
-def send_within(conn: Connection, payload: memoryview, deadline: float | None) -> bool:
-    """Send ``payload`` as ``conn.send_bytes`` does, giving up at ``deadline`` (``time.monotonic``).
-
-    Returns False when the worker had not read it all by then: it is frozen or stuck (an idle
-    worker waits in ``recv``) and will be killed, so a message left half-sent does not matter.
-    A task larger than the pipe would otherwise block the manager for ever in ``write``.
-    """
-    n = len(payload)
-    if deadline is None or n <= _FITS_THE_PIPE:
-        conn.send_bytes(payload)
-        return True
-    # multiprocessing's framing, what recv_bytes reads: a 4-byte big-endian length (-1, then 8 bytes, past 2 GiB)
-    header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
-    fd = conn.fileno()
-    writable = select.poll()
-    writable.register(fd, select.POLLOUT)
-    os.set_blocking(fd, False)
-    try:
-        for part in (memoryview(header), memoryview(payload).cast("B")):
-            while part:
-                try:
-                    part = part[os.write(fd, part):]
-                except BlockingIOError:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not writable.poll(math.ceil(remaining * 1000)):
-                        return False
-    finally:
-        os.set_blocking(fd, True)
-    return True
 
 
 class WorkerMapper(PoolMapper):

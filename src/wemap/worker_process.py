@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 import faulthandler
+import math
 import os
+import select
 import signal
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -16,7 +20,7 @@ from typing import Any
 
 from .worker import TaskFailure, Worker
 
-__all__ = ["WorkerProcess", "worker_main", "control_messages", "EXIT_ORPHANED", "EXIT_INIT_FAILED"]
+__all__ = ["WorkerProcess", "worker_main", "control_messages", "send_within", "EXIT_ORPHANED", "EXIT_INIT_FAILED"]
 
 #: exit status of a worker that noticed its manager is gone
 EXIT_ORPHANED = 75
@@ -103,3 +107,39 @@ def worker_main(
         loop(worker, conn, *loop_args)
     finally:
         worker.cleanup()
+
+
+#: a message this small fits the empty pipe of a worker waiting for it (a socket buffer holds
+#: about 200 KiB), so sending it never blocks
+_FITS_THE_PIPE = 64 * 1024
+
+
+def send_within(conn: Connection, payload: memoryview, deadline: float | None) -> bool:
+    """Send ``payload`` as ``conn.send_bytes`` does, giving up at ``deadline`` (``time.monotonic``).
+
+    Returns False when the worker had not read it all by then: it is frozen or stuck (a worker
+    waiting for a message waits in ``recv``) and must be killed, so a message left half-sent does
+    not matter. A message larger than the pipe would otherwise block the manager for ever in ``write``.
+    """
+    n = len(payload)
+    if deadline is None or n <= _FITS_THE_PIPE:
+        conn.send_bytes(payload)
+        return True
+    # multiprocessing's framing, what recv_bytes reads: a 4-byte big-endian length (-1, then 8 bytes, past 2 GiB)
+    header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
+    fd = conn.fileno()
+    writable = select.poll()
+    writable.register(fd, select.POLLOUT)
+    os.set_blocking(fd, False)
+    try:
+        for part in (memoryview(header), memoryview(payload).cast("B")):
+            while part:
+                try:
+                    part = part[os.write(fd, part):]
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not writable.poll(math.ceil(remaining * 1000)):
+                        return False
+    finally:
+        os.set_blocking(fd, True)
+    return True

@@ -54,10 +54,10 @@ class Recovery:
             self.active_at[pid] = t_end
 
     # -- timeouts ----------------------------------------------------------------------------
-    def _limit(self, pid: int) -> float | None:
+    def limit(self, pid: int) -> float | None:
         return self.m.policy.timeout_for(first_segment=pid not in self.served)
 
-    def _kill(self, w: WorkerProcess, limit: float, what: str) -> None:
+    def kill(self, w: WorkerProcess, limit: float, what: str) -> None:
         logger.error("%s %s; killing it", w.describe(), what)
         self.timed_out[w.pid] = limit
         w.process.kill()
@@ -91,13 +91,13 @@ class Recovery:
             if t1:  # finished and waiting to be collected
                 continue
             busy.add(pid)
-            limit = self._limit(pid)
+            limit = self.limit(pid)
             w = by_pid.get(pid)
             if limit is None or w is None or pid in self.timed_out:
                 continue
             if now - t0 > limit * 1e9:
                 spec = cycle.specs[i]
-                self._kill(w, limit, f"ran walker {spec.walker_idx} of cycle {spec.cycle_idx} past its "
+                self.kill(w, limit, f"ran walker {spec.walker_idx} of cycle {spec.cycle_idx} past its "
                                      f"{limit:.3g} s timeout")
             else:
                 due.append(t0 + int(limit * 1e9))
@@ -112,12 +112,12 @@ class Recovery:
             doing = "did not leave the closed ready ring within its {:.3g} s timeout (frozen or stuck?)"
         if since is not None:
             for w in workers:
-                limit = self._limit(w.pid)
+                limit = self.limit(w.pid)
                 if w.pid in busy or w.pid in self.timed_out or limit is None:
                     continue
                 start = max(since, self.active_at.get(w.pid, 0))
                 if now - start > limit * 1e9:
-                    self._kill(w, limit, doing.format(limit))
+                    self.kill(w, limit, doing.format(limit))
                 else:
                     due.append(start + int(limit * 1e9))
         if not due:

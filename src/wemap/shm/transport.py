@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,10 +20,11 @@ from ..arena import PAGE, Arena
 from ..codec import CodecRegistry
 from ..errors import WorkerException
 from ..faults import RetryPolicy
+from ..pickling import dumps
 from ..pool import ABORT_STOP_TIMEOUT, WorkerPool, describe_exitcode
 from ..segment import Segment
 from ..slot_format import Layouts
-from ..worker_process import WorkerProcess
+from ..worker_process import WorkerProcess, send_within
 from .recovery import Recovery
 from .watcher import Watcher
 
@@ -92,7 +94,15 @@ class Transport:
             task = msg[1]
             ok = cycle is not None and type(task) is int and 0 <= task < len(cycle.encoded)
             enc = cycle.encoded[task] if ok else None  # type: ignore[union-attr]
-            w.conn.send(("extras", task, enc.extras if enc is not None else []))
+            # a worker that asked for them reads them at once: one that has not within half its
+            # timeout is frozen or stuck, and is killed, so that neither it nor the other workers
+            # waiting for their own extras keep the manager in write for ever (nor past their timeouts)
+            limit = self.recovery.limit(w.pid)
+            deadline = None if limit is None else time.monotonic() + limit / 2
+            if not send_within(w.conn, dumps(("extras", task, enc.extras if enc is not None else [])), deadline):
+                assert limit is not None
+                self.recovery.kill(w, limit, f"did not read the values of its walker (slot {task}) that travel "
+                                             f"over its pipe within half its task_timeout of {limit} s")
         elif kind == "detached":
             self.detached[w.idx] = msg[2]
         elif kind in ("result", "failed"):
