@@ -23,6 +23,15 @@ class Unsendable:
         raise TypeError("this result refuses to be pickled")
 
 
+def mapper_state(m) -> str:
+    """"closed" for a mapper cleaned up (it refuses ``map`` saying so), else "running"."""
+    try:
+        m.map([], [])
+    except RuntimeError as exc:
+        return "closed" if "after cleanup" in str(exc) else str(exc)
+    return "running"
+
+
 def log_run(runs: str | None, walker_idx) -> None:
     if runs is not None:
         # one short O_APPEND write per run: lines from several processes never interleave

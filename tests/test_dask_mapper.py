@@ -227,18 +227,9 @@ import os, signal, sys
 # inherited SIGINT-ignored from a background shell: restore what an interactive run has
 signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
+import faultfuncs
 import segfuncs
 from wemap.dask_mapper import DaskMapper
-
-
-def closed(m):
-    # a mapper cleaned up refuses map() saying so
-    try:
-        m.map([], [])
-    except RuntimeError as exc:
-        return "closed" if "after cleanup" in str(exc) else str(exc)
-    return "running"
-
 
 if __name__ == "__main__":
     m = DaskMapper(segment_func=segfuncs.sleep_for, num_workers=2)
@@ -248,7 +239,7 @@ if __name__ == "__main__":
     try:
         m.map([1, 2, 3], [60, 60, 60])
     finally:
-        print("cleaned", closed(m), flush=True)
+        print("cleaned", faultfuncs.mapper_state(m), flush=True)
 """
 
 

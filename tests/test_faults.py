@@ -110,18 +110,8 @@ MANAGER_SCRIPT = textwrap.dedent(
     # ignored; an interactive user's manager has Python's handler, so install it
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
-    import psutil, segfuncs, wemap
+    import faultfuncs, psutil, segfuncs, wemap
     from wemap.pool import multiprocessing_helper_pids
-
-
-    def closed(m):
-        # a mapper cleaned up refuses map() saying so
-        try:
-            m.map([], [])
-        except RuntimeError as exc:
-            return "closed" if "after cleanup" in str(exc) else str(exc)
-        return "running"
-
 
     if __name__ == "__main__":
         m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
@@ -132,7 +122,7 @@ MANAGER_SCRIPT = textwrap.dedent(
         try:
             m.map([1, 2, 3], [60, 60, 60])
         finally:
-            print("cleaned", closed(m), flush=True)
+            print("cleaned", faultfuncs.mapper_state(m), flush=True)
     """
 )
 
@@ -247,16 +237,6 @@ INTERRUPTED_TWICE = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import psutil, segfuncs, wemap
     from wemap.pool import multiprocessing_helper_pids
-
-
-    def closed(m):
-        # a mapper cleaned up refuses map() saying so
-        try:
-            m.map([], [])
-        except RuntimeError as exc:
-            return "closed" if "after cleanup" in str(exc) else str(exc)
-        return "running"
-
 
     if __name__ == "__main__":
         m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
