@@ -7,7 +7,7 @@ import time
 
 import psutil
 import pytest
-from mappers import MAPPERS, PROCESS_MAPPERS
+from mappers import MAPPERS, PROCESS_MAPPERS, TIMEOUT_PROCESS_MAPPERS
 
 from wemap.pool import multiprocessing_helper_pids
 
@@ -99,4 +99,10 @@ def mapper_cls(request):
 @pytest.fixture(params=PROCESS_MAPPERS)
 def process_mapper_cls(request):
     """Each mapper class that runs segments in other processes."""
+    return MAPPERS[request.param]
+
+
+@pytest.fixture(params=TIMEOUT_PROCESS_MAPPERS)
+def timeout_process_mapper_cls(request):
+    """Each process mapper that takes ``task_timeout``."""
     return MAPPERS[request.param]

@@ -1,6 +1,7 @@
 """Every mapper class the suite checks, by name; a new mapper joins by adding one entry here.
 
-`tests/conftest.py` turns these into the ``mapper_cls`` and ``process_mapper_cls`` fixtures.
+`tests/conftest.py` turns these into the ``mapper_cls``, ``process_mapper_cls`` and
+``timeout_process_mapper_cls`` fixtures.
 """
 
 from __future__ import annotations
@@ -26,3 +27,5 @@ except ModuleNotFoundError as exc:
     if exc.name not in ("dask", "distributed"):
         raise
 PROCESS_MAPPERS = [name for name in MAPPERS if name != "Mapper"]
+#: the process mappers that take ``task_timeout`` (Dask has none)
+TIMEOUT_PROCESS_MAPPERS = [name for name in PROCESS_MAPPERS if name != "DaskMapper"]

@@ -14,7 +14,7 @@ import signal
 
 import faultfuncs
 import pytest
-from mappers import MAPPERS, PROCESS_MAPPERS
+from mappers import MAPPERS
 
 from wemap import TaskException, TaskTimeout, WorkerException
 
@@ -24,12 +24,6 @@ N = 8
 WALKER_IDX = list(range(10, 10 + N))
 CYCLE = 7
 VICTIM = WALKER_IDX[3]
-TIMEOUT_MAPPERS = [name for name in PROCESS_MAPPERS if name != "DaskMapper"]  # Dask has no task_timeout
-
-
-@pytest.fixture(params=TIMEOUT_MAPPERS)
-def timeout_mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 def where(**extra) -> dict:
@@ -86,9 +80,9 @@ def test_a_result_that_cannot_travel_names_its_walker_and_cycle(process_mapper_c
     assert "refuses to be pickled" in exc.exc_message
 
 
-def test_timed_out_segment_names_its_walker_and_cycle_in_the_error_and_the_log(timeout_mapper_cls, caplog):
-    with timeout_mapper_cls(segment_func=faultfuncs.hang_at, num_workers=2, task_timeout=1.0,
-                            first_task_timeout=1.0, max_retries=0) as m:
+def test_timed_out_segment_names_its_walker_and_cycle_in_the_error_and_the_log(timeout_process_mapper_cls, caplog):
+    with timeout_process_mapper_cls(segment_func=faultfuncs.hang_at, num_workers=2, task_timeout=1.0,
+                                    first_task_timeout=1.0, max_retries=0) as m:
         with caplog.at_level(logging.WARNING, logger="wemap"), pytest.raises(TaskTimeout) as info:
             m.map(list(range(N)), **where())
     assert_located(info.value)

@@ -13,7 +13,6 @@ import time
 
 import faultfuncs
 import pytest
-from mappers import MAPPERS, PROCESS_MAPPERS
 
 from wemap import TaskException, TaskTimeout, WorkerException
 from wemap.faults import Attempts, RetryPolicy
@@ -25,12 +24,6 @@ N = 6
 WALKER_IDX = list(range(10, 10 + N))
 CYCLE = 7
 VICTIM = WALKER_IDX[3]
-TIMEOUT_MAPPERS = [name for name in PROCESS_MAPPERS if name != "DaskMapper"]  # Dask has no task_timeout
-
-
-@pytest.fixture(params=TIMEOUT_MAPPERS)
-def timeout_mapper_cls(request):
-    return MAPPERS[request.param]
 
 
 def cycle_args(**per_walker) -> dict:
@@ -155,8 +148,9 @@ def test_walker_killing_its_worker_every_time_runs_max_retries_plus_one_times(pr
 # -- task_timeout alone -----------------------------------------------------------------------
 
 
-def test_task_timeout_alone_gives_first_segments_ten_times_and_bounds_later_ones(timeout_mapper_cls):
-    with timeout_mapper_cls(segment_func=faultfuncs.slow_first, num_workers=2, task_timeout=1.0, max_retries=0) as m:
+def test_task_timeout_alone_gives_first_segments_ten_times_and_bounds_later_ones(timeout_process_mapper_cls):
+    with timeout_process_mapper_cls(segment_func=faultfuncs.slow_first, num_workers=2, task_timeout=1.0,
+                                    max_retries=0) as m:
         # every worker's first segment takes 2.5 s: past task_timeout, within the first segment's 10 s
         assert m.map(list(range(N)), **cycle_args(seconds=2.5, victim=-1)) == list(range(N))
         assert m.recovered_segments == 0
@@ -169,9 +163,10 @@ def test_task_timeout_alone_gives_first_segments_ten_times_and_bounds_later_ones
     assert re.search(r"task_timeout \(1 s\)", exc.args[0]), exc.args[0]
 
 
-def test_task_timeout_alone_bounds_a_first_segment_at_ten_times(timeout_mapper_cls):
+def test_task_timeout_alone_bounds_a_first_segment_at_ten_times(timeout_process_mapper_cls):
     first = WALKER_IDX[0]  # one worker: the first walker is its first segment
-    with timeout_mapper_cls(segment_func=faultfuncs.slow_first, num_workers=1, task_timeout=0.3, max_retries=0) as m:
+    with timeout_process_mapper_cls(segment_func=faultfuncs.slow_first, num_workers=1, task_timeout=0.3,
+                                    max_retries=0) as m:
         t0 = time.monotonic()
         with pytest.raises(TaskTimeout) as info:  # a first segment that hangs (15 s) is killed after 3 s
             m.map(list(range(N)), **cycle_args(seconds=0.0, victim=first, hang=15.0))
