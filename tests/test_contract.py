@@ -195,6 +195,14 @@ def test_unpicklable_segment_func_is_a_clear_error(process_mapper_cls):
     m.cleanup()
 
 
+def test_an_unpicklable_mapper_keyword_is_a_clear_error_naming_it(process_mapper_cls):
+    """Extra keywords travel to every worker (as ``mapper_attributes``): checked as the other arguments are."""
+    m = process_mapper_cls(segment_func=segfuncs.add, num_workers=1, on_done=lambda: None)
+    with pytest.raises(TypeError, match="mapper_attributes.*cannot be pickled.*module level"):
+        m.init()
+    m.cleanup()
+
+
 def test_partial_and_bound_methods_work(process_mapper_cls):
     with process_mapper_cls(segment_func=functools.partial(segfuncs.add, b=100), num_workers=2) as m:
         assert m.map(range(3)) == [100, 101, 102]

@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
 import threading
 import time
 import uuid
@@ -67,6 +66,7 @@ from .dask_worker import ExitReporter, WorkerState, run_segment
 from .errors import WorkerException
 from .faults import Attempts
 from .mapper import MapperBase, TaskSpec
+from .pickling import check_picklable
 from .worker import Worker
 
 __all__ = ["DaskMapper"]
@@ -151,8 +151,10 @@ class DaskMapper(MapperBase):
 
     def _start(self) -> None:
         try:
-            for what in ("segment_func", "worker_type", "worker_attributes", "worker_init"):
-                _check_picklable(what, getattr(self, what))
+            for what, obj in (("segment_func", self.segment_func), ("worker_type", self.worker_type),
+                              ("worker_attributes", self.worker_attributes), ("worker_init", self.worker_init),
+                              ("mapper_attributes", self.attributes)):
+                check_picklable(what, obj, "DaskMapper sends it to every Dask worker")
             self._connect()
             client = self.client
             client.wait_for_workers(self._worker_count(), timeout=self.start_timeout)
@@ -289,12 +291,3 @@ class DaskMapper(MapperBase):
                 f"is gone and none came back", walker_idx=waiting[0].walker_idx, cycle_idx=waiting[0].cycle_idx)
 
 
-def _check_picklable(what: str, obj: Any) -> None:
-    try:
-        pickle.dumps(obj)
-    except Exception as exc:
-        raise TypeError(
-            f"{what} ({obj!r}) cannot be pickled by reference, and DaskMapper sends it to every Dask "
-            f"worker: define it at module level (not a lambda, closure or local class), or use "
-            f"wemap.Mapper to run in this process. ({type(exc).__name__}: {exc})"
-        ) from exc

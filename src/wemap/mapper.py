@@ -377,7 +377,8 @@ class PoolMapper(MapperBase):
             start_timeout=self.start_timeout, stop_timeout=self.stop_timeout,
         )
         pool.check_picklable(segment_func=self.segment_func, worker_type=self.worker_type,
-                             worker_attributes=self.worker_attributes, worker_init=self.worker_init, **picklable)
+                             worker_attributes=self.worker_attributes, worker_init=self.worker_init,
+                             mapper_attributes=self.attributes, **picklable)
         pool.start()
         return pool
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dumps", "PROTOCOL"]
+__all__ = ["dumps", "check_picklable", "PROTOCOL"]
 
 PROTOCOL = 5
 
@@ -30,3 +30,14 @@ class _Pickler(ForkingPickler):
 def dumps(obj: Any) -> memoryview:
     """``obj`` pickled for a `multiprocessing.connection.Connection`'s ``send_bytes``; ``recv`` loads it."""
     return _Pickler.dumps(obj, PROTOCOL)
+
+
+def check_picklable(what: str, obj: Any, sent: str) -> None:
+    """Fail early, naming the keyword, when ``obj`` cannot travel: ``sent`` says who sends it where."""
+    try:
+        dumps(obj)
+    except Exception as exc:
+        raise TypeError(
+            f"{what} ({obj!r}) cannot be pickled, and {sent}: define it at module level (not a lambda, "
+            f"closure or local class), or use wemap.Mapper to run in this process. ({type(exc).__name__}: {exc})"
+        ) from exc

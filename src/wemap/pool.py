@@ -31,11 +31,11 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from .errors import WorkerException
 from .faults import check_seconds
+from .pickling import check_picklable
 from .worker import Worker
 from .worker_process import WorkerProcess, worker_main
 
@@ -129,14 +129,7 @@ class WorkerPool:
         if self.start_method == "fork":
             return
         for what, obj in objects.items():
-            try:
-                ForkingPickler.dumps(obj)
-            except Exception as exc:
-                raise TypeError(
-                    f"{what} ({obj!r}) cannot be pickled, and the {self.start_method!r} start method sends it "
-                    f"to every worker process: define it at module level (not a lambda, closure or local class), "
-                    f"or use wemap.Mapper to run in this process. ({type(exc).__name__}: {exc})"
-                ) from exc
+            check_picklable(what, obj, f"the {self.start_method!r} start method sends it to every worker process")
 
     def spawn(self, idx: int) -> WorkerProcess:
         """Start worker ``idx`` (also used to replace a dead one); does not wait for it."""
