@@ -118,6 +118,13 @@ def grow(walker, n_extra, runs=None, **kwargs):
     return wemap.Walker(state, walker.weight)
 
 
+def grow_swapped(walker, n_extra, **kwargs):
+    """`grow`, the extra array big-endian and strided (what numpy's own pickling reloads as native)."""
+    state = dict(walker.state)
+    state["extra"] = np.arange(2 * n_extra, dtype=">f8")[::2]
+    return wemap.Walker(state, walker.weight)
+
+
 def modify_in_place(walker, segment_length, **kwargs):
     walker.state["positions"] += 1.0
     return walker

@@ -125,6 +125,13 @@ def test_results_larger_than_their_blocks_come_over_the_pipe_once_and_the_next_m
         assert sorted(w for w, _ in faultfuncs.read_runs(runs)) == [0, 0, 1, 1, 2, 2]
 
 
+def test_a_result_over_the_pipe_keeps_its_byte_order():
+    with SharedMemWorkerMapper(segment_func=segfuncs.grow_swapped, num_workers=1) as m:
+        (out,) = m.map(walkers(1, 100), [100_000])  # larger than its block: it comes over the pipe
+    assert out.state["extra"].dtype == np.dtype(">f8")
+    assert np.array_equal(out.state["extra"], np.arange(0, 200_000, 2))
+
+
 def test_more_and_larger_walkers_make_a_new_ring_and_arena():
     with SharedMemWorkerMapper(segment_func=segfuncs.displace, num_workers=2) as m:
         small = walkers(4, 10)

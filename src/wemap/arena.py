@@ -116,10 +116,6 @@ class Arena:
         del mem
         logger.debug("arena %s: %d blocks x %d bytes", self.name, nblocks, block_size)
 
-    @property
-    def live(self) -> bool:
-        return self._shm is not None
-
     def idle_count(self) -> int:
         return sum(b.idle() for b in self._blocks)
 

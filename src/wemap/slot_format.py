@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .plain_values import Extra, NotPlain, decode_plain, encode_plain
+from .plain_values import decode_plain, encode_plain
 
-__all__ = ["Extra", "NotPlain", "encode_plain", "decode_plain", "Layouts", "Layout", "pack", "pack_into", "packed_size",
-           "unpack", "NO_BLOCK", "dtype_description", "values"]
+__all__ = ["Layouts", "Layout", "pack", "pack_into", "packed_size", "unpack", "NO_BLOCK", "dtype_description", "values"]
 
 MAGIC = b"WMD1"
 HEAD = struct.Struct("<4sIIII")
@@ -54,7 +53,8 @@ def dtype_description(dt: np.dtype) -> Any:
         pass
     desc: Any = dt.str if dt.fields is None and dt.subdtype is None else dt.descr
     try:
-        if np.dtype(desc) != dt or encode_plain(desc) is None:
+        encode_plain(desc)  # NotPlain (a TypeError) for a description that is not plain
+        if np.dtype(desc) != dt:
             desc = None
     except (TypeError, ValueError):
         desc = None
@@ -243,7 +243,7 @@ def values(raw: bytes, layout: Layout, extras: list) -> list:
     """The values of a descriptor `unpack` read, with its ``extras``; checked against its layout."""
     try:
         vals = decode_plain(raw, extras)
-    except (ValueError, struct.error) as exc:
+    except ValueError as exc:
         raise ValueError(f"malformed slot descriptor: {exc}") from None
     if type(vals) is not list or len(vals) != layout.n_values:
         raise ValueError(f"malformed slot descriptor: {len(vals) if type(vals) is list else 'no'} values, "

@@ -17,10 +17,10 @@ from ..codec import CodecRegistry
 from ..plain_values import Extra, NotPlain, encode_plain
 from ..slot_format import Layout, Layouts
 
-__all__ = ["Encoded", "encode_call", "decode_call"]
+__all__ = ["Encoded", "encode_call", "decode_call", "SCALAR_ENTRY"]
 
 _PLAIN_SCALARS = frozenset({int, float, bool, type(None)})
-_SCALAR_ENTRY = ("scalar", ())
+SCALAR_ENTRY = ("scalar", ())
 
 
 class Encoded:
@@ -48,7 +48,7 @@ def encode_call(layouts: Layouts, reg: CodecRegistry, args: tuple, kwargs: dict,
     for which, value in (*enumerate(args), *kwargs.items()):
         if type(value) in _PLAIN_SCALARS and not reg.custom:  # a segment length: what `ScalarCodec` says
             vals.append(value)
-            entries.append(_SCALAR_ENTRY)
+            entries.append(SCALAR_ENTRY)
             continue
         codec = reg.for_object(value)
         try:

@@ -27,7 +27,7 @@ from ..worker_process import WorkerProcess
 
 if TYPE_CHECKING:
     from .cycle import Cycle
-    from .mapper import SharedMemWorkerMapper
+    from .transport import Transport
 
 __all__ = ["Recovery"]
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 class Recovery:
     """One run's (``init`` to ``cleanup``) record of its workers, and what to do when one is lost."""
 
-    def __init__(self, mapper: SharedMemWorkerMapper) -> None:
+    def __init__(self, mapper: Transport) -> None:
         self.m = mapper
         self.attached: set[int] = set()  # worker indices serving the current ring
         self.served: set[int] = set()  # pids that finished a segment (past their first-segment allowance)
@@ -194,11 +194,8 @@ class Recovery:
         return dead
 
     @staticmethod
-    def death(w: WorkerProcess, held: tuple[int, int] | None) -> WorkerException:
+    def death(w: WorkerProcess) -> WorkerException:
+        """A worker that died while idle (before it could serve a ring)."""
         code = w.exitcode()
-        doing = f"while running walker {held[0]} of cycle {held[1]}" if held else "while idle"
-        return WorkerException(
-            f"{w.describe()} died {doing}: {describe_exitcode(code)}",
-            worker_idx=w.idx, pid=w.pid, exitcode=code,
-            walker_idx=held[0] if held else None, cycle_idx=held[1] if held else None,
-        )
+        return WorkerException(f"{w.describe()} died while idle: {describe_exitcode(code)}",
+                               worker_idx=w.idx, pid=w.pid, exitcode=code)

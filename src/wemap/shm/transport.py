@@ -186,7 +186,7 @@ class Transport:
                 continue
             self.recovery.attached_now(w)
             return
-        raise Recovery.death(w, None)
+        raise Recovery.death(w)
 
     def close_ring(self) -> None:
         if self.segment is not None:

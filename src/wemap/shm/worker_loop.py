@@ -22,7 +22,6 @@ segment, is at fault; a `TaskFailure` says why).
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -33,18 +32,20 @@ from .._ring import RingClosed, now_ns
 from ..arena import ArenaMap
 from ..codec import Codec, CodecRegistry
 from ..memcopy import write_arrays
+from ..pickling import dumps
 from ..plain_values import Extra, encode_plain
 from ..segment import Segment
 from ..slot_format import NO_BLOCK, Layouts, pack_into, packed_size, unpack, values
 from ..worker import Task, TaskFailure, Worker, run_timed
 from ..worker_process import control_messages
-from .calls import decode_call, encode_call
+from .calls import SCALAR_ENTRY, decode_call, encode_call
 
 __all__ = ["ring_loop", "STATUS_OK", "STATUS_FAILED", "STATUS_PIPED", "STATUS_CORRUPT"]
 
 STATUS_OK, STATUS_FAILED, STATUS_PIPED, STATUS_CORRUPT = 0, 1, 2, 3
-#: the layout of a result that comes whole over the pipe: one value, the descriptor's extra 0
-_PIPED = (1, (), (("scalar", ()),))
+#: the layout key and values of a result that comes whole over the pipe: one value, the descriptor's extra 0
+_PIPED_LAYOUT = (1, (), (SCALAR_ENTRY,))
+_PIPED_VALUES = encode_plain([Extra(0)], [])
 
 
 class _Stopped(Exception):
@@ -138,7 +139,7 @@ class _Server:
         blocks = [result_block, *enc.refs]
         need = packed_size(len(blocks), enc.layout, enc.values)
         if enc.copy_bytes > arena.block_size or need > out.nbytes:
-            pack_into(out, [result_block], self.layouts.make(_PIPED), encode_plain([Extra(0)], []), 1)
+            pack_into(out, [result_block], self.layouts.make(_PIPED_LAYOUT), _PIPED_VALUES, 1)
             return STATUS_PIPED, enc.copy_bytes, need, _pickled(task, [result], where)
         extras = _pickled(task, enc.extras, where) if enc.extras else b""
         write_arrays(arena.block(result_block), enc.offsets, enc.copies, enc.largest)
@@ -148,7 +149,7 @@ class _Server:
 def _pickled(task: int, extras: list, where: str) -> bytes:
     """The pipe message with a result's extras."""
     try:
-        return pickle.dumps(("result", task, extras), protocol=5)
+        return bytes(dumps(("result", task, extras)))  # keeps every array's byte order
     except Exception as exc:
         raise ValueError(f"{where}: a value that is neither an array nor plain cannot be pickled: "
                          f"{type(exc).__name__}: {exc}") from exc
