@@ -18,7 +18,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
-__all__ = ["ArrayState", "VECTOR_FIELDS", "SCALAR_FIELDS"]
+__all__ = ["ArrayState", "VECTOR_FIELDS"]
 
 _S = openmm.State
 #: the per-particle fields: name -> (State data type flag, unit)
@@ -27,8 +27,6 @@ VECTOR_FIELDS: dict[str, tuple[int, Any]] = {
     "velocities": (_S.Velocities, unit.nanometers / unit.picosecond),
     "forces": (_S.Forces, unit.kilojoules_per_mole / unit.nanometer),
 }
-#: the scalar fields a State always has (time, step count, box volume) or has with its energy
-SCALAR_FIELDS = ("time", "step_count", "box_volume", "kinetic_energy", "potential_energy")
 
 
 def _readonly(arr: Any, shape: tuple[int, ...], name: str) -> np.ndarray:

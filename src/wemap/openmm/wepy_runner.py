@@ -30,6 +30,7 @@ except ImportError as exc:  # wepy is an optional extra
         "pip install 'wemap[wepy]' (or use wemap.openmm.OpenMMRunner, which does not)"
     ) from exc
 
+from ..worker import current_worker
 from .array_state import ArrayState
 from .runner import OpenMMRunner
 
@@ -209,10 +210,11 @@ class WepyOpenMMRunner(OpenMMRunner):
         new_state = OpenMMState(ArrayState.from_state(ctx.getState(**get_kwargs)))
         end = time.time()
         live.segments += 1
-        self._last_cycle_segments_split_times.append({
-            "gen_sim_time": gen_sim - start, "steps_time": steps - gen_sim,
-            "get_state_time": end - steps, "run_segment_time": end - start,
-        })
+        if current_worker() is None:  # the manager's runner (in-process mapping): a worker's copy is never read
+            self._last_cycle_segments_split_times.append({
+                "gen_sim_time": gen_sim - start, "steps_time": steps - gen_sim,
+                "get_state_time": end - steps, "run_segment_time": end - start,
+            })
         return OpenMMWalker(new_state, walker.weight)
 
     def __repr__(self) -> str:
