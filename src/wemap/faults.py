@@ -138,18 +138,22 @@ class _Terminated(SystemExit):
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """While a ``map`` runs (main thread, default handlers only): SIGTERM raises, and the
-    exceptions SIGTERM and Ctrl-C raise are marked as the signal's (`worker.from_signal`).
+def sigterm_raises(mark_sigint: bool = False) -> Iterator[None]:
+    """While a ``map`` runs (main thread, default handlers only): SIGTERM raises, marked as the
+    signal's (`worker.from_signal`), and with ``mark_sigint`` so does Ctrl-C's KeyboardInterrupt.
 
     Otherwise SIGTERM kills the manager with no cleanup. The mark lets `wemap.Mapper`, whose segments
     run in the manager, stop the map on a signal, while a ``KeyboardInterrupt`` or ``SystemExit`` a
-    segment raises itself is its failure (`TaskException`). A user's own SIGINT handler is left alone.
+    segment raises itself is its failure (`TaskException`); where segments run in other processes a
+    KeyboardInterrupt in the manager is always Ctrl-C's, and SIGINT keeps Python's own handler. A
+    user's own handler is left alone.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    defaults = {signal.SIGTERM: signal.SIG_DFL}
+    if mark_sigint:
+        defaults[signal.SIGINT] = signal.default_int_handler
     ours = [signum for signum, default in defaults.items() if signal.getsignal(signum) == default]
     for signum in ours:
         signal.signal(signum, _raise_marked)

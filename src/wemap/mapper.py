@@ -131,6 +131,9 @@ class MapperBase:
     the only positional argument, extra keywords kept in `attributes`.
     """
 
+    #: segments run in this process, so a KeyboardInterrupt may be theirs (`faults.sigterm_raises`)
+    _segments_here = False
+
     def __init__(
         self,
         segment_func: Callable[..., Any] | None = None,
@@ -228,7 +231,7 @@ class MapperBase:
             self._worker_segment_times = {i: [] for i in range(self._worker_count())}
             if not specs:
                 return []
-            with sigterm_raises():
+            with sigterm_raises(self._segments_here):
                 return self._run(specs)
         finally:
             _MAPPING.discard(self)
@@ -288,6 +291,8 @@ class Mapper(MapperBase):
     `MapperBase`'s (wepy's ``Mapper``'s); ``num_workers`` is accepted so wepy's ``Configuration``
     can build it, and ignored (one worker, this process).
     """
+
+    _segments_here = True
 
     def _default_num_workers(self) -> int:
         return 1
