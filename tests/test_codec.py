@@ -6,6 +6,9 @@ from __future__ import annotations
 import ast
 import pathlib
 import pickle
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -55,6 +58,27 @@ def test_what_is_not_plain_becomes_an_extra_in_its_place():
         encode_plain({1, 2})
     with pytest.raises(ValueError, match="extra 1 of 1"):
         decode_plain(raw, extras[:1])
+
+
+def test_a_refused_value_leaves_nothing_behind_and_threads_encode_apart():
+    # one packer per thread is reused: a pack that failed half way, or another thread's pack, must not show
+    with pytest.raises(NotPlain):
+        encode_plain(["a long string first", {1, 2}])
+    assert decode_plain(encode_plain([1.0, 0])) == [1.0, 0]
+    barrier = threading.Barrier(4)
+
+    def encode_many(k: int) -> bool:
+        barrier.wait()
+        return all(decode_plain(encode_plain([k, i, (str(k),) * (i % 5)])) == [k, i, (str(k),) * (i % 5)]
+                   for i in range(2000))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch inside a pack's callbacks (tuples), where it could mix them
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            assert all(pool.map(encode_many, range(4)))
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def _call_round_trip(obj, **kwargs):

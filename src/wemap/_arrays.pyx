@@ -98,7 +98,9 @@ class FieldError(ValueError):
 
 cdef class Placement:
     """Where a call's arrays go, on both sides of the shared-memory mapper: those to copy (``copies`` at
-    ``offsets``, ``cursor`` bytes in all) and the arena blocks the others lie in (``refs``, first use first).
+    ``offsets``, ``copy_bytes`` bytes in all) and the arena blocks the others lie in (``refs``, first use first);
+    once the call is laid out (`wemap.shm.calls.encode_call`), its ``layout`` and ``values`` (bytes) and
+    its ``extras`` (for the pipe) too.
 
     ``describe(dtype)``: how a layout names the dtype, or None for an array that travels as a value.
     ``base``, ``span``: the arena's first byte and length in this process (span 0: every array is
@@ -106,7 +108,8 @@ cdef class Placement:
     """
 
     cdef readonly list copies, offsets, refs
-    cdef readonly Py_ssize_t cursor, array_bytes, largest
+    cdef public object layout, values, extras
+    cdef readonly Py_ssize_t copy_bytes, array_bytes, largest
     cdef object describe, allowed
     cdef uintptr_t base
     cdef Py_ssize_t span, block_size
@@ -117,7 +120,7 @@ cdef class Placement:
         self.describe, self.allowed = describe, allowed
         self.base, self.span, self.block_size = base, span, block_size
         self.copies, self.offsets, self.refs = [], [], []
-        self.cursor = self.array_bytes = self.largest = 0
+        self.copy_bytes = self.array_bytes = self.largest = 0
 
     def fields(self, dict fields, list values):
         """Each field as a layout names it: ``(name, dtype, shape, entry, offset)`` for an array in
@@ -149,10 +152,10 @@ cdef class Placement:
                     self.array_bytes += (nbytes + _ALIGN - 1) & ~(_ALIGN - 1)
                     block = self._block_of(addr, nbytes, contiguous)
                     if block < 0:
-                        entry, offset = 0, self.cursor
+                        entry, offset = 0, self.copy_bytes
                         self.copies.append(v)
                         self.offsets.append(offset)
-                        self.cursor = (offset + nbytes + _ALIGN - 1) & ~(_ALIGN - 1)
+                        self.copy_bytes = (offset + nbytes + _ALIGN - 1) & ~(_ALIGN - 1)
                     else:
                         offset = <Py_ssize_t>(addr - self.base) - block * self.block_size
                         try:

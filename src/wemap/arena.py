@@ -167,8 +167,8 @@ class ArenaMap:
         self._shm = shm
         self.name, self.nblocks, self.block_size = name, nblocks, block_size
         self.buf = np.frombuffer(shm.buf, dtype=np.uint8, count=nblocks * block_size)
-        self.readonly = self.buf.view()  # views carved from it are read-only too
-        self.readonly.flags.writeable = False
+        # views carved from it are read-only too (numpy asks a read-only array for a writable buffer first)
+        self.readonly = memoryview(self.buf).toreadonly()
         self._base = data_address(self.buf)
 
     def block(self, k: int) -> np.ndarray:

@@ -12,6 +12,7 @@ direction.
 from __future__ import annotations
 
 import struct
+import threading
 from functools import partial
 from typing import Any
 
@@ -91,12 +92,35 @@ def _pack(value: Any, extras: list | None, as_type: type | None = None) -> bytes
         raise NotPlain(str(exc)) from None  # surrogate, nested too deep
 
 
+class _TopPacker(threading.local):
+    """One packer per thread for `encode_plain`'s values (making a packer costs more than packing a
+    walker's few values); what it packs inside a tuple gets a packer of its own (`_pack`): one is not
+    re-entrant."""
+
+    def __init__(self) -> None:
+        self.extras: list | None = None
+        self.packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
+
+    def _default(self, v: Any) -> msgpack.ExtType:
+        return _default(self.extras, v)
+
+
+_top = _TopPacker()
+
+
 def encode_plain(value: Any, extras: list | None = None) -> bytes:
     """``value`` in the plain encoding; what is not plain goes into ``extras`` (an index stays in its
     place), or, with ``extras`` None, raises `NotPlain`."""
     if extras is not None and type(value) in _CONTAINERS:
         _check_keys(value)
-    return _pack(value, extras)
+    top = _top
+    top.extras = extras
+    try:
+        return top.packer.pack(value)  # a failed pack leaves the packer empty
+    except (OverflowError, UnicodeEncodeError, ValueError, RecursionError) as exc:
+        raise NotPlain(str(exc)) from None
+    finally:
+        top.extras = None
 
 
 def _ext(extras: list, code: int, data: bytes) -> Any:

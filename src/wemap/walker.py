@@ -24,7 +24,7 @@ class Walker:
     __slots__ = ("state", "weight")
 
     def __init__(self, state: Mapping[str, Any], weight: float) -> None:
-        if not isinstance(state, Mapping):
+        if type(state) is not dict and not isinstance(state, Mapping):
             raise TypeError(f"Walker state must be a mapping of names to arrays or scalars, got {type(state).__name__}")
         self.state: dict[str, Any] = dict(state)
         self.weight = float(weight)

@@ -17,21 +17,10 @@ from ..codec import CodecRegistry
 from ..plain_values import Extra, NotPlain, encode_plain
 from ..slot_format import Layout, Layouts
 
-__all__ = ["Encoded", "encode_call", "decode_call", "SCALAR_ENTRY"]
+__all__ = ["encode_call", "decode_call", "SCALAR_ENTRY"]
 
 _PLAIN_SCALARS = frozenset({int, float, bool, type(None)})
 SCALAR_ENTRY = ("scalar", ())
-
-
-class Encoded:
-    """One call laid out: its layout and values (bytes), extras, and where its arrays go (`Placement`)."""
-
-    __slots__ = ("layout", "values", "extras", "copies", "offsets", "copy_bytes", "refs", "array_bytes", "largest")
-
-    def __init__(self, layout: bytes, values: bytes, extras: list, place: Placement) -> None:
-        self.layout, self.values, self.extras = layout, values, extras
-        self.copies, self.offsets, self.copy_bytes = place.copies, place.offsets, place.cursor
-        self.refs, self.array_bytes, self.largest = place.refs, place.array_bytes, place.largest
 
 
 def _argument(where: str, which: int | str) -> str:
@@ -39,9 +28,10 @@ def _argument(where: str, which: int | str) -> str:
 
 
 def encode_call(layouts: Layouts, reg: CodecRegistry, args: tuple, kwargs: dict, *, where: str,
-                place: Placement) -> Encoded:
+                place: Placement) -> Placement:
     """Lay out ``args``/``kwargs`` without writing anything, their arrays placed by ``place`` (a fresh
-    `Placement`); `ValueError` naming ``where`` and the field for anything that cannot travel."""
+    `Placement`, returned with the call's layout, values and extras); `ValueError` naming ``where`` and
+    the field for anything that cannot travel."""
     entries = []
     vals: list[Any] = []
     extras: list[Any] = []
@@ -67,15 +57,16 @@ def encode_call(layouts: Layouts, reg: CodecRegistry, args: tuple, kwargs: dict,
             raise ValueError(f"{_argument(where, which)}: the {codec.name!r} codec gave {exc}") from None
     key = (len(args), tuple(kwargs), tuple(entries))
     try:
-        layout = layouts.make(key)
+        place.layout = layouts.make(key)
     except TypeError:  # a structured dtype's description (a list) cannot key the cache
-        layout = encode_plain(key)
+        place.layout = encode_plain(key)
     try:
-        values = encode_plain(vals, extras)
+        place.values = encode_plain(vals, extras)
     except NotPlain:  # a dict with a key that is not plain: that value goes over the pipe whole
         del extras[sum(type(v) is Extra for v in vals):]
-        values = encode_plain([_plain_or_extra(v, extras) for v in vals], extras)
-    return Encoded(layout, values, extras, place)
+        place.values = encode_plain([_plain_or_extra(v, extras) for v in vals], extras)
+    place.extras = extras
+    return place
 
 
 def _plain_or_extra(v: Any, extras: list) -> Any:

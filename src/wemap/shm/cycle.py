@@ -21,7 +21,7 @@ from ..faults import Attempts
 from ..mapper import TaskSpec
 from ..memcopy import write_arrays
 from ..slot_format import NO_BLOCK, dtype_description, pack_into, packed_size, unpack, values
-from .calls import Encoded, decode_call, encode_call
+from .calls import decode_call, encode_call
 from .worker_loop import STATUS_CORRUPT, STATUS_FAILED, STATUS_OK, STATUS_PIPED
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Cycle:
         n = len(specs)
         self.m, self.specs, self.times = transport, specs, segment_times
         self.results: list[Any] = [None] * n
-        self.encoded: list[Encoded | None] = [None] * n
+        self.encoded: list[Placement | None] = [None] * n
         self.inputs: list[tuple[int, np.ndarray] | None] = [None] * n  # (block, its array): the copy in
         self.outputs: list[tuple[int, np.ndarray] | None] = [None] * n  # (block, its array): for the result
         self.written = [False] * n  # its input block holds its arrays
@@ -61,7 +61,7 @@ class Cycle:
         return self.results
 
     # -- before the walkers go ---------------------------------------------------------------
-    def encode(self, i: int) -> Encoded:
+    def encode(self, i: int) -> Placement:
         spec = self.specs[i]
         arena = self.m.arena
         return encode_call(self.m.layouts, self.m.registry, spec.args, spec.kwargs,
@@ -98,7 +98,7 @@ class Cycle:
         need = max(packed_size(len(e.refs) + 1, e.layout, e.values) for e in self._encoded(todo))
         m.fit_ring(n, need)
 
-    def _encoded(self, todo: list[int]) -> list[Encoded]:
+    def _encoded(self, todo: list[int]) -> list[Placement]:
         return [e for e in (self.encoded[i] for i in todo) if e is not None]
 
     # -- on their way ------------------------------------------------------------------------
