@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -319,3 +320,41 @@ def test_several_segments_per_worker_are_warned_about(caplog):
         assert "can run several segments at once" in caplog.text
     finally:
         cluster.close()
+
+
+def report_exit(pid, exitcode):
+    """Publish an exit report from a Dask worker, as a nanny's ExitReporter does."""
+    from wemap.dask_worker import EXIT_TOPIC
+
+    distributed.get_worker().log_event(EXIT_TOPIC, {"pid": pid, "exitcode": exitcode})
+
+
+def test_exit_report_arriving_late_wakes_the_lookup_without_polling(monkeypatch):
+    """A nanny's exit report that comes after a KilledWorker is waited for on the event
+    subscription: the scheduler's event log is read once, not polled until the report is there."""
+    from wemap.dask_events import WorkerDeaths
+    from wemap.dask_worker import EXIT_TOPIC
+
+    reads, first_read = [], threading.Event()
+    get_events = distributed.Client.get_events
+
+    def counted(self, *args, **kwargs):
+        out = get_events(self, *args, **kwargs)
+        reads.append(args)
+        first_read.set()
+        return out
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) \
+            as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        deaths = WorkerDeaths(client, "wemap-segment-test-")
+        monkeypatch.setattr(distributed.Client, "get_events", counted)
+        found = {}
+        lookup = threading.Thread(target=lambda: found.update(code=deaths.exitcode(4242)))
+        lookup.start()
+        assert first_read.wait(30)
+        # the task reaches the scheduler after the subscription, on the same stream from the client
+        client.submit(report_exit, 4242, -signal.SIGKILL, pure=False).result(timeout=30)
+        lookup.join(30)
+        deaths.close()
+    assert found == {"code": -signal.SIGKILL}
+    assert reads == [(EXIT_TOPIC,)]

@@ -151,8 +151,9 @@ def test_a_mask_that_hides_every_gpu_is_a_clear_error(node, monkeypatch, mask):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mask)
     with pytest.raises(DeviceError, match=re.escape(f"CUDA_VISIBLE_DEVICES={mask!r} leaves no GPU visible")):
         visible_devices()
-    with pytest.raises(DeviceError, match="leaves no GPU visible"):
-        platform_properties_for("CUDA", 0, 2)
+    for check in (lambda: platform_properties_for("CUDA", 0, 2), lambda: check_devices([0], "CUDA")):
+        with pytest.raises(DeviceError, match=re.escape(f"CUDA_VISIBLE_DEVICES={mask!r} leaves no GPU visible")):
+            check()
 
 
 def test_no_driver_and_no_mask_is_a_clear_error(node):

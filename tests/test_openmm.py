@@ -205,6 +205,26 @@ def test_context_settings_give_each_worker_its_seed(ala):
     assert OpenMMRunner(ala.system, ala.integrator(seed=42), platform="CPU", seed=7).context_settings(0, 2)[1] == 7
 
 
+def test_a_context_parses_the_integrator_once(ala, monkeypatch):
+    """Without ``seed=``, the integrator's own seed is the base: it is not read from a second parsed copy."""
+    runner = OpenMMRunner(ala.system, ala.integrator(seed=42), platform="Reference")
+    parsed = []
+    deserialize = openmm.XmlSerializer.deserialize
+
+    def counted(xml):
+        obj = deserialize(xml)
+        parsed.append(type(obj).__name__)
+        return obj
+
+    monkeypatch.setattr(openmm.XmlSerializer, "deserialize", counted)
+    with wemap.Mapper(segment_func=runner.run_segment) as m:
+        m.map(ala.walkers(2, seed=1), [2, 2])
+    assert parsed.count("System") == 1 and len(parsed) == 2, parsed
+    (live,) = runner.live_contexts()
+    assert live.seed == 42 and live.integrator.getRandomNumberSeed() == 42
+    runner.release()
+
+
 # the devices, the platform check and the OpenMM floor: tests/test_devices.py
 
 

@@ -76,6 +76,24 @@ def test_gpu_worker_without_usable_device_ids_names_the_fix(device_ids):
             m.map([0])
 
 
+class CountedDevices(list):
+    """A ``device_ids`` list that counts how often a worker reads an index from it."""
+
+    reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i)
+
+
+def test_gpu_worker_reads_its_device_once_not_every_task():
+    device_ids = CountedDevices([4])
+    with wemap.Mapper(segment_func=task_keywords, worker_type=OpenMMGPUWorker, device_ids=device_ids) as m:
+        got = m.map(range(3)) + m.map(range(3))
+    assert {kw["DeviceIndex"] for _, _, kw in got} == {"4"}
+    assert device_ids.reads == 1
+
+
 @pytest.mark.parametrize("mapper_name", LOCAL_MAPPERS)
 def test_cpu_worker_passes_threads_from_its_attributes(mapper_name):
     with MAPPERS[mapper_name](segment_func=task_keywords, num_workers=2, worker_type=OpenMMCPUWorker,
@@ -93,6 +111,21 @@ def test_cpu_worker_default_shares_the_cores_and_refuses_a_bad_count():
                             worker_attributes={"num_threads": 0}, max_retries=0) as m:
         with pytest.raises(wemap.TaskException, match="num_threads must be a positive int"):
             m.map([0])
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: the cores come from the affinity mask")
+def test_cpu_worker_asks_for_its_cores_once_not_every_task(monkeypatch):
+    asked, cores = [], len(os.sched_getaffinity(0))
+
+    def sched_getaffinity(pid, real=os.sched_getaffinity):
+        asked.append(pid)
+        return real(pid)
+
+    with wemap.Mapper(segment_func=task_keywords, worker_type=OpenMMCPUWorker) as m:
+        monkeypatch.setattr(os, "sched_getaffinity", sched_getaffinity)
+        got = m.map(range(3)) + m.map(range(3))
+    assert {kw["Threads"] for _, _, kw in got} == {str(cores)}
+    assert asked == [0]
 
 
 @pytest.mark.parametrize("mapper_name", ["WorkerMapper", "SharedMemWorkerMapper"])

@@ -24,7 +24,7 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 from ._arrays import Placement, data_address
-from .segment import _discard, _open_untracked, close_or_hand_over, create_reserved, unlink_owned
+from .segment import close_or_hand_over, create_reserved, discard, open_untracked, unlink_owned
 from .slot_format import dtype_description
 
 __all__ = ["Arena", "ArenaMap", "ReusableMemory", "PAGE"]
@@ -102,7 +102,7 @@ class Arena:
         try:
             populate(shm)
         except BaseException:
-            _discard(shm)
+            discard(shm)
             raise
         self._shm: SharedMemory | None = shm
         self.name = shm.name
@@ -159,7 +159,7 @@ class ArenaMap:
     """Worker side: all of arena ``name``, mapped once (untracked: the manager owns it)."""
 
     def __init__(self, name: str, nblocks: int, block_size: int) -> None:
-        shm = _open_untracked(name)
+        shm = open_untracked(name)
         if shm.size < nblocks * block_size:
             shm.close()
             raise ValueError(f"arena {name} has {shm.size} bytes, not the {nblocks} x {block_size} the manager said")

@@ -5,6 +5,7 @@ each worker process ended, and the error for a walker lost more often than allow
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -27,15 +28,23 @@ EXIT_REPORT_WAIT = 2.0
 class WorkerDeaths:
     """Listens to the scheduler's events on ``client`` from construction to `close`.
 
-    A client holds one handler per topic, so a handler the user had on ``"all"`` is called with
-    every event meanwhile, and given the topic back by `close`.
+    A client holds one handler per topic, so a handler the user had on ``"all"`` (or on the
+    nannies' exit topic) is called with every event meanwhile, and given its topic back by `close`.
     """
 
     def __init__(self, client: distributed.Client, key_prefix: str) -> None:
         self.client, self.key_prefix = client, key_prefix
         self.lost: Counter[str] = Counter()  # task key -> times its worker died under it
-        self._user_handler = getattr(client, "_event_handlers", {}).get("all")
+        self._exits: dict[int, int | None] = {}  # pid -> exit code, as the nannies report them
+        self._exit_reported = threading.Condition()
+        handlers = getattr(client, "_event_handlers", {})
+        self._user_handlers = {t: handlers.get(t) for t in ("all", EXIT_TOPIC)}
         client.subscribe_topic("all", self._on_event)
+        client.subscribe_topic(EXIT_TOPIC, self._on_exit)
+
+    def _pass_on(self, topic: str, event: tuple) -> Any:
+        handler = self._user_handlers[topic]
+        return handler(event) if handler is not None else None
 
     def _on_event(self, event: tuple) -> Any:
         """Count the walkers (our task keys) that were running on a worker that died."""
@@ -45,33 +54,49 @@ class WorkerDeaths:
                 if isinstance(key, str) and key.startswith(self.key_prefix):
                     self.lost[key] += 1
                     logger.warning("Dask worker %s died while running %s; Dask re-runs it", msg.get("worker"), key)
-        return self._user_handler(event) if self._user_handler is not None else None
+        return self._pass_on("all", event)
+
+    def _on_exit(self, event: tuple) -> Any:
+        """Keep a nanny's exit report and wake `exitcode`, which may be waiting for it."""
+        self._record(event[1])
+        return self._pass_on(EXIT_TOPIC, event)
+
+    def _record(self, msg: Any) -> None:
+        if isinstance(msg, dict) and isinstance(msg.get("pid"), int):
+            with self._exit_reported:
+                self._exits[msg["pid"]] = msg.get("exitcode")
+                self._exit_reported.notify_all()
 
     def recovered(self, keys: Iterable[str]) -> int:
         """Re-runs of the tasks ``keys`` after their worker died, each forgotten once counted."""
         return sum(self.lost.pop(k, 0) for k in keys)
 
     def close(self) -> None:
-        if self._user_handler is not None:
-            self.client.subscribe_topic("all", self._user_handler)
-        else:
-            self.client.unsubscribe_topic("all")
+        for topic, handler in self._user_handlers.items():
+            if handler is not None:
+                self.client.subscribe_topic(topic, handler)
+            else:
+                self.client.unsubscribe_topic(topic)
 
     def exitcode(self, pid: int | None) -> int | None:
-        """The exit code a nanny reported for worker process ``pid`` (the report may lag a little)."""
+        """The exit code a nanny reported for worker process ``pid``; the report may lag the
+        KilledWorker a little, so wait up to `EXIT_REPORT_WAIT` seconds for it to arrive."""
+        if pid is None:
+            return None
         deadline = time.monotonic() + EXIT_REPORT_WAIT
-        while pid is not None:
-            try:
-                for _, msg in reversed(self.client.get_events(EXIT_TOPIC)):
-                    if msg.get("pid") == pid:
-                        return msg.get("exitcode")
-            except Exception as exc:
-                logger.debug("could not read exit reports: %s", exc)
-                return None
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
-        return None
+        self._read_log()  # for a report that came before the subscription took effect
+        with self._exit_reported:
+            if self._exit_reported.wait_for(lambda: pid in self._exits, timeout=deadline - time.monotonic()):
+                return self._exits[pid]
+        self._read_log()  # none came: the last chance, for one that crossed the subscription
+        return self._exits.get(pid)
+
+    def _read_log(self) -> None:
+        try:
+            for _, msg in self.client.get_events(EXIT_TOPIC):
+                self._record(msg)
+        except Exception as exc:
+            logger.debug("could not read exit reports: %s", exc)
 
     def task_error(self, spec: TaskSpec, exc: Exception, index: dict[Any, int]) -> Exception:
         """The exception for a walker whose task erred in Dask rather than in its segment;

@@ -31,7 +31,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the build
         f"from the wemap source tree ({_exc})"
     ) from _exc
 
-__all__ = ["Segment", "create_reserved", "unlink_owned", "close_or_hand_over"]
+__all__ = ["Segment", "create_reserved", "unlink_owned", "close_or_hand_over", "discard", "open_untracked"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class _Owned(SharedMemory):
                 os.close(fd)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (_open_untracked, (self.name,))
+        return (open_untracked, (self.name,))
 
 
 def _create_locked(size: int) -> _Owned:
@@ -144,12 +144,12 @@ def create_reserved(size: int, what: str, shm_dir: str = "/dev/shm") -> SharedMe
         if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             log.debug("%s cannot reserve pages (%s); continuing unreserved", shm_dir, exc)
             return shm
-        _discard(shm)
+        discard(shm)
         if exc.errno in _SPACE_ERRNOS:
             raise _space_error(size, shm_dir, what) from exc
         raise
     except BaseException:
-        _discard(shm)
+        discard(shm)
         raise
     return shm
 
@@ -179,7 +179,7 @@ def close_or_hand_over(shm: SharedMemory) -> bool:
         return False
 
 
-def _discard(shm: SharedMemory) -> None:
+def discard(shm: SharedMemory) -> None:
     """Close and unlink a half-made segment, whatever state it is in."""
     try:
         shm.close()
@@ -199,7 +199,7 @@ class _Attached(SharedMemory):
         log.debug("not unlinking %s: this process only attached to it", self.name)
 
 
-def _open_untracked(name: str) -> SharedMemory:
+def open_untracked(name: str) -> SharedMemory:
     """Open an existing segment without registering it with this process's resource tracker.
 
     On 3.10-3.12 ``SharedMemory(name=...)`` always registers it (cpython #82300), and the tracker
@@ -246,7 +246,7 @@ class Segment:
         try:
             ring = Ring(shm.buf, create=True, nslots=nslots, region_size=region_size)
         except BaseException:
-            _discard(shm)
+            discard(shm)
             raise
         log.debug("created segment %s: %d slots x %d bytes, %d bytes", shm.name, nslots, region_size, size)
         return cls(shm, ring, created=True)
@@ -255,7 +255,7 @@ class Segment:
     def attach(cls, name: str) -> Segment:
         """Open an existing segment by name and validate its header (`RingCorruptError`)."""
         try:
-            shm = _open_untracked(name)
+            shm = open_untracked(name)
         except ValueError as exc:  # mmap of an empty object
             raise RingCorruptError(f"truncated: shared-memory segment {name!r} is empty") from exc
         try:

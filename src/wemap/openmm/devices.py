@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .gpus import DeviceError, hidden_message, opencl_ambiguous, opencl_devices, visible_count
+from .gpus import DeviceError, opencl_ambiguous, opencl_devices, require_visible, visible_count
 from .platforms import GPU_PLATFORMS, platform_problem
 
 __all__ = [
@@ -97,9 +97,7 @@ def check_devices(
         raise DeviceError("devices is empty: give at least one GPU index (DeviceIndex, relative to "
                           "CUDA_VISIBLE_DEVICES), or None to use the visible devices in turn")
     if platform in ("CUDA", "HIP"):
-        count, mask = visible_count(platform, os.environ if env is None else env)
-        if count == 0 and mask is not None:
-            raise DeviceError(hidden_message(platform, mask))
+        count, mask = require_visible(platform, os.environ if env is None else env)
         if count is not None:
             for i, d in enumerate(out):
                 for index in d if isinstance(d, tuple) else (d,):
@@ -173,9 +171,7 @@ def _device_for(platform: str, worker_idx: int, num_workers: int, devices: Any, 
     if devices is not None:
         pool = check_devices(devices, platform, num_workers if worker_idx == 0 else None)
     else:
-        count, mask = visible_count(platform, os.environ)
-        if mask is not None and count == 0:
-            raise DeviceError(hidden_message(platform, mask))
+        count, mask = require_visible(platform, os.environ)
         if not count or (mask is None and num_workers < 2):
             return None  # unknown, or one worker and no mask: OpenMM picks the fastest GPU
         pool = list(range(count))

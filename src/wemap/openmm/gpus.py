@@ -161,11 +161,14 @@ def visible_count(platform: str, env: Mapping[str, str]) -> tuple[int | None, st
     return len(parse_visible_mask(mask, count, known)), f"CUDA_VISIBLE_DEVICES={mask!r}"
 
 
-def hidden_message(platform: str, mask: str) -> str:
-    """The `DeviceError` text for a ``mask`` that leaves ``platform`` no GPU."""
-    return (f"{mask} leaves no GPU visible to OpenMM's {platform} platform (an empty mask, -1, NoDevFiles, "
-            f"a first entry that names no GPU, or a repeated entry hides them all); set it to the GPUs to "
-            f"use, such as 0,1, or unset it to use every GPU")
+def require_visible(platform: str, env: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """`visible_count`, but a mask that leaves ``platform`` no GPU is a `DeviceError` naming it."""
+    count, mask = visible_count(platform, env)
+    if count == 0 and mask is not None:
+        raise DeviceError(f"{mask} leaves no GPU visible to OpenMM's {platform} platform (an empty mask, -1, "
+                          f"NoDevFiles, a first entry that names no GPU, or a repeated entry hides them all); set it "
+                          f"to the GPUs to use, such as 0,1, or unset it to use every GPU")
+    return count, mask
 
 
 def visible_devices(env: Mapping[str, str] | None = None, platform: str = "CUDA") -> list[int]:
@@ -185,9 +188,7 @@ def visible_devices(env: Mapping[str, str] | None = None, platform: str = "CUDA"
         if len(listing) > 1:
             raise DeviceError(opencl_ambiguous(listing))
         return list(range(len(next(iter(listing.values())))))
-    count, mask = visible_count(platform, env)
-    if count == 0 and mask is not None:
-        raise DeviceError(hidden_message(platform, mask))
+    count, _ = require_visible(platform, env)
     if not count:
         where = ("/proc/driver/nvidia/gpus or /dev/nvidia0" if platform == "CUDA" else AMD_KFD_NODES_DIR)
         var = "CUDA_VISIBLE_DEVICES" if platform == "CUDA" else "HIP_VISIBLE_DEVICES"

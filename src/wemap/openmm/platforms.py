@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import openmm
 
 from ..errors import WemapError
-from .gpus import DeviceError, hidden_message, visible_count
+from .gpus import require_visible
 
 __all__ = [
     "OPENMM_FLOOR",
@@ -131,6 +131,4 @@ def require_platform(name: str, env: Mapping[str, str] | None = None) -> None:
             return
         raise PlatformUnavailableError(problem)
     if name in ("CUDA", "HIP") and not skip:
-        count, mask = visible_count(name, env)
-        if mask is not None and count == 0:
-            raise DeviceError(hidden_message(name, mask))
+        require_visible(name, env)

@@ -127,6 +127,8 @@ class OpenMMRunner:
         self.runner_id = uuid.uuid4().hex
         self._system_xml = openmm.XmlSerializer.serialize(system)
         self._integrator_xml = openmm.XmlSerializer.serialize(integrator)
+        # the seed `context_settings` falls back on, read here rather than from a parsed copy per Context
+        self._integrator_seed = integrator.getRandomNumberSeed() if hasattr(integrator, "getRandomNumberSeed") else None
         self.n_atoms = system.getNumParticles()
         self.platform = platform
         self.platform_properties = {k: str(v) for k, v in (platform_properties or {}).items()}
@@ -177,10 +179,7 @@ class OpenMMRunner:
         platform = self.platform if platform is None else platform
         asked = self.platform_properties if properties is None else properties
         props = _devices.platform_properties_for(platform, worker_idx, num_workers, devices, asked)
-        base = self.seed
-        if base is None:
-            integ = self.integrator
-            base = integ.getRandomNumberSeed() if hasattr(integ, "getRandomNumberSeed") else None
+        base = self._integrator_seed if self.seed is None else self.seed
         return props, (None if base is None else worker_seed(int(base), worker_idx))
 
     def _live_context(

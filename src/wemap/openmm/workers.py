@@ -17,6 +17,7 @@ wemap gives a worker the mapper's extra keywords as ``mapper_attributes`` and it
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -34,9 +35,11 @@ class OpenMMGPUWorker(Worker):
     ``device_ids`` (a mapper attribute, or a worker attribute) lists one ``DeviceIndex`` per
     worker, counted inside ``CUDA_VISIBLE_DEVICES``; a shorter list is used in turn
     (``device_ids=[0, 1]`` and four workers: two per GPU). Without a ``platform`` attribute the
-    runner's own platform is used. Missing ``device_ids`` is an error naming the fix.
+    runner's own platform is used. Missing or unusable ``device_ids`` fail each task with an
+    error naming the fix; usable ones are read once per worker, by its first task.
     """
 
+    @functools.cached_property  # not cached when it raises
     def _device(self) -> str:
         mapper_attributes = getattr(self, "mapper_attributes", {})
         device_ids = mapper_attributes.get("device_ids", self.attributes.get("device_ids"))
@@ -52,7 +55,7 @@ class OpenMMGPUWorker(Worker):
 
     def run_task(self, task: Task) -> Any:
         platform = getattr(self, "mapper_attributes", {}).get("platform")
-        platform_kwargs = {"DeviceIndex": self._device()}
+        platform_kwargs = {"DeviceIndex": self._device}
         logger.debug("worker %d: platform=%s, platform_kwargs=%s", self.worker_idx, platform, platform_kwargs)
         return task(platform=platform, platform_kwargs=platform_kwargs)
 
@@ -62,9 +65,11 @@ class OpenMMCPUWorker(Worker):
 
     ``num_threads`` is a worker attribute (wepy's), or a mapper attribute; without either, each
     worker takes an equal share of this process's cores (at least one), so the workers do not
-    oversubscribe them (wepy's worker defaults to 1).
+    oversubscribe them (wepy's worker defaults to 1). The count is worked out and checked once per
+    worker, by its first task.
     """
 
+    @functools.cached_property  # not cached when it raises
     def _threads(self) -> str:
         n = self.attributes.get("num_threads", getattr(self, "mapper_attributes", {}).get("num_threads"))
         if n is None:
@@ -78,4 +83,4 @@ class OpenMMCPUWorker(Worker):
         return str(n)
 
     def run_task(self, task: Task) -> Any:
-        return task(platform_kwargs={"Threads": self._threads()})
+        return task(platform_kwargs={"Threads": self._threads})
