@@ -170,6 +170,27 @@ def test_views_aligned_zero_copy_and_disjoint():
         ring.input_view(5)
 
 
+def test_slot_views_are_each_slots_header_and_regions():
+    """slot_views() gives, slot by slot, the same memory as header/input_view/output_view: what the manager
+    writes through one is what a worker reads through the other."""
+    ring, _ = make_ring(nslots=3, region_size=64)
+    views = ring.slot_views()
+    assert len(views) == 3
+    for k, (hdr, inp, out) in enumerate(views):
+        assert inp.ctypes.data == ring.input_view(k).ctypes.data and inp.shape == ring.input_view(k).shape
+        assert out.ctypes.data == ring.output_view(k).ctypes.data and out.shape == ring.output_view(k).shape
+        assert inp.flags.writeable and out.flags.writeable
+        hdr.reset(100 + k, 7, k)
+        assert (ring.header(k).task_id, ring.header(k).walker_idx) == (100 + k, k)
+        ring.header(k).worker_pid = 4000 + k
+        assert hdr.worker_pid == 4000 + k
+        inp[:2], out[:2] = [k, 1], [k, 2]
+        assert ring.input_view(k)[:2].tolist() == [k, 1] and ring.output_view(k)[:2].tolist() == [k, 2]
+    ring.release()
+    with pytest.raises(ValueError, match="released"):
+        ring.slot_views()
+
+
 def test_create_zeroes_slot_headers_only():
     buf = aligned(required_size(2, 64))
     buf[:] = 0xAB

@@ -353,6 +353,11 @@ cdef class Ring:
         h._ring = self
         return h
 
+    def slot_views(self):
+        """Return ``(header, input_view, output_view)`` of every slot, in slot order: what a process that fills
+        or serves the slots keeps for the ring's lifetime, rather than making three objects per slot it handles."""
+        return [(self.header(k), self.input_view(k), self.output_view(k)) for k in range(self.nslots)]
+
     def release(self):
         """Drop the held buffer so its owner (SharedMemory.close) can unmap it; idempotent. Other methods then
         raise ValueError, views handed out keep their own reference; BufferError while a call is blocked."""

@@ -163,8 +163,7 @@ class Transport:
             self.recovery.await_detached()
         self.drop_ring()
         seg = Segment.create(nslots, region)
-        r = seg.ring
-        views = [(r.header(k), r.input_view(k), r.output_view(k)) for k in range(r.nslots)]
+        views = seg.ring.slot_views()
         with self._ring_lock:
             self.segment, self.views = seg, views
         self._renew = False

@@ -73,7 +73,7 @@ class _Server:
     def serve(self) -> None:
         ring, arena = self.seg.ring, self.arena
         readonly, block_size = arena.readonly, arena.block_size
-        views = [(ring.header(k), ring.input_view(k), ring.output_view(k)) for k in range(ring.nslots)]
+        views = ring.slot_views()
         pid = self.worker.pid
         while True:
             try:
