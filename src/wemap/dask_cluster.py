@@ -56,7 +56,7 @@ def connect(arg: Any, *, num_workers: int, resources: Mapping[str, float] | None
                     f"'spawn' and import your main module, so a script must create the mapper under "
                     f"`if __name__ == '__main__':` (the workers' stderr above says more)"
                 ) from exc
-        try:  # results straight from the worker, not relayed by the scheduler (see DaskMapper._run)
+        try:  # results straight from the worker, not relayed by the scheduler (see DaskMapper._dispatch)
             return Connection(distributed.Client(cluster, direct_to_workers=True, **kw), cluster, True)
         except BaseException:
             close_cluster(cluster, abort=True)

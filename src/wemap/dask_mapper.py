@@ -205,7 +205,7 @@ class DaskMapper(MapperBase):
                 close_cluster(cluster, abort)
 
     # -- map ---------------------------------------------------------------------------------
-    def _run(self, specs: list[TaskSpec]) -> list[Any]:
+    def _dispatch(self, specs: list[TaskSpec]) -> list[Any]:
         client, deaths, attempts, pending = self.client, self._deaths, Attempts(self.policy), deque(specs)
         in_flight: dict[distributed.Future, TaskSpec] = {}
         any_done = threading.Event()  # set by the futures' done callbacks
@@ -258,10 +258,9 @@ class DaskMapper(MapperBase):
                     else:
                         results[spec.task_idx] = result
                     submit()
-        except BaseException:
+        except BaseException:  # MapperBase._run then ends the mapper: no process of ours is left behind
             with contextlib.suppress(Exception):  # a user's cluster goes on: free it of our walkers
                 client.cancel(list(in_flight))
-            self._abort()  # a failed map leaves no process of ours behind
             raise
         finally:
             self.recovered_segments += attempts.recovered + deaths.recovered(keys)

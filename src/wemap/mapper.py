@@ -127,8 +127,9 @@ class MapperBase:
     """The state machine and bookkeeping every wemap mapper shares.
 
     ``init`` → ``map``* → ``cleanup`` (idempotent; ``init`` may follow it again). Subclasses
-    implement `_start`, `_run` and `_stop`. The constructor is wepy's ``Mapper``'s: ``segment_func``
-    the only positional argument, extra keywords kept in `attributes`.
+    implement `_start`, `_dispatch` and `_stop`; a ``map`` that fails ends the mapper (`_abort`), so
+    no process is left behind and ``cleanup()`` stays safe to call. The constructor is wepy's
+    ``Mapper``'s: ``segment_func`` the only positional argument, extra keywords kept in `attributes`.
     """
 
     #: segments run in this process, so a KeyboardInterrupt may be theirs (`faults.sigterm_raises`)
@@ -277,6 +278,13 @@ class MapperBase:
         raise NotImplementedError
 
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
+        try:
+            return self._dispatch(specs)
+        except BaseException:
+            self._abort()
+            raise
+
+    def _dispatch(self, specs: list[TaskSpec]) -> list[Any]:
         raise NotImplementedError
 
     def _stop(self, abort: bool) -> None:
@@ -305,6 +313,7 @@ class Mapper(MapperBase):
         self._worker.init()
 
     def _run(self, specs: list[TaskSpec]) -> list[Any]:
+        # not MapperBase's: a failed walker leaves this mapper running, as wepy's Mapper does (nothing to end)
         results = []
         times = self._worker_segment_times[0]
         attempts = Attempts(self.policy)
@@ -337,8 +346,7 @@ class Mapper(MapperBase):
 class PoolMapper(MapperBase):
     """A mapper whose workers are the processes of a `WorkerPool`; subclasses implement `_dispatch`.
 
-    The constructor is wepy's ``WorkerMapper``'s (see `wemap.WorkerMapper`). A ``map`` that fails
-    ends every worker, so nothing is left behind and ``cleanup()`` stays safe to call.
+    The constructor is wepy's ``WorkerMapper``'s (see `wemap.WorkerMapper`).
     """
 
     def __init__(
@@ -386,10 +394,3 @@ class PoolMapper(MapperBase):
                              mapper_attributes=self.attributes, **picklable)
         pool.start()
         return pool
-
-    def _run(self, specs: list[TaskSpec]) -> list[Any]:
-        try:
-            return self._dispatch(specs)
-        except BaseException:
-            self._abort()
-            raise
