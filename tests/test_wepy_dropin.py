@@ -163,6 +163,15 @@ def test_worker_type_none_is_the_default_worker():
         assert cls(num_workers=1, worker_type=None).worker_type is wemap.Worker
 
 
+def test_worker_type_is_read_only_as_in_wepy():
+    """The workers are made from the type given at construction: a later assignment would not reach them."""
+    for cls in MAPPERS.values():
+        m = cls(num_workers=1, worker_type=segfuncs.DeviceWorker)
+        with pytest.raises(AttributeError):
+            m.worker_type = wemap.Worker
+        assert m.worker_type is segfuncs.DeviceWorker
+
+
 def _run_script(body: str, tmp_path) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))

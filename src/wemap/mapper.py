@@ -153,7 +153,6 @@ class MapperBase:
         self._num_workers = num_workers
         #: builds each worker in its process (a `Worker` subclass or one of wepy's workers)
         self.worker_factory = WorkerFactory(worker_type, mapper_attributes)
-        self.worker_type = self.worker_factory.worker_type
         self.worker_attributes: dict[str, Any] = dict(worker_attributes or {})
         self.worker_init = worker_init
         #: the constructor's extra keywords, as wepy keeps them; every worker sees them as
@@ -171,6 +170,11 @@ class MapperBase:
     @property
     def num_workers(self) -> int | None:
         return self._num_workers
+
+    @property
+    def worker_type(self) -> type:
+        """The class each worker is made of (`Worker` when none was given); read-only, as in wepy."""
+        return self.worker_factory.worker_type
 
     @property
     def worker_segment_times(self) -> dict[int, list[float]]:
