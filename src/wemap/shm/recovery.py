@@ -11,6 +11,12 @@ the slot headers (when each walker was pushed, when its worker took it) and the 
 wakes the manager then. A worker that runs a walker past its timeout is killed; so is one that,
 running none, took none for as long while a walker waited (frozen: SIGSTOP, a cgroup freeze),
 or did not leave a closed ring that long.
+
+The headers are read again only when that moment passes or a worker dies, not on every message
+from a worker: a worker taking a walker only moves the moment later, so the deadline a scan set
+is never late. A push, or a collected walker (its worker's limit may shorten once it is past its
+first segment), can bring the moment closer: each moves the deadline forward at once, without a
+scan (`pushed`, `finished`), and the scan it then wakes makes it exact.
 """
 
 from __future__ import annotations
@@ -43,17 +49,48 @@ class Recovery:
         self.served: set[int] = set()  # pids that finished a segment (past their first-segment allowance)
         self.timed_out: dict[int, float] = {}  # pid -> the timeout it was killed for
         self.active_at: dict[int, int] = {}  # pid -> when (now_ns) it last attached, took or finished a walker
+        self.deadline: float | None = None  # the watcher's deadline (time.monotonic()), as last set
 
     def attached_now(self, w: WorkerProcess) -> None:
         self.attached.add(w.idx)
         self.active_at[w.pid] = now_ns()  # it has to attach before it can take a walker
 
     def finished(self, pid: int, t_end: int) -> None:
+        """Worker ``pid``'s walker, finished at ``t_end``, was collected: none of its timeouts expires
+        before ``t_end`` plus its limit (shorter, now it is past its first segment, when ``task_timeout`` is)."""
         self.served.add(pid)
         if self.active_at.get(pid, 0) < t_end:
             self.active_at[pid] = t_end
+        self._expect(t_end, self.limit(pid))
+
+    def pushed(self, t_ns: int) -> None:
+        """A walker went into the ready ring at ``t_ns``: an idle worker may be late from then on."""
+        p = self.m.policy
+        limits = [t for t in (p.timeout_for(first_segment=True), p.timeout_for(first_segment=False)) if t is not None]
+        if limits:
+            self._expect(t_ns, min(limits))
 
     # -- timeouts ----------------------------------------------------------------------------
+    def rescan(self, cycle: Cycle | None) -> None:
+        """Read the slot headers: kill the workers past their timeouts, set the watcher's deadline."""
+        self.arm(self.check_timeouts(cycle))
+
+    def arm(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.m.watcher.set_deadline(deadline)
+
+    def overdue(self) -> bool:
+        """Whether the deadline has passed (its timer may not have fired yet: the watcher was busy)."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _expect(self, t_ns: int, limit: float | None) -> None:
+        """A timeout may expire ``limit`` seconds after ``t_ns`` (``now_ns``): the deadline is no later."""
+        if limit is None:
+            return
+        at = time.monotonic() + (t_ns + int(limit * 1e9) - now_ns()) * 1e-9
+        if self.deadline is None or at < self.deadline:
+            self.arm(at)
+
     def limit(self, pid: int) -> float | None:
         return self.m.policy.timeout_for(first_segment=pid not in self.served)
 
