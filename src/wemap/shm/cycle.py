@@ -176,7 +176,7 @@ class Cycle:
             raise WorkerException(f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task "
                                   f"{task} of worker {widx}; the segment is corrupt", worker_idx=widx, pid=pid,
                                   walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
-        m.recovery.finished(pid, t1)
+        m.recovery.finished(widx, pid, t1)
         self.times[widx].append(max(0, t1 - t0) * 1e-9)
         try:
             if status == STATUS_OK or status == STATUS_PIPED:
