@@ -54,6 +54,10 @@ class Recovery:
         self.m = mapper
         self.attached: set[int] = set()  # worker indices serving the current ring
         self.deadline: float | None = None  # the watcher's deadline (time.monotonic()), as last set
+        p = mapper.policy
+        limits = [t for t in (p.timeout_for(first_segment=True), p.timeout_for(first_segment=False)) if t is not None]
+        #: the shortest timeout; None: no timeouts, and nothing to keep per walker
+        self.shortest: float | None = min(limits) if limits else None
 
     def attached_now(self, w: WorkerProcess) -> None:
         self.attached.add(w.idx)
@@ -62,6 +66,8 @@ class Recovery:
     def finished(self, widx: int, pid: int, t_end: int) -> None:
         """Worker ``widx``'s walker, finished at ``t_end``, was collected: none of its timeouts expires
         before ``t_end`` plus its limit (shorter, now it is past its first segment, when ``task_timeout`` is)."""
+        if self.shortest is None:
+            return
         w = self.m.pool_workers()[widx]
         if w.pid != pid:  # replaced since: what was known of it went with its handle
             return
@@ -71,10 +77,7 @@ class Recovery:
 
     def pushed(self, t_ns: int) -> None:
         """A walker went into the ready ring at ``t_ns``: an idle worker may be late from then on."""
-        p = self.m.policy
-        limits = [t for t in (p.timeout_for(first_segment=True), p.timeout_for(first_segment=False)) if t is not None]
-        if limits:
-            self._expect(t_ns, min(limits))
+        self._expect(t_ns, self.shortest)
 
     # -- timeouts ----------------------------------------------------------------------------
     def rescan(self, cycle: Cycle | None) -> None:
