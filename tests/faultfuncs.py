@@ -105,6 +105,13 @@ def slow_first(x, seconds, victim=None, hang=60.0, **kwargs):
     return x
 
 
+def slow_first_hang_once(x, seconds, victim, runs, **kwargs):
+    """`slow_first`, hanging a minute only on walker ``victim``'s first run (runs logged in ``runs``)."""
+    log_run(runs, kwargs.get("walker_idx"))
+    again = sum(1 for w, _ in read_runs(runs) if w == victim) > 1
+    return slow_first(x, seconds, victim=None if again else victim, **kwargs)
+
+
 def pid_of(x, **kwargs):
     """The pid of the worker process that ran the walker."""
     return os.getpid()

@@ -173,3 +173,39 @@ def test_task_timeout_alone_bounds_a_first_segment_at_ten_times(timeout_process_
         assert time.monotonic() - t0 < 12
     assert (info.value.walker_idx, info.value.cycle_idx) == (first, CYCLE)
     assert re.search(r"task_timeout \(3 s\)", info.value.args[0]), info.value.args[0]
+
+
+def test_a_later_segment_in_the_same_map_gets_task_timeout_not_the_first_segments(timeout_process_mapper_cls):
+    """One worker: its first walker (the first segment, 60 s allowed) is done at once, the second hangs;
+    it is killed after task_timeout (1 s), not after the first segment's 60 s."""
+    victim = WALKER_IDX[1]
+    with timeout_process_mapper_cls(segment_func=faultfuncs.slow_first, num_workers=1, task_timeout=1.0,
+                                    first_task_timeout=60.0, max_retries=0) as m:
+        t0 = time.monotonic()
+        with pytest.raises(TaskTimeout) as info:
+            m.map(list(range(N)), **cycle_args(seconds=0.0, victim=victim, hang=80.0))
+        assert time.monotonic() - t0 < 30
+    assert (info.value.walker_idx, info.value.cycle_idx) == (victim, CYCLE)
+    assert re.search(r"task_timeout \(1 s\)", info.value.args[0]), info.value.args[0]
+
+
+def test_each_replacement_gets_a_first_segments_allowance_and_later_ones_task_timeout(timeout_process_mapper_cls,
+                                                                                       tmp_path):
+    """One worker, replaced every map: walker VICTIM hangs on its first run (a later segment: killed after
+    task_timeout, 0.5 s, not first_task_timeout, 30 s), and runs again on the replacement, whose first
+    segment takes 1 s (past task_timeout: it must not be killed). What is known of each worker is its own."""
+    pids = set()
+    with timeout_process_mapper_cls(segment_func=faultfuncs.slow_first_hang_once, num_workers=1, task_timeout=0.5,
+                                    first_task_timeout=30.0, max_retries=1) as m:
+        for cycle in range(4):
+            runs = tmp_path / f"runs-{cycle}"
+            t0 = time.monotonic()
+            out = m.map(list(range(N)), [1.0] * N, [VICTIM] * N, [str(runs)] * N, walker_idx=WALKER_IDX,
+                        cycle_idx=[cycle] * N)
+            assert time.monotonic() - t0 < 20, f"cycle {cycle}: the hung walker was not killed after task_timeout"
+            assert out == list(range(N))
+            assert m.recovered_segments == cycle + 1
+            assert runs_of(runs) == 2
+            pids |= {pid for w, pid in faultfuncs.read_runs(runs) if w == VICTIM}
+    assert len(pids) == 5, "a new worker each cycle"
+

@@ -19,6 +19,7 @@ import segfuncs
 
 import wemap
 from wemap import SharedMemWorkerMapper, ShmSpaceError, TaskException, WorkerException
+from wemap.shm.recovery import Recovery
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -191,6 +192,25 @@ def test_values_that_are_neither_arrays_nor_plain_travel_over_the_pipe():
         again = m.map(out, [1, 1])
     for o in out + again:
         assert o == w and type(o.state["t"]) is np.float32 and o.state["tags"] == {"a", "b"}
+
+
+def test_values_over_the_pipe_do_not_make_the_manager_read_every_slot_again(monkeypatch):
+    """With task_timeout set, a worker asking for its walker's piped values (or sending its result's)
+    changes no deadline: the slot headers are read once a map, not once a message (n walkers each)."""
+    calls = []
+    scan = Recovery.check_timeouts
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return scan(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recovery, "check_timeouts", counted)
+    ws = [wemap.Walker({"x": np.arange(3.0), "tags": {"w", i}}, 1.0) for i in range(80)]
+    with SharedMemWorkerMapper(segment_func=segfuncs.echo, num_workers=2, task_timeout=300.0) as m:
+        m.map(ws, [0] * 80)
+        calls.clear()
+        assert m.map(ws, [0] * 80) == ws
+    assert len(calls) <= 2, f"the slot headers were scanned {len(calls)} times during one map of 80 walkers"
 
 
 def test_keywords_of_earlier_versions_warn_and_change_nothing():

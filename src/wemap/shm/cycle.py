@@ -115,6 +115,7 @@ class Cycle:
         hdr.reset(i, spec.cycle_idx & 0xFFFF_FFFF_FFFF_FFFF, spec.walker_idx)
         self.in_flight.add(i)
         self.pushed_at[i] = now_ns()
+        m.recovery.pushed(self.pushed_at[i])
         m.ring.push_ready(i)
 
     def stream(self, todo: list[int]) -> list[int]:
@@ -123,7 +124,7 @@ class Cycle:
         ring, watcher = m.ring, m.watcher
         for i in todo:
             self.push(i)
-        watcher.set_deadline(m.recovery.check_timeouts(self))
+        m.recovery.rescan(self)
         while self.in_flight:
             epoch = ring.done_epoch()  # an interrupt after this ends the wait below at once
             if watcher.pending:
@@ -139,13 +140,14 @@ class Cycle:
             self.in_flight.discard(slot)
             if self.collect(slot) == RETRY:
                 self.push(slot)
-        watcher.set_deadline(None)
+        m.recovery.arm(None)
         return []
 
     def events(self) -> list[WorkerProcess]:
-        """What woke the watcher: the workers that died; pipes read, timeouts checked on the way."""
+        """What woke the watcher: the workers that died; pipes read, and timeouts checked when the
+        deadline passed or a worker died (a message alone changes no deadline: see `Recovery`)."""
         m = self.m
-        fds, _ = m.watcher.take()
+        fds, timer = m.watcher.take()
         dead = [w for w in m.pool_workers() if not w.process.is_alive()]
         for w in m.pool_workers():
             if w in dead or w.conn.fileno() not in fds:
@@ -159,7 +161,8 @@ class Cycle:
         reasons = [r for r in m.detached.values() if r]
         if reasons:
             self.broken = reasons[0]
-        m.watcher.set_deadline(m.recovery.check_timeouts(self))
+        if timer or dead or m.recovery.overdue():
+            m.recovery.rescan(self)
         return dead + [w for w in m.pool_workers() if w not in dead and not w.process.is_alive()]
 
     # -- back --------------------------------------------------------------------------------
@@ -173,7 +176,7 @@ class Cycle:
             raise WorkerException(f"slot {i} (walker {spec.walker_idx}, cycle {spec.cycle_idx}): its header says task "
                                   f"{task} of worker {widx}; the segment is corrupt", worker_idx=widx, pid=pid,
                                   walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx)
-        m.recovery.finished(pid, t1)
+        m.recovery.finished(widx, pid, t1)
         self.times[widx].append(max(0, t1 - t0) * 1e-9)
         try:
             if status == STATUS_OK or status == STATUS_PIPED:

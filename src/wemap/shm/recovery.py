@@ -11,6 +11,12 @@ the slot headers (when each walker was pushed, when its worker took it) and the 
 wakes the manager then. A worker that runs a walker past its timeout is killed; so is one that,
 running none, took none for as long while a walker waited (frozen: SIGSTOP, a cgroup freeze),
 or did not leave a closed ring that long.
+
+The headers are read again only when that moment passes or a worker dies, not on every message
+from a worker: a worker taking a walker only moves the moment later, so the deadline a scan set
+is never late. A push, or a collected walker (its worker's limit may shorten once it is past its
+first segment), can bring the moment closer: each moves the deadline forward at once, without a
+scan (`pushed`, `finished`), and the scan it then wakes makes it exact.
 """
 
 from __future__ import annotations
@@ -34,32 +40,76 @@ __all__ = ["Recovery"]
 logger = logging.getLogger(__name__)
 
 
+#: what is known of a worker lives on its handle (`WorkerProcess.extra`), and goes with it when it
+#: is replaced: whether it finished a segment (past its first-segment allowance; `WorkerMapper`
+#: keeps it there too), the timeout it was killed for, when (``now_ns``) it last attached, took or
+#: finished a walker
+SERVED, TIMED_OUT, ACTIVE_AT = "served", "timed_out", "active_at"
+
+
 class Recovery:
     """One run's (``init`` to ``cleanup``) record of its workers, and what to do when one is lost."""
 
     def __init__(self, mapper: Transport) -> None:
         self.m = mapper
         self.attached: set[int] = set()  # worker indices serving the current ring
-        self.served: set[int] = set()  # pids that finished a segment (past their first-segment allowance)
-        self.timed_out: dict[int, float] = {}  # pid -> the timeout it was killed for
-        self.active_at: dict[int, int] = {}  # pid -> when (now_ns) it last attached, took or finished a walker
+        self.deadline: float | None = None  # the watcher's deadline (time.monotonic()), as last set
+        p = mapper.policy
+        limits = [t for t in (p.timeout_for(first_segment=True), p.timeout_for(first_segment=False)) if t is not None]
+        #: the shortest timeout; None: no timeouts, and nothing to keep per walker
+        self.shortest: float | None = min(limits) if limits else None
 
     def attached_now(self, w: WorkerProcess) -> None:
         self.attached.add(w.idx)
-        self.active_at[w.pid] = now_ns()  # it has to attach before it can take a walker
+        w.extra[ACTIVE_AT] = now_ns()  # it has to attach before it can take a walker
 
-    def finished(self, pid: int, t_end: int) -> None:
-        self.served.add(pid)
-        if self.active_at.get(pid, 0) < t_end:
-            self.active_at[pid] = t_end
+    def finished(self, widx: int, pid: int, t_end: int) -> None:
+        """Worker ``widx``'s walker, finished at ``t_end``, was collected: none of its timeouts expires
+        before ``t_end`` plus its limit (shorter, now it is past its first segment, when ``task_timeout`` is)."""
+        if self.shortest is None:
+            return
+        w = self.m.pool_workers()[widx]
+        if w.pid != pid:  # replaced since: what was known of it went with its handle
+            return
+        w.extra[SERVED] = True
+        _active(w, t_end)
+        self._expect(t_end, self._limit(w))
+
+    def pushed(self, t_ns: int) -> None:
+        """A walker went into the ready ring at ``t_ns``: an idle worker may be late from then on."""
+        self._expect(t_ns, self.shortest)
 
     # -- timeouts ----------------------------------------------------------------------------
+    def rescan(self, cycle: Cycle | None) -> None:
+        """Read the slot headers: kill the workers past their timeouts, set the watcher's deadline."""
+        self.arm(self.check_timeouts(cycle))
+
+    def arm(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.m.watcher.set_deadline(deadline)
+
+    def overdue(self) -> bool:
+        """Whether the deadline has passed (its timer may not have fired yet: the watcher was busy)."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _expect(self, t_ns: int, limit: float | None) -> None:
+        """A timeout may expire ``limit`` seconds after ``t_ns`` (``now_ns``): the deadline is no later."""
+        if limit is None:
+            return
+        at = time.monotonic() + (t_ns + int(limit * 1e9) - now_ns()) * 1e-9
+        if self.deadline is None or at < self.deadline:
+            self.arm(at)
+
     def limit(self, pid: int) -> float | None:
-        return self.m.policy.timeout_for(first_segment=pid not in self.served)
+        """The limit of the segment worker ``pid`` runs (its first, or a later one)."""
+        return self._limit(next((w for w in self.m.pool_workers() if w.pid == pid), None))
+
+    def _limit(self, w: WorkerProcess | None) -> float | None:
+        return self.m.policy.timeout_for(first_segment=w is None or not w.extra.get(SERVED))
 
     def kill(self, w: WorkerProcess, limit: float, what: str) -> None:
         logger.error("%s %s; killing it", w.describe(), what)
-        self.timed_out[w.pid] = limit
+        w.extra[TIMED_OUT] = limit
         w.process.kill()
         w.process.join(1.0)
 
@@ -86,14 +136,15 @@ class Recovery:
                 if waiting is None or pushed < waiting[0]:
                     waiting = (pushed, i)
                 continue
-            if self.active_at.get(pid, 0) < max(t0, t1):
-                self.active_at[pid] = max(t0, t1)
+            w = by_pid.get(pid)
+            if w is None:  # a worker replaced since
+                continue
+            _active(w, max(t0, t1))
             if t1:  # finished and waiting to be collected
                 continue
             busy.add(pid)
-            limit = self.limit(pid)
-            w = by_pid.get(pid)
-            if limit is None or w is None or pid in self.timed_out:
+            limit = self._limit(w)
+            if limit is None or TIMED_OUT in w.extra:
                 continue
             if now - t0 > limit * 1e9:
                 spec = cycle.specs[i]
@@ -112,10 +163,10 @@ class Recovery:
             doing = "did not leave the closed ready ring within its {:.3g} s timeout (frozen or stuck?)"
         if since is not None:
             for w in workers:
-                limit = self.limit(w.pid)
-                if w.pid in busy or w.pid in self.timed_out or limit is None:
+                limit = self._limit(w)
+                if w.pid in busy or TIMED_OUT in w.extra or limit is None:
                     continue
-                start = max(since, self.active_at.get(w.pid, 0))
+                start = max(since, w.extra.get(ACTIVE_AT, 0))
                 if now - start > limit * 1e9:
                     self.kill(w, limit, doing.format(limit))
                 else:
@@ -144,8 +195,9 @@ class Recovery:
             w = next((w for w in dead if w.pid == pid), None)
             spec = cycle.specs[i]
             code = w.exitcode() if w else None
-            if pid in self.timed_out:
-                reason, timed_out = f"ran past task_timeout ({self.timed_out[pid]:.3g} s) and was killed", True
+            limit = next((v.extra.get(TIMED_OUT) for v in [*dead, *self.m.pool_workers()] if v.pid == pid), None)
+            if limit is not None:
+                reason, timed_out = f"ran past task_timeout ({limit:.3g} s) and was killed", True
             else:
                 reason, timed_out = f"died: {describe_exitcode(code)}", False
             cycle.attempts.lost(i, walker_idx=spec.walker_idx, cycle_idx=spec.cycle_idx,
@@ -199,3 +251,8 @@ class Recovery:
         code = w.exitcode()
         return WorkerException(f"{w.describe()} died while idle: {describe_exitcode(code)}",
                                worker_idx=w.idx, pid=w.pid, exitcode=code)
+
+
+def _active(w: WorkerProcess, t_ns: int) -> None:
+    if w.extra.get(ACTIVE_AT, 0) < t_ns:
+        w.extra[ACTIVE_AT] = t_ns
