@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import uuid
+from multiprocessing.connection import Connection
 
 import faultfuncs
 import numpy as np
@@ -140,29 +141,27 @@ def _first_time(marker_dir, x) -> bool:
     return True
 
 
-def _stop_when_receiving(marker: str) -> None:
-    """SIGSTOP this process once its main thread has asked for a walker's extras and waits for them
-    (the worker's ``_Server.extras`` in ``recv``), the marker written first."""
-    main = threading.main_thread().ident
-    while True:
-        frame, names = sys._current_frames().get(main), set()
-        while frame is not None:
-            names.add(frame.f_code.co_name)
-            frame = frame.f_back
-        if "extras" in names and names & {"recv", "_recv_bytes", "_recv"}:
-            break
-        time.sleep(0.0002)  # polling the main thread's stack: there is no event to wait on
-    with open(marker, "w") as f:
-        f.write(str(os.getpid()))
-    os.kill(os.getpid(), signal.SIGSTOP)
+def _stop_at_extras_recv(marker: str) -> None:
+    """From now on, this process SIGSTOPs itself when its worker loop next waits to read a walker's
+    extras (``Connection.recv`` called by the worker's ``_Server.extras``), the marker written first."""
+    original = Connection.recv
+
+    def recv(self):
+        if sys._getframe(1).f_code.co_name == "extras":
+            Connection.recv = original
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return original(self)
+
+    Connection.recv = recv
 
 
 def freeze_waiting_for_extras(walker, marker_dir, victim, **kwargs):
-    """Return ``walker``; at walker ``victim`` (the first time), leave a thread that freezes this
-    worker once it has asked the manager for its next walker's extras and waits to read them."""
+    """Return ``walker``; after walker ``victim`` (the first time), this worker freezes once it has
+    asked the manager for its next walker's extras and waits to read them."""
     if kwargs.get("walker_idx") == victim and _first_time(marker_dir, "freeze"):
-        marker = os.path.join(marker_dir, "frozen")
-        threading.Thread(target=_stop_when_receiving, args=(marker,), daemon=True).start()
+        _stop_at_extras_recv(os.path.join(marker_dir, "frozen"))
     return walker
 
 
@@ -234,8 +233,6 @@ def kill_once_each(walker, segment_length, marker_dir, victims, **kwargs):
 def die_after_returning(walker, segment_length, victim, **kwargs):
     """Walker ``victim`` comes back at once and its worker is SIGKILLed 0.3 s later, while idle;
     the others take ``segment_length`` seconds."""
-    import threading
-
     if kwargs.get("walker_idx") == victim:
         threading.Thread(target=lambda: (time.sleep(0.3), os.kill(os.getpid(), signal.SIGKILL)), daemon=True).start()
         return walker
