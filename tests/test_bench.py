@@ -70,6 +70,7 @@ def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
 
 
+@pytest.mark.slow
 def test_writes_table_json_and_png(tiny_run):
     code, text, data, out = tiny_run
     assert code == 0

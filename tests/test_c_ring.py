@@ -22,6 +22,7 @@ SCRIPT = Path(__file__).parent / "c" / "run_sanitizers.sh"
 
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.slow
 def test_ring_under_sanitizers():
     # its own process group, so a timeout ends the sanitizer binaries too, not just bash
     proc = subprocess.Popen(["bash", str(SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

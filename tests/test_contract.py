@@ -101,6 +101,7 @@ def test_task_exception_stops_workers(process_mapper_cls):
     [(segfuncs.kill_on, "SIGKILL"), (segfuncs.exit_on, "exit code 3")],
     ids=["sigkill", "os._exit"],
 )
+@pytest.mark.slow
 def test_worker_death_raises_not_hangs(process_mapper_cls, func, expect):
     m = started(process_mapper_cls, func)
     t0 = time.monotonic()

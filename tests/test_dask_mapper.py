@@ -245,6 +245,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_signal_to_manager_during_map_ends_the_workers(signum):
     script = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -265,6 +266,7 @@ def test_signal_to_manager_during_map_ends_the_workers(signum):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow
 def test_map_with_every_worker_gone_raises_instead_of_hanging(user_cluster):
     cluster, _ = user_cluster
     with DaskMapper(cluster, segment_func=segfuncs.sleep_for, start_timeout=2.0, max_retries=0) as m:

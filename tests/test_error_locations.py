@@ -80,6 +80,7 @@ def test_a_result_that_cannot_travel_names_its_walker_and_cycle(process_mapper_c
     assert "refuses to be pickled" in exc.exc_message
 
 
+@pytest.mark.slow
 def test_timed_out_segment_names_its_walker_and_cycle_in_the_error_and_the_log(timeout_process_mapper_cls, caplog):
     with timeout_process_mapper_cls(segment_func=faultfuncs.hang_at, num_workers=2, task_timeout=1.0,
                                     first_task_timeout=1.0, max_retries=0) as m:

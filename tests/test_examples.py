@@ -67,6 +67,7 @@ def test_batch_scripts_parse(script):
 @pytest.mark.wepy
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("runner, datasets", [("wepy", {"forces", "box_volume"}), ("lean", {"segment_timings"})])
+@pytest.mark.slow
 def test_wepy_manager_example_writes_the_hdf5_file(tmp_path, runner, datasets):
     pytest.importorskip("openmm")
     pytest.importorskip("wepy")
@@ -159,6 +160,7 @@ def test_dask_example_on_a_local_cluster(tmp_path):
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_dask_example_joins_a_cluster_through_its_scheduler_file(tmp_path):
     """What dask_cluster.sbatch starts on several nodes, on this one: a scheduler and two named workers."""
     pytest.importorskip("openmm")
@@ -200,6 +202,7 @@ def test_dask_example_joins_a_cluster_through_its_scheduler_file(tmp_path):
 
 # -- type checking ------------------------------------------------------------------------------------
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_mypy_passes_on_the_public_api_and_the_examples(tmp_path):
     """``python -m mypy`` with pyproject.toml's [tool.mypy]: the package's entry modules and examples/."""
     pytest.importorskip("mypy", reason="mypy is in the test extra: pip install '.[test]'")

@@ -64,6 +64,7 @@ def test_same_walker_killing_every_worker_exceeds_retries(mapper_cls):
     assert "SIGKILL" in str(exc)
 
 
+@pytest.mark.slow
 def test_hung_segment_is_killed_and_rerun(mapper_cls, tmp_path):
     ws = walkers()
     with mapper_cls(segment_func=segfuncs.hang_once, num_workers=2, task_timeout=1.0, first_task_timeout=3.0) as m:
@@ -73,6 +74,7 @@ def test_hung_segment_is_killed_and_rerun(mapper_cls, tmp_path):
     assert out == [segfuncs.displace(w, 1) for w in ws]
 
 
+@pytest.mark.slow
 def test_segment_always_hanging_raises_task_timeout(mapper_cls):
     with mapper_cls(segment_func=segfuncs.hang_always, num_workers=2, task_timeout=0.5,
                     first_task_timeout=0.5, max_retries=1) as m:
@@ -153,6 +155,7 @@ def assert_gone(pids: list[int], segment: str, timeout: float = 15.0) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum):
     proc, segment, pids = start_manager_mid_map(mapper_cls)
     try:
@@ -195,6 +198,7 @@ def test_corrupt_input_descriptor_is_a_worker_exception():
             m.map(ws, [m.segment_name] * 2, walker_idx=[0, 1])
 
 
+@pytest.mark.slow
 def test_worker_dying_while_idle_leaves_the_next_map_working(mapper_cls):
     ws = walkers(2)
     with mapper_cls(segment_func=segfuncs.die_after_returning, num_workers=2) as m:
@@ -206,6 +210,7 @@ def test_worker_dying_while_idle_leaves_the_next_map_working(mapper_cls):
         assert sorted(m.worker_segment_times) == [0, 1]
 
 
+@pytest.mark.slow
 def test_two_hung_workers_both_time_out(mapper_cls):
     t0 = time.monotonic()
     with mapper_cls(segment_func=segfuncs.sleep_for, num_workers=2, task_timeout=1.0, first_task_timeout=1.0,
@@ -261,6 +266,7 @@ INTERRUPTED_TWICE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_second_interrupt_while_stopping_still_ends_every_worker(mapper_cls):
     script = INTERRUPTED_TWICE.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
@@ -285,6 +291,7 @@ def test_unpicklable_argument_names_the_walker(mapper_cls):
             m.map([1, segfuncs.Unpicklable(), 3], [0, 0, 0])
 
 
+@pytest.mark.slow
 def test_finished_worker_is_not_timed_out_while_a_replacement_starts(mapper_cls, tmp_path):
     """Replacing the killed worker takes 2 s (worker_init): walker 1 finished meanwhile and must be kept."""
     with mapper_cls(segment_func=segfuncs.killed_then_slow, num_workers=2, worker_init=segfuncs.slow_init,

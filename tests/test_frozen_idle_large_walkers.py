@@ -25,6 +25,7 @@ def freeze(p: psutil.Process) -> None:
 
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("num_workers", [1, 2])
+@pytest.mark.slow
 def test_walker_larger_than_the_pipe_for_a_frozen_idle_worker(num_workers):
     timeout = 1.0
     with WorkerMapper(num_workers=num_workers, segment_func=segfuncs.echo, task_timeout=timeout,

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.mark.parametrize("cls", [WorkerMapper, SharedMemWorkerMapper], ids=lambda c: c.__name__)
+@pytest.mark.slow
 def test_replacement_frozen_while_starting_is_replaced(cls, tmp_path):
     start_timeout = 3.0
     with cls(segment_func=paramfuncs.kill_once_at, num_workers=2, worker_init=paramfuncs.freeze_once_when_armed,

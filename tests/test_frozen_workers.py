@@ -53,6 +53,7 @@ def gone(p: psutil.Process) -> bool:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("num_workers, frozen", [(1, 1), (2, 2)], ids=["the-only-worker", "every-worker"])
 @pytest.mark.parametrize("mapper_cls", MAPPERS)
+@pytest.mark.slow
 def test_walkers_no_worker_takes_are_run_by_replacements(mapper_cls, num_workers, frozen):
     with mapper_cls(num_workers=num_workers, segment_func=segfuncs.add, task_timeout=1, first_task_timeout=1) as m:
         assert m.map([1, 2, 3], [1, 1, 1]) == [2, 3, 4]  # the workers are up and serving
@@ -90,6 +91,7 @@ def test_a_worker_frozen_while_idle_does_not_hang_a_new_segment():
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mapper_cls", MAPPERS)
+@pytest.mark.slow
 def test_walkers_waiting_behind_busy_workers_are_not_timed_out(mapper_cls):
     """The converse: a walker may wait longer than its timeout for a worker that keeps running others."""
     with mapper_cls(num_workers=1, segment_func=segfuncs.sleep_for, task_timeout=1.5, first_task_timeout=1.5) as m:
@@ -100,6 +102,7 @@ def test_walkers_waiting_behind_busy_workers_are_not_timed_out(mapper_cls):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 def test_a_worker_frozen_while_it_waits_for_a_walkers_extras_is_killed_at_the_timeout(tmp_path):
     """Values that are neither arrays nor plain travel over the worker's pipe when it asks for them;
     a worker frozen before it read more than its pipe holds no longer blocks the manager for ever."""

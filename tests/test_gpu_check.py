@@ -44,6 +44,7 @@ def test_the_shell_script_parses():
 
 
 @pytest.mark.timeout(170)
+@pytest.mark.slow
 def test_cpu_dry_run_runs_every_check_and_prints_one_table(tmp_path):
     proc = run_check(tmp_path, "--platform", "CPU", "--quick")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -98,6 +99,7 @@ def test_checks_that_die_leave_what_they_recorded_and_a_failing_exit(tmp_path):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_dropin_dry_run_prints_both_runs_and_saves_their_cycles(tmp_path):
     pytest.importorskip("wepy")
     proc = run_check(tmp_path, "--dropin", "--platform", "CPU", "--quick", timeout=110)

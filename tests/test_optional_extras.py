@@ -27,6 +27,7 @@ for _name in filter(None, os.environ.get("WEMAP_BLOCK", "").split(",")):
 
 
 @pytest.mark.parametrize("missing", ["openmm", "wepy", "dask,distributed", "openmm,wepy,dask,distributed"])
+@pytest.mark.slow
 def test_every_test_file_is_collected_without(missing, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))

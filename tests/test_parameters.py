@@ -118,6 +118,7 @@ def test_infinite_start_timeout_and_zero_stop_timeout_work(pool_mapper_cls):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.slow
 def test_start_timeout_is_the_bound_on_a_hanging_worker_init(pool_mapper_cls):
     """The error comes start_timeout after the workers were started, not that plus a stop's grace
     (a worker still in its Worker.init reads no stop request: it is ended at once)."""

@@ -133,6 +133,7 @@ def test_walker_raising_retryable_exceptions_within_the_budget_succeeds(mapper_c
 
 
 @pytest.mark.parametrize("max_retries", [0, 1])
+@pytest.mark.slow
 def test_walker_killing_its_worker_every_time_runs_max_retries_plus_one_times(process_mapper_cls, max_retries,
                                                                                tmp_path):
     runs = tmp_path / "runs"
@@ -148,6 +149,7 @@ def test_walker_killing_its_worker_every_time_runs_max_retries_plus_one_times(pr
 # -- task_timeout alone -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_task_timeout_alone_gives_first_segments_ten_times_and_bounds_later_ones(timeout_process_mapper_cls):
     with timeout_process_mapper_cls(segment_func=faultfuncs.slow_first, num_workers=2, task_timeout=1.0,
                                     max_retries=0) as m:
@@ -163,6 +165,7 @@ def test_task_timeout_alone_gives_first_segments_ten_times_and_bounds_later_ones
     assert re.search(r"task_timeout \(1 s\)", exc.args[0]), exc.args[0]
 
 
+@pytest.mark.slow
 def test_task_timeout_alone_bounds_a_first_segment_at_ten_times(timeout_process_mapper_cls):
     first = WALKER_IDX[0]  # one worker: the first walker is its first segment
     with timeout_process_mapper_cls(segment_func=faultfuncs.slow_first, num_workers=1, task_timeout=0.3,
@@ -175,6 +178,7 @@ def test_task_timeout_alone_bounds_a_first_segment_at_ten_times(timeout_process_
     assert re.search(r"task_timeout \(3 s\)", info.value.args[0]), info.value.args[0]
 
 
+@pytest.mark.slow
 def test_a_later_segment_in_the_same_map_gets_task_timeout_not_the_first_segments(timeout_process_mapper_cls):
     """One worker: its first walker (the first segment, 60 s allowed) is done at once, the second hangs;
     it is killed after task_timeout (1 s), not after the first segment's 60 s."""
@@ -189,6 +193,7 @@ def test_a_later_segment_in_the_same_map_gets_task_timeout_not_the_first_segment
     assert re.search(r"task_timeout \(1 s\)", info.value.args[0]), info.value.args[0]
 
 
+@pytest.mark.slow
 def test_each_replacement_gets_a_first_segments_allowance_and_later_ones_task_timeout(timeout_process_mapper_cls,
                                                                                        tmp_path):
     """One worker, replaced every map: walker VICTIM hangs on its first run (a later segment: killed after

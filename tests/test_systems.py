@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.openmm, pytest.mark.timeout(120)]
 
 
 @pytest.mark.parametrize("atoms", [600, 900, 1500])
+@pytest.mark.slow
 def test_water_boxes_run_without_nan(atoms):
     box = water_box(atoms)  # 900 atoms reached NaN within 100 steps before the box was relaxed
     runner = OpenMMRunner(box.system, box.integrator(), platform="CPU")

@@ -181,6 +181,7 @@ def wepy_reference(tmp_path_factory):
 
 # -- parity ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mapper_name", list(MAPPERS))
+@pytest.mark.slow
 def test_same_hdf5_as_wepys_runner_through_every_mapper(mapper_name, wepy_reference, tmp_path):
     reference, wepy_final = wepy_reference
     system, topology = lj_pair()
@@ -353,6 +354,7 @@ def _walkers(kind: str, n: int) -> list:
 @pytest.mark.parametrize("runner_kind", ["WepyOpenMMRunner", "OpenMMRunner"])
 @pytest.mark.parametrize("mapper_name", PROCESS_MAPPERS)
 @pytest.mark.parametrize("worker_type", [OpenMMCPUWorker, wepy_openmm.OpenMMCPUWorker], ids=["wemap", "wepy"])
+@pytest.mark.slow
 def test_cpu_workers_threads_reach_each_workers_context_kept_across_cycles(runner_kind, mapper_name, worker_type):
     runner = _runners("CPU")[runner_kind]
     threads = not_the_default_threads(2)

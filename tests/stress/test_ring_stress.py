@@ -20,7 +20,7 @@ import pytest
 from wemap._ring import RingClosed, SlotHeader
 from wemap.segment import Segment
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.slow]
 
 N_PRODUCERS = 4
 N_CONSUMERS = 4
