@@ -23,6 +23,15 @@ class Unsendable:
         raise TypeError("this result refuses to be pickled")
 
 
+def wait_for_markers(directory: str, n: int, timeout: float = 30.0) -> None:
+    """Wait until ``directory`` holds ``n`` files (segments that announced themselves), or fail."""
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(directory)) < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(os.listdir(directory))} of {n} segments started within {timeout} s")
+        time.sleep(0.01)
+
+
 def mapper_state(m) -> str:
     """"closed" for a mapper cleaned up (it refuses ``map`` saying so), else "running"."""
     try:

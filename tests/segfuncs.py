@@ -89,6 +89,13 @@ def sleep_for(x, seconds):
     return x
 
 
+def sleep_marked(x, seconds, marker_dir=None):
+    """`sleep_for`, having first left the file ``started-<x>`` in ``marker_dir``: the segment is under way."""
+    if marker_dir is not None:
+        open(os.path.join(marker_dir, f"started-{x}"), "w").close()
+    return sleep_for(x, seconds)
+
+
 def displace(walker, segment_length, **kwargs):
     """Deterministic 'dynamics' on wemap walkers: shift positions, scale velocities."""
     state = dict(walker.state)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import faultfuncs
 import numpy as np
 import psutil
 import pytest
@@ -233,12 +234,12 @@ import segfuncs
 from wemap.dask_mapper import DaskMapper
 
 if __name__ == "__main__":
-    m = DaskMapper(segment_func=segfuncs.sleep_for, num_workers=2)
+    m = DaskMapper(segment_func=segfuncs.sleep_marked, num_workers=2)
     m.init()
     m.map([1], [0.0])
     print(*m.client.run(os.getpid).values(), flush=True)
     try:
-        m.map([1, 2, 3], [60, 60, 60])
+        m.map([1, 2, 3], [60, 60, 60], marker_dir=[{markers!r}] * 3)
     finally:
         print("cleaned", faultfuncs.mapper_state(m), flush=True)
 """
@@ -246,13 +247,13 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.slow
-def test_signal_to_manager_during_map_ends_the_workers(signum):
-    script = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__))
+def test_signal_to_manager_during_map_ends_the_workers(signum, tmp_path):
+    script = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__), markers=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert len(pids) == 2, proc.stderr.read()
-        time.sleep(0.5)
+        faultfuncs.wait_for_markers(str(tmp_path), 2)  # both workers are into a segment
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:

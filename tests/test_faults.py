@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import faultfuncs
 import psutil
 import pytest
 import segfuncs
@@ -116,28 +117,28 @@ MANAGER_SCRIPT = textwrap.dedent(
     from wemap.pool import multiprocessing_helper_pids
 
     if __name__ == "__main__":
-        m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_for, num_workers=2)
+        m = getattr(wemap, {mapper!r})(segment_func=segfuncs.sleep_marked, num_workers=2)
         m.init()
         m.map([1], [0.0])
         pids = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in multiprocessing_helper_pids()]
         print(getattr(m, "segment_name", None), *pids, flush=True)
         try:
-            m.map([1, 2, 3], [60, 60, 60])
+            m.map([1, 2, 3], [60, 60, 60], marker_dir=[{markers!r}] * 3)
         finally:
             print("cleaned", faultfuncs.mapper_state(m), flush=True)
     """
 )
 
 
-def start_manager_mid_map(mapper_cls) -> tuple[subprocess.Popen, str, list[int]]:
-    """A child manager whose workers are half a second into 60 s segments: (process, segment, worker pids)."""
-    script = MANAGER_SCRIPT.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__)
+def start_manager_mid_map(mapper_cls, markers) -> tuple[subprocess.Popen, str, list[int]]:
+    """A child manager whose workers are each into a 60 s segment: (process, segment, worker pids)."""
+    script = MANAGER_SCRIPT.format(tests=os.path.dirname(__file__), mapper=mapper_cls.__name__, markers=str(markers))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline().split()
     if not first:
         proc.kill()
         pytest.fail(f"the child manager did not start: {proc.communicate()[1]}")
-    time.sleep(0.5)  # let the workers take their walkers
+    faultfuncs.wait_for_markers(str(markers), 2)  # both workers are into a segment
     return proc, first[0], [int(p) for p in first[1:]]
 
 
@@ -156,8 +157,8 @@ def assert_gone(pids: list[int], segment: str, timeout: float = 15.0) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.slow
-def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum):
-    proc, segment, pids = start_manager_mid_map(mapper_cls)
+def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum, tmp_path):
+    proc, segment, pids = start_manager_mid_map(mapper_cls, tmp_path)
     try:
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
@@ -172,8 +173,8 @@ def test_signal_to_manager_during_map_cleans_up(mapper_cls, signum):
     assert_gone(pids, segment, timeout=0.0)  # cleanup finished before the manager exited
 
 
-def test_killed_manager_leaves_no_worker_and_no_segment(mapper_cls):
-    proc, segment, pids = start_manager_mid_map(mapper_cls)
+def test_killed_manager_leaves_no_worker_and_no_segment(mapper_cls, tmp_path):
+    proc, segment, pids = start_manager_mid_map(mapper_cls, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
     assert_gone(pids, segment)
