@@ -8,6 +8,7 @@ import pathlib
 import pickle
 import sys
 import threading
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -79,6 +80,21 @@ def test_a_refused_value_leaves_nothing_behind_and_threads_encode_apart():
             assert all(pool.map(encode_many, range(4)))
     finally:
         sys.setswitchinterval(interval)
+
+
+def test_a_large_plain_value_leaves_no_buffer_behind():
+    # a reused packer's buffer only grows: after a 32 MiB value the thread must not keep 32 MiB more
+    encode_plain([1.0, 0])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        raw = encode_plain([b"x" * (32 << 20)])
+        assert len(raw) > 32 << 20
+        del raw
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1 << 20, f"{kept} bytes kept"
 
 
 def _call_round_trip(obj, **kwargs):

@@ -99,13 +99,18 @@ class _TopPacker(threading.local):
 
     def __init__(self) -> None:
         self.extras: list | None = None
-        self.packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
+        self.packer = self.new_packer()
+
+    def new_packer(self) -> msgpack.Packer:
+        return msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
 
     def _default(self, v: Any) -> msgpack.ExtType:
         return _default(self.extras, v)
 
 
 _top = _TopPacker()
+#: the largest value after which a thread keeps its packer (and the buffer it grew)
+_PACKER_KEEPS = 1 << 20
 
 
 def encode_plain(value: Any, extras: list | None = None) -> bytes:
@@ -116,11 +121,14 @@ def encode_plain(value: Any, extras: list | None = None) -> bytes:
     top = _top
     top.extras = extras
     try:
-        return top.packer.pack(value)  # a failed pack leaves the packer empty
+        raw = top.packer.pack(value)  # a failed pack leaves the packer empty
     except (OverflowError, UnicodeEncodeError, ValueError, RecursionError) as exc:
         raise NotPlain(str(exc)) from None
     finally:
         top.extras = None
+    if len(raw) > _PACKER_KEEPS:  # a packer's buffer only grows: a large value's would stay with the thread
+        top.packer = top.new_packer()
+    return raw
 
 
 def _ext(extras: list, code: int, data: bytes) -> Any:
