@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import psutil
 import pytest
 from mappers import MAPPERS, PROCESS_MAPPERS, TIMEOUT_PROCESS_MAPPERS
@@ -26,6 +27,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 SHM_DIR = "/dev/shm"
 #: Linux's largest possible pid (2**22)
 PID_MAX_LIMIT = 2**22
+
+
+#: where a ring's ``waiters`` word lies in its control block: the wait line is its third cache line,
+#: ``waiters`` that line's second 32-bit word (csrc/ring_internal.h, wm_ring_ctl and wm_wait_line)
+RING_WAITERS_OFFSET = 2 * 64 + 4
+
+
+def wait_for_sleeper(buf, ring_offset: int, timeout: float = 10.0) -> None:
+    """Wait until a pop has registered to sleep on the ring at byte ``ring_offset`` of the segment
+    ``buf`` (``layout()``'s ``ready_offset`` or ``done_offset``): a thread blocked in the ring."""
+    waiters = np.frombuffer(buf, np.uint32, 1, ring_offset + RING_WAITERS_OFFSET)
+    deadline = time.monotonic() + timeout
+    while waiters[0] == 0:
+        assert time.monotonic() < deadline, f"no pop blocked on the ring within {timeout} s"
+        time.sleep(0.001)
 
 
 def our_children() -> list[psutil.Process]:

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_for_sleeper
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -258,16 +259,17 @@ def _in_thread(fn, *args):
 
 
 def test_push_wakes_blocked_pop_and_close_wakes_it():
-    ring, _ = make_ring()
+    ring, buf = make_ring()
+    ready = layout(4, 256)["ready_offset"]
     t, out = _in_thread(ring.pop_ready, None)
-    time.sleep(0.1)  # the thread sleeps in the kernel, without the GIL
+    wait_for_sleeper(buf, ready)  # the thread sleeps in the kernel, without the GIL
     assert t.is_alive()
     ring.push_ready(3)
     t.join(5)
     assert out == {"value": 3}
 
     t, out = _in_thread(ring.pop_ready, 10.0)
-    time.sleep(0.1)
+    wait_for_sleeper(buf, ready)
     ring.close_ready()
     t.join(5)
     assert isinstance(out.get("error"), RingClosed)
@@ -289,9 +291,9 @@ def test_interrupt_from_another_handle():
 
 
 def test_release_refuses_while_blocked():
-    ring, _ = make_ring()
+    ring, buf = make_ring()
     t, out = _in_thread(ring.pop_ready, 5.0)
-    time.sleep(0.1)
+    wait_for_sleeper(buf, layout(4, 256)["ready_offset"])
     with pytest.raises(BufferError):
         ring.release()
     ring.push_ready(0)

@@ -13,13 +13,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
+from conftest import wait_for_sleeper
 
-from wemap._ring import required_size
+from wemap._ring import layout, required_size
 from wemap.errors import RingCorruptError, ShmSpaceError
-from wemap.segment import Segment
+from wemap.segment import Segment, open_untracked
 from wemap.stale_segments import SEGMENT_PREFIX, segment_name
 
 SHM_DIR = "/dev/shm"
@@ -116,13 +116,15 @@ def test_close_refused_while_a_thread_waits(caplog):
     seg = Segment.create(2, 64)
     t = threading.Thread(target=seg.ring.pop_ready, args=(5.0,))
     t.start()
-    time.sleep(0.1)
+    other = open_untracked(seg.name)  # the segment's bytes, as another process maps them
+    wait_for_sleeper(other.buf, layout(2, 64)["ready_offset"])
     with caplog.at_level(logging.WARNING, logger="wemap.segment"):
         seg.close()
     assert not _released(seg.ring) and "blocked" in caplog.text
     seg.ring.push_ready(0)
     t.join(5)
     seg.close()
+    other.close()
     assert _released(seg.ring) and not _mapped(seg.name)
     seg.unlink()
 
