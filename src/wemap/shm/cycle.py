@@ -140,7 +140,7 @@ class Cycle:
             self.in_flight.discard(slot)
             if self.collect(slot) == RETRY:
                 self.push(slot)
-        m.recovery.arm(None)
+        watcher.set_deadline(None)
         return []
 
     def events(self) -> list[WorkerProcess]:

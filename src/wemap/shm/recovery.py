@@ -53,7 +53,6 @@ class Recovery:
     def __init__(self, mapper: Transport) -> None:
         self.m = mapper
         self.attached: set[int] = set()  # worker indices serving the current ring
-        self.deadline: float | None = None  # the watcher's deadline (time.monotonic()), as last set
         p = mapper.policy
         limits = [t for t in (p.timeout_for(first_segment=True), p.timeout_for(first_segment=False)) if t is not None]
         #: the shortest timeout; None: no timeouts, and nothing to keep per walker
@@ -73,7 +72,7 @@ class Recovery:
             return
         w.extra[SERVED] = True
         _active(w, t_end)
-        self._expect(t_end, self._limit(w))
+        self._expect(t_end, self.limit(w))
 
     def pushed(self, t_ns: int) -> None:
         """A walker went into the ready ring at ``t_ns``: an idle worker may be late from then on."""
@@ -82,29 +81,24 @@ class Recovery:
     # -- timeouts ----------------------------------------------------------------------------
     def rescan(self, cycle: Cycle | None) -> None:
         """Read the slot headers: kill the workers past their timeouts, set the watcher's deadline."""
-        self.arm(self.check_timeouts(cycle))
-
-    def arm(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        self.m.watcher.set_deadline(deadline)
+        self.m.watcher.set_deadline(self.check_timeouts(cycle))
 
     def overdue(self) -> bool:
         """Whether the deadline has passed (its timer may not have fired yet: the watcher was busy)."""
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        deadline = self.m.watcher.deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     def _expect(self, t_ns: int, limit: float | None) -> None:
         """A timeout may expire ``limit`` seconds after ``t_ns`` (``now_ns``): the deadline is no later."""
         if limit is None:
             return
         at = time.monotonic() + (t_ns + int(limit * 1e9) - now_ns()) * 1e-9
-        if self.deadline is None or at < self.deadline:
-            self.arm(at)
+        deadline = self.m.watcher.deadline
+        if deadline is None or at < deadline:
+            self.m.watcher.set_deadline(at)
 
-    def limit(self, pid: int) -> float | None:
-        """The limit of the segment worker ``pid`` runs (its first, or a later one)."""
-        return self._limit(next((w for w in self.m.pool_workers() if w.pid == pid), None))
-
-    def _limit(self, w: WorkerProcess | None) -> float | None:
+    def limit(self, w: WorkerProcess | None) -> float | None:
+        """The limit of the segment worker ``w`` runs (its first, or a later one)."""
         return self.m.policy.timeout_for(first_segment=w is None or not w.extra.get(SERVED))
 
     def kill(self, w: WorkerProcess, limit: float, what: str) -> None:
@@ -143,7 +137,7 @@ class Recovery:
             if t1:  # finished and waiting to be collected
                 continue
             busy.add(pid)
-            limit = self._limit(w)
+            limit = self.limit(w)
             if limit is None or TIMED_OUT in w.extra:
                 continue
             if now - t0 > limit * 1e9:
@@ -163,7 +157,7 @@ class Recovery:
             doing = "did not leave the closed ready ring within its {:.3g} s timeout (frozen or stuck?)"
         if since is not None:
             for w in workers:
-                limit = self._limit(w)
+                limit = self.limit(w)
                 if w.pid in busy or TIMED_OUT in w.extra or limit is None:
                     continue
                 start = max(since, w.extra.get(ACTIVE_AT, 0))

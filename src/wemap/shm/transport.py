@@ -97,7 +97,7 @@ class Transport:
             # a worker that asked for them reads them at once: one that has not within half its
             # timeout is frozen or stuck, and is killed, so that neither it nor the other workers
             # waiting for their own extras keep the manager in write for ever (nor past their timeouts)
-            limit = self.recovery.limit(w.pid)
+            limit = self.recovery.limit(w)
             deadline = None if limit is None else time.monotonic() + limit / 2
             if not send_within(w.conn, dumps(("extras", task, enc.extras if enc is not None else [])), deadline):
                 assert limit is not None

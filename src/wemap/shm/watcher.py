@@ -56,6 +56,11 @@ class Watcher:
             self._armed.update(fds)
         self._poke()
 
+    @property
+    def deadline(self) -> float | None:
+        """The moment it fires next (``time.monotonic()``), None once fired or when there is none."""
+        return self._deadline
+
     def set_deadline(self, deadline: float | None) -> None:
         """Fire once at ``deadline`` (``time.monotonic()``), None for no deadline."""
         with self._lock:
