@@ -11,6 +11,7 @@ import pytest
 from mappers import MAPPERS, PROCESS_MAPPERS, TIMEOUT_PROCESS_MAPPERS
 
 from wemap.pool import multiprocessing_helper_pids
+from wemap.slot_format import NO_BLOCK, pack_into, packed_size
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,6 +28,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 SHM_DIR = "/dev/shm"
 #: Linux's largest possible pid (2**22)
 PID_MAX_LIMIT = 2**22
+
+
+def descriptor(blocks: list[int], layout: bytes, values: bytes, n_extras: int, result_block: int = NO_BLOCK) -> bytes:
+    """One slot descriptor as bytes, as `wemap.slot_format.pack_into` writes it into a slot."""
+    region = bytearray(packed_size(len(blocks), layout, values))
+    pack_into(region, blocks, layout, values, n_extras, result_block)
+    return bytes(region)
 
 
 #: where a ring's ``waiters`` word lies in its control block: the wait line is its third cache line,

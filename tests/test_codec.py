@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import descriptor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -22,7 +23,7 @@ from wemap._arrays import Placement
 from wemap.codec import ArrayCodec, Codec, CodecRegistry
 from wemap.plain_values import NotPlain, decode_plain, encode_plain
 from wemap.shm.calls import decode_call, encode_call
-from wemap.slot_format import HEAD, MAGIC, NO_BLOCK, Layouts, dtype_description, pack, unpack, values
+from wemap.slot_format import HEAD, MAGIC, NO_BLOCK, Layouts, dtype_description, unpack, values
 
 BLOCK = 1 << 16
 SRC = pathlib.Path(wemap.__file__).parent
@@ -105,7 +106,7 @@ def _call_round_trip(obj, **kwargs):
     for arr, off in zip(enc.copies, enc.offsets):
         np.ndarray(arr.shape, arr.dtype, block, off)[...] = arr
     region = np.zeros(4096, np.uint8)
-    desc = pack([0, *enc.refs], enc.layout, enc.values, len(enc.extras), 1)
+    desc = descriptor([0, *enc.refs], enc.layout, enc.values, len(enc.extras), 1)
     region[: len(desc)] = np.frombuffer(desc, np.uint8)
     _, blocks, layout, raw, n_extras = unpack(region, layouts, 2)
     assert n_extras == len(enc.extras)
@@ -131,7 +132,7 @@ def test_any_raw_array_round_trips(arr):
 
 def _descriptor(layout, vals=(None,), blocks=(0,), result=NO_BLOCK, n_extras=0, region=4096) -> np.ndarray:
     out = np.zeros(region, np.uint8)
-    desc = pack(list(blocks), encode_plain(layout), encode_plain(list(vals)), n_extras, result)
+    desc = descriptor(list(blocks), encode_plain(layout), encode_plain(list(vals)), n_extras, result)
     out[: len(desc)] = np.frombuffer(desc, np.uint8)
     return out
 

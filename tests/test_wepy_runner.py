@@ -24,6 +24,7 @@ h5py = pytest.importorskip("h5py")
 pytest.importorskip("mdtraj", reason="wepy's HDF5 reporter imports mdtraj")
 
 import wepy.runners.openmm as wepy_openmm  # noqa: E402
+from conftest import descriptor  # noqa: E402
 from mappers import MAPPERS  # noqa: E402
 from openmm import app  # noqa: E402
 from test_openmm_workers import not_the_default_threads  # noqa: E402
@@ -51,7 +52,7 @@ from wemap.openmm import (  # noqa: E402
     openmm_walker,
 )
 from wemap.shm.calls import decode_call, encode_call  # noqa: E402
-from wemap.slot_format import Layouts, dtype_description, pack, unpack, values  # noqa: E402
+from wemap.slot_format import Layouts, dtype_description, unpack, values  # noqa: E402
 
 pytestmark = [pytest.mark.openmm, pytest.mark.wepy, pytest.mark.timeout(120)]
 
@@ -294,7 +295,7 @@ def test_walker_arrays_travel_as_raw_bytes_and_only_a_few_numbers_are_pickled():
     enc = encode_call(layouts, reg, (walker,), {}, where="walker 0", place=Placement(dtype_description))
     fields = {a.nbytes for a in enc.copies}
     assert 3 * n_atoms * 3 * 8 <= enc.array_bytes and n_atoms * 3 * 8 in fields
-    desc = pack([0], enc.layout, enc.values, len(enc.extras), 1)
+    desc = descriptor([0], enc.layout, enc.values, len(enc.extras), 1)
     assert len(desc) < 2048 and not enc.extras, f"{len(desc)} bytes of layout and values, {len(enc.extras)} extras"
     xml_walker = OpenMMWalker(OpenMMState(state), 0.25)
     assert reg.for_object(xml_walker).name == "pickle5"

@@ -28,7 +28,7 @@ import numpy as np
 
 from .plain_values import decode_plain, encode_plain
 
-__all__ = ["Layouts", "Layout", "pack", "pack_into", "packed_size", "unpack", "NO_BLOCK", "dtype_description", "values"]
+__all__ = ["Layouts", "Layout", "pack_into", "packed_size", "unpack", "NO_BLOCK", "dtype_description", "values"]
 
 MAGIC = b"WMD1"
 HEAD = struct.Struct("<4sIIII")
@@ -199,13 +199,6 @@ def pack_into(region: Any, blocks: list[int], layout: bytes, values: bytes, n_ex
     fmt.pack_into(region, 0, MAGIC, fmt.size, result_block, len(blocks), n_extras, *blocks,
                   len(layout), layout, len(values), values)
     return fmt.size
-
-
-def pack(blocks: list[int], layout: bytes, values: bytes, n_extras: int, result_block: int = NO_BLOCK) -> bytes:
-    """One descriptor, as bytes."""
-    region = bytearray(packed_size(len(blocks), layout, values))
-    pack_into(region, blocks, layout, values, n_extras, result_block)
-    return bytes(region)
 
 
 def unpack(region: np.ndarray | memoryview | bytes, layouts: Layouts, nblocks: int
