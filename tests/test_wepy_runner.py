@@ -209,6 +209,22 @@ def test_same_hdf5_as_wepys_runner_through_every_mapper(mapper_name, wepy_refere
     runner.release()
 
 
+@pytest.mark.parametrize("mapper_name", ["Mapper", "SharedMemWorkerMapper"])
+def test_split_times_are_kept_where_wepys_manager_reads_them(mapper_name):
+    """wepy's Manager reads the runner's per-segment split times after each cycle: one entry a walker
+    where the segments run in this process (`wemap.Mapper`); a worker's copy of the runner keeps none."""
+    system, topology = lj_pair()
+    runner = WepyOpenMMRunner(system, topology, integrator(), platform=REFERENCE)
+    walkers = [OpenMMWalker(OpenMMState(s), 0.5) for s in sim_states(system, 2)]
+    runner.pre_cycle()
+    with MAPPERS[mapper_name](segment_func=runner.run_segment, num_workers=1) as m:
+        m.map(walkers, [5, 5])
+    splits = runner._last_cycle_segments_split_times  # wepy's name, which its Manager reads
+    assert len(splits) == (2 if mapper_name == "Mapper" else 0)
+    assert all(s["run_segment_time"] >= s["steps_time"] >= 0 for s in splits)
+    runner.release()
+
+
 def test_a_state_without_velocities_starts_at_rest_as_in_wepys_fresh_context():
     system, topology = lj_pair()
     (bare,) = sim_states(system, 1, getPositions=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -30,7 +31,6 @@ except ImportError as exc:  # wepy is an optional extra
         "pip install 'wemap[wepy]' (or use wemap.openmm.OpenMMRunner, which does not)"
     ) from exc
 
-from ..worker import current_worker
 from .array_state import ArrayState
 from .runner import OpenMMRunner
 
@@ -136,8 +136,10 @@ class WepyOpenMMRunner(OpenMMRunner):
         self.enforce_periodic_box = wrap
         self.get_forces = bool(self.getState_kwargs.get("getForces") or self.getState_kwargs.get("forces"))
         self.get_energy = bool(self.getState_kwargs.get("getEnergy") or self.getState_kwargs.get("energy"))
-        #: wepy's per-segment split times of this cycle (filled where the segments run in this process)
+        #: wepy's per-segment split times of this cycle, kept only by the runner of the process that made
+        #: it (wepy's Manager reads that one; a worker's copy would only grow)
         self._last_cycle_segments_split_times: list[dict[str, float]] = []
+        self._made_in = os.getpid()
 
     # wepy's attribute names
     @property
@@ -210,7 +212,7 @@ class WepyOpenMMRunner(OpenMMRunner):
         new_state = OpenMMState(ArrayState.from_state(ctx.getState(**get_kwargs)))
         end = time.time()
         live.segments += 1
-        if current_worker() is None:  # the manager's runner (in-process mapping): a worker's copy is never read
+        if os.getpid() == self._made_in:
             self._last_cycle_segments_split_times.append({
                 "gen_sim_time": gen_sim - start, "steps_time": steps - gen_sim,
                 "get_state_time": end - steps, "run_segment_time": end - start,
