@@ -37,10 +37,8 @@ class WorkerDeaths:
         self.lost: Counter[str] = Counter()  # task key -> times its worker died under it
         self._exits: dict[int, int | None] = {}  # pid -> exit code, as the nannies report them
         self._exit_reported = threading.Condition()
-        self.closed = False
         handlers = getattr(client, "_event_handlers", {})
-        # distributed keeps a handler after unsubscribe_topic: a closed listener's is nobody's to call
-        self._user_handlers = {t: _live(handlers.get(t)) for t in ("all", EXIT_TOPIC)}
+        self._user_handlers = {t: handlers.get(t) for t in ("all", EXIT_TOPIC)}
         client.subscribe_topic("all", self._on_event)
         client.subscribe_topic(EXIT_TOPIC, self._on_exit)
 
@@ -74,12 +72,13 @@ class WorkerDeaths:
         return sum(self.lost.pop(k, 0) for k in keys)
 
     def close(self) -> None:
-        self.closed = True
         for topic, handler in self._user_handlers.items():
             if handler is not None:
                 self.client.subscribe_topic(topic, handler)
             else:
                 self.client.unsubscribe_topic(topic)
+                # distributed keeps the handler it no longer calls: the next listener must not take it for the user's
+                getattr(self.client, "_event_handlers", {}).pop(topic, None)
 
     def exitcode(self, pid: int | None) -> int | None:
         """The exit code a nanny reported for worker process ``pid``; the report may lag the
@@ -118,9 +117,3 @@ class WorkerDeaths:
         f = TaskFailure.capture(exc)  # e.g. a walker or a result that cannot be pickled
         f = TaskFailure(f.exc_type, f"the task failed in Dask, outside the segment: {f.exc_message}", f.traceback)
         return f.to_exception(worker_idx=None, pid=None, **where)
-
-
-def _live(handler: Any) -> Any:
-    """``handler``, unless it is a closed `WorkerDeaths`' own (then None)."""
-    owner = getattr(handler, "__self__", None)
-    return None if isinstance(owner, WorkerDeaths) and owner.closed else handler
