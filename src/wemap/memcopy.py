@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ._arrays import copy_arrays
+from .pool import usable_cores
 
 __all__ = ["copy_into", "write_arrays", "PARALLEL_MIN_BYTES"]
 
@@ -26,11 +27,7 @@ _lock = threading.Lock()
 
 
 def _threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(_MAX_THREADS, n))
+    return max(1, min(_MAX_THREADS, usable_cores()))
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:

@@ -39,7 +39,7 @@ from .pickling import check_picklable
 from .worker import Worker
 from .worker_process import WorkerProcess, worker_main
 
-__all__ = ["WorkerPool", "ABORT_STOP_TIMEOUT", "describe_exitcode", "default_start_method",
+__all__ = ["WorkerPool", "ABORT_STOP_TIMEOUT", "describe_exitcode", "default_start_method", "usable_cores",
            "multiprocessing_helper_pids"]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,14 @@ def multiprocessing_helper_pids() -> set[int]:
     if rt is not None and getattr(rt, "_pid", None):
         pids.add(rt._pid)
     return pids
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity (cpusets: SLURM, taskset), else every CPU."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def default_start_method() -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..argtypes import positive_int
+from ..pool import usable_cores
 from .workloads import WORKLOADS
 
 __all__ = ["add_bench_parser", "add_bench_arguments", "build_parser", "run_bench", "collect", "format_report", "main",
@@ -52,16 +52,9 @@ def parse_atoms(text: str) -> int:
     return value
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def default_workers(quick: bool) -> list[int]:
     """1 and 2, then 4, 8, ... while the machine has the cores; ``--quick``: 2 (1 on one core)."""
-    cores = _usable_cores()
+    cores = usable_cores()
     if quick:
         return [min(2, cores)]
     out, k = [1, 2], 4
@@ -155,7 +148,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats or (QUICK_REPEATS if quick else FULL_REPEATS),
         "openmm": openmm or args.openmm_only,
         "transport": not args.openmm_only,
-        "openmm_workers": args.openmm_workers or min(2, _usable_cores()),
+        "openmm_workers": args.openmm_workers or min(2, usable_cores()),
     }
 
 

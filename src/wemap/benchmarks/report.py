@@ -20,6 +20,8 @@ from typing import Any
 
 import psutil
 
+from ..pool import usable_cores
+
 __all__ = ["machine", "cpu_model", "cgroup_room", "git_commit", "write_json", "markdown_table", "default_out_dir"]
 
 logger = logging.getLogger(__name__)
@@ -60,13 +62,6 @@ def git_commit() -> str | None:
         return None
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
     """Bytes this process's memory cgroup still allows (a container's --memory, a SLURM job's), or None."""
     for limit_file, usage_file in (("memory.max", "memory.current"),  # cgroup v2
@@ -91,7 +86,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
-        "usable_cores": _usable_cores(),
+        "usable_cores": usable_cores(),
         "memory_gib": round(vm.total / 2**30, 1),
         "memory_available_gib": round(vm.available / 2**30, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,

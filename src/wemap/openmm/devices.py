@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..pool import usable_cores
 from .gpus import DeviceError, opencl_ambiguous, opencl_devices, require_visible, visible_count
 from .platforms import GPU_PLATFORMS, platform_problem
 
@@ -127,13 +128,6 @@ def _given(props: Mapping[str, str], platform: str, name: str) -> bool:
     return name in props or any(a in props for a in PROPERTY_ALIASES.get((platform, name), ()))
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # respects cpusets (SLURM, taskset)
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def platform_properties_for(
     platform: str,
     worker_idx: int,
@@ -161,7 +155,7 @@ def platform_properties_for(
         if device is not None:
             props["DeviceIndex"] = device
     elif platform == "CPU" and not _given(props, "CPU", "Threads") and "OPENMM_CPU_THREADS" not in os.environ:
-        props["Threads"] = str(max(1, (cores or _cores()) // max(1, num_workers)))
+        props["Threads"] = str(max(1, (cores or usable_cores()) // max(1, num_workers)))
     return props
 
 

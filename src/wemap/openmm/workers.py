@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any
 
+from ..pool import usable_cores
 from ..worker import Task, Worker
 
 __all__ = ["OpenMMGPUWorker", "OpenMMCPUWorker"]
@@ -41,7 +41,7 @@ class OpenMMGPUWorker(Worker):
 
     @functools.cached_property  # not cached when it raises
     def _device(self) -> str:
-        mapper_attributes = getattr(self, "mapper_attributes", {})
+        mapper_attributes = self.mapper_attributes
         device_ids = mapper_attributes.get("device_ids", self.attributes.get("device_ids"))
         if device_ids is None:
             raise ValueError(
@@ -54,7 +54,7 @@ class OpenMMGPUWorker(Worker):
         return str(device_ids[self.worker_idx % len(device_ids)])
 
     def run_task(self, task: Task) -> Any:
-        platform = getattr(self, "mapper_attributes", {}).get("platform")
+        platform = self.mapper_attributes.get("platform")
         platform_kwargs = {"DeviceIndex": self._device}
         logger.debug("worker %d: platform=%s, platform_kwargs=%s", self.worker_idx, platform, platform_kwargs)
         return task(platform=platform, platform_kwargs=platform_kwargs)
@@ -71,13 +71,9 @@ class OpenMMCPUWorker(Worker):
 
     @functools.cached_property  # not cached when it raises
     def _threads(self) -> str:
-        n = self.attributes.get("num_threads", getattr(self, "mapper_attributes", {}).get("num_threads"))
+        n = self.attributes.get("num_threads", self.mapper_attributes.get("num_threads"))
         if n is None:
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except AttributeError:  # not Linux
-                cores = os.cpu_count() or 1
-            n = max(1, cores // max(1, self.num_workers))
+            n = max(1, usable_cores() // max(1, self.num_workers))
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"OpenMMCPUWorker {self.worker_idx}: num_threads must be a positive int, got {n!r}")
         return str(n)
