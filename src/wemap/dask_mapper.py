@@ -66,7 +66,7 @@ from .dask_worker import ExitReporter, WorkerState, run_segment
 from .errors import WorkerException
 from .faults import Attempts
 from .mapper import MapperBase, TaskSpec
-from .pickling import check_picklable
+from .pickling import check_sent
 from .worker import Worker
 
 __all__ = ["DaskMapper"]
@@ -151,10 +151,7 @@ class DaskMapper(MapperBase):
 
     def _start(self) -> None:
         try:
-            for what, obj in (("segment_func", self.segment_func), ("worker_type", self.worker_type),
-                              ("worker_attributes", self.worker_attributes), ("worker_init", self.worker_init),
-                              ("mapper_attributes", self.attributes)):
-                check_picklable(what, obj, "DaskMapper sends it to every Dask worker")
+            check_sent(self, "DaskMapper sends it to every Dask worker")
             self._connect()
             client = self.client
             client.wait_for_workers(self._worker_count(), timeout=self.start_timeout)

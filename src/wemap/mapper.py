@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .faults import Attempts, RetryPolicy, sigterm_raises
+from .pickling import check_sent
 from .pool import WorkerPool, default_start_method
 from .worker import Task, Worker, WorkerFactory, run_timed
 
@@ -393,8 +394,7 @@ class PoolMapper(MapperBase):
             worker_attributes=self.worker_attributes, worker_init=self.worker_init, start_method=self.start_method,
             start_timeout=self.start_timeout, stop_timeout=self.stop_timeout,
         )
-        pool.check_picklable(segment_func=self.segment_func, worker_type=self.worker_type,
-                             worker_attributes=self.worker_attributes, worker_init=self.worker_init,
-                             mapper_attributes=self.attributes, **picklable)
+        if self.start_method != "fork":  # fork copies them; every other start method pickles them
+            check_sent(self, f"the {self.start_method!r} start method sends it to every worker process", **picklable)
         pool.start()
         return pool

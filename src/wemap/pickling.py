@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dumps", "check_picklable", "PROTOCOL"]
+__all__ = ["dumps", "check_picklable", "check_sent", "PROTOCOL"]
 
 PROTOCOL = 5
 
@@ -41,3 +41,11 @@ def check_picklable(what: str, obj: Any, sent: str) -> None:
             f"{what} ({obj!r}) cannot be pickled, and {sent}: define it at module level (not a lambda, "
             f"closure or local class), or use wemap.Mapper to run in this process. ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def check_sent(mapper: Any, sent: str, **more: Any) -> None:
+    """`check_picklable` for what a mapper sends every worker (and ``more``), each named by its keyword."""
+    for what, obj in (("segment_func", mapper.segment_func), ("worker_type", mapper.worker_type),
+                      ("worker_attributes", mapper.worker_attributes), ("worker_init", mapper.worker_init),
+                      ("mapper_attributes", mapper.attributes), *more.items()):
+        check_picklable(what, obj, sent)

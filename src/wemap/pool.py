@@ -31,11 +31,9 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
 from .errors import WorkerException
 from .faults import check_seconds
-from .pickling import check_picklable
 from .worker import Worker
 from .worker_process import WorkerProcess, worker_main
 
@@ -131,13 +129,6 @@ class WorkerPool:
         self.workers: list[WorkerProcess] = []
         #: the manager's environment as of `start`, which every worker gets (a replacement too)
         self.environ: dict[str, str] = dict(os.environ)
-
-    def check_picklable(self, **objects: Any) -> None:
-        """Fail early, naming the keyword, when an object cannot travel to a worker process."""
-        if self.start_method == "fork":
-            return
-        for what, obj in objects.items():
-            check_picklable(what, obj, f"the {self.start_method!r} start method sends it to every worker process")
 
     def spawn(self, idx: int) -> WorkerProcess:
         """Start worker ``idx`` (also used to replace a dead one); does not wait for it."""
