@@ -131,17 +131,8 @@ class DaskMapper(MapperBase):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _default_num_workers(self) -> int:
-        if self.client_arg is None:
-            return os.cpu_count() or 1
-        try:
-            self._connect()
-            self.client.wait_for_workers(1, timeout=self.start_timeout)
-            return len(self.client.scheduler_info()["workers"])
-        except BaseException as exc:  # init fails here: leave no client of ours connected
-            self._stop(abort=True)
-            if isinstance(exc, Exception):
-                raise WorkerException(f"DaskMapper could not start: {type(exc).__name__}: {exc}") from exc
-            raise
+        # a cluster of our own: a worker a core; someone else's: at least one, then every one `_start` finds
+        return (os.cpu_count() or 1) if self.client_arg is None else 1
 
     def _connect(self) -> None:
         if self.client is None:
