@@ -206,7 +206,7 @@ class WorkerPool:
                         exitcode=code,
                     ) from None
                 if kind == "init_failed":
-                    w.extra["init_failed"] = True
+                    w.init_failed = True
                     raise WorkerException(
                         f"{w.describe()} failed in Worker.init: {payload.exc_type}: {payload.exc_message}\n\n"
                         f"Traceback in the worker:\n{payload.traceback}",
@@ -280,7 +280,7 @@ class WorkerPool:
                 self.wait_ready([new])
                 return new
             except WorkerException as exc:
-                if new.extra.get("init_failed") or attempt == attempts:
+                if new.init_failed or attempt == attempts:
                     raise
                 if exc.exitcode is None:  # alive, not ready within start_timeout
                     new.process.kill()

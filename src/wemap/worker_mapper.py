@@ -99,7 +99,7 @@ class WorkerMapper(PoolMapper):
             while pending and idle:
                 idx, spec = idle.popleft(), pending.popleft()
                 w = pool.workers[idx]
-                timeout = self.policy.timeout_for(first_segment=not w.extra.get("served"))
+                timeout = self.policy.timeout_for(first_segment=not w.served)
                 try:
                     payload = dumps((spec.task_idx, spec.args, spec.kwargs))
                 except Exception as exc:  # any pickling failure is the caller's input
@@ -142,7 +142,7 @@ class WorkerMapper(PoolMapper):
                     dead.append(idx)
                     continue
                 spec, _ = busy.pop(idx)
-                w.extra["served"] = True
+                w.served = True
                 self._worker_segment_times[idx].append(seconds)
                 idle.append(idx)
                 if not ok:
@@ -160,7 +160,7 @@ class WorkerMapper(PoolMapper):
                     w = pool.workers[idx]
                     if w.conn.poll(0):  # it finished; the manager was busy (starting a replacement, say)
                         continue
-                    limit = self.policy.timeout_for(first_segment=not w.extra.get("served"))
+                    limit = self.policy.timeout_for(first_segment=not w.served)
                     logger.error("%s ran walker %d of cycle %d past its %.3g s timeout; killing it",
                                  w.describe(), spec.walker_idx, spec.cycle_idx, limit)
                     w.process.kill()

@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -47,7 +47,10 @@ class WorkerProcess:
     lifeline: Connection
     pid: int = 0
     ready: bool = False
-    extra: dict = field(default_factory=dict)
+    init_failed: bool = False  # its Worker.init raised
+    served: bool = False  # it finished a segment: past its first-segment allowance
+    timed_out: float | None = None  # the timeout it was killed for
+    active_at: int = 0  # when (``now_ns``) it last attached, took or finished a walker (shared-memory mapper)
 
     @property
     def sentinel(self) -> int:

@@ -40,13 +40,6 @@ __all__ = ["Recovery"]
 logger = logging.getLogger(__name__)
 
 
-#: what is known of a worker lives on its handle (`WorkerProcess.extra`), and goes with it when it
-#: is replaced: whether it finished a segment (past its first-segment allowance; `WorkerMapper`
-#: keeps it there too), the timeout it was killed for, when (``now_ns``) it last attached, took or
-#: finished a walker
-SERVED, TIMED_OUT, ACTIVE_AT = "served", "timed_out", "active_at"
-
-
 class Recovery:
     """One run's (``init`` to ``cleanup``) record of its workers, and what to do when one is lost."""
 
@@ -60,7 +53,7 @@ class Recovery:
 
     def attached_now(self, w: WorkerProcess) -> None:
         self.attached.add(w.idx)
-        w.extra[ACTIVE_AT] = now_ns()  # it has to attach before it can take a walker
+        w.active_at = now_ns()  # it has to attach before it can take a walker
 
     def finished(self, widx: int, pid: int, t_end: int) -> None:
         """Worker ``widx``'s walker, finished at ``t_end``, was collected: none of its timeouts expires
@@ -70,8 +63,8 @@ class Recovery:
         w = self.m.pool_workers()[widx]
         if w.pid != pid:  # replaced since: what was known of it went with its handle
             return
-        w.extra[SERVED] = True
-        _active(w, t_end)
+        w.served = True
+        w.active_at = max(w.active_at, t_end)
         self._expect(t_end, self.limit(w))
 
     def pushed(self, t_ns: int) -> None:
@@ -99,11 +92,11 @@ class Recovery:
 
     def limit(self, w: WorkerProcess | None) -> float | None:
         """The limit of the segment worker ``w`` runs (its first, or a later one)."""
-        return self.m.policy.timeout_for(first_segment=w is None or not w.extra.get(SERVED))
+        return self.m.policy.timeout_for(first_segment=w is None or not w.served)
 
     def kill(self, w: WorkerProcess, limit: float, what: str) -> None:
         logger.error("%s %s; killing it", w.describe(), what)
-        w.extra[TIMED_OUT] = limit
+        w.timed_out = limit
         w.process.kill()
         w.process.join(1.0)
 
@@ -133,12 +126,12 @@ class Recovery:
             w = by_pid.get(pid)
             if w is None:  # a worker replaced since
                 continue
-            _active(w, max(t0, t1))
+            w.active_at = max(w.active_at, t0, t1)
             if t1:  # finished and waiting to be collected
                 continue
             busy.add(pid)
             limit = self.limit(w)
-            if limit is None or TIMED_OUT in w.extra:
+            if limit is None or w.timed_out is not None:
                 continue
             if now - t0 > limit * 1e9:
                 spec = cycle.specs[i]
@@ -158,9 +151,9 @@ class Recovery:
         if since is not None:
             for w in workers:
                 limit = self.limit(w)
-                if w.pid in busy or TIMED_OUT in w.extra or limit is None:
+                if w.pid in busy or w.timed_out is not None or limit is None:
                     continue
-                start = max(since, w.extra.get(ACTIVE_AT, 0))
+                start = max(since, w.active_at)
                 if now - start > limit * 1e9:
                     self.kill(w, limit, doing.format(limit))
                 else:
@@ -189,7 +182,7 @@ class Recovery:
             w = next((w for w in dead if w.pid == pid), None)
             spec = cycle.specs[i]
             code = w.exitcode() if w else None
-            limit = next((v.extra.get(TIMED_OUT) for v in [*dead, *self.m.pool_workers()] if v.pid == pid), None)
+            limit = next((v.timed_out for v in [*dead, *self.m.pool_workers()] if v.pid == pid), None)
             if limit is not None:
                 reason, timed_out = f"ran past task_timeout ({limit:.3g} s) and was killed", True
             else:
@@ -245,8 +238,3 @@ class Recovery:
         code = w.exitcode()
         return WorkerException(f"{w.describe()} died while idle: {describe_exitcode(code)}",
                                worker_idx=w.idx, pid=w.pid, exitcode=code)
-
-
-def _active(w: WorkerProcess, t_ns: int) -> None:
-    if w.extra.get(ACTIVE_AT, 0) < t_ns:
-        w.extra[ACTIVE_AT] = t_ns
