@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import distributed
@@ -115,5 +116,5 @@ class WorkerDeaths:
                 f"last: worker {idx} (pid {last.pid}, {last.address}) died: {how}",
                 worker_idx=idx, pid=last.pid, exitcode=code, **where)
         f = TaskFailure.capture(exc)  # e.g. a walker or a result that cannot be pickled
-        f = TaskFailure(f.exc_type, f"the task failed in Dask, outside the segment: {f.exc_message}", f.traceback)
+        f = replace(f, exc_message=f"the task failed in Dask, outside the segment: {f.exc_message}")
         return f.to_exception(worker_idx=None, pid=None, **where)
