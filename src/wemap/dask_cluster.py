@@ -80,9 +80,9 @@ def scheduler_address(path: str, timeout: float) -> str:
             time.sleep(0.2)
 
 
-def worker_index(client: distributed.Client) -> dict[Any, int]:
-    """Worker name -> worker index, by sorted names (see `name_key`)."""
-    names = sorted((w["name"] for w in client.scheduler_info()["workers"].values()), key=name_key)
+def worker_index(workers: Mapping[str, dict]) -> dict[Any, int]:
+    """Worker name -> worker index, by sorted names (see `name_key`); ``workers``: ``scheduler_info()["workers"]``."""
+    names = sorted((w["name"] for w in workers.values()), key=name_key)
     return {n: i for i, n in enumerate(names)}
 
 
@@ -94,9 +94,9 @@ def worker_slots(w: dict, resources: Mapping[str, float] | None) -> int:
     return max(n, 0)
 
 
-def slots(client: distributed.Client, resources: Mapping[str, float] | None) -> int:
-    """Tasks the cluster can run at once; a cluster that can run none is an error."""
-    total = sum(worker_slots(w, resources) for w in client.scheduler_info()["workers"].values())
+def slots(workers: Mapping[str, dict], resources: Mapping[str, float] | None) -> int:
+    """Tasks the ``workers`` (``scheduler_info()["workers"]``) can run at once; none is an error."""
+    total = sum(worker_slots(w, resources) for w in workers.values())
     if total == 0:
         raise ValueError(f"no worker of the Dask cluster can run a task needing resources={resources}; "
                          f"start workers with e.g. `dask worker --resources GPU=1`")

@@ -146,12 +146,12 @@ class DaskMapper(MapperBase):
             self._connect()
             client = self.client
             client.wait_for_workers(self._worker_count(), timeout=self.start_timeout)
-            self._index = worker_index(client)
+            workers = client.scheduler_info()["workers"]  # one snapshot for all that follows
+            self._index = worker_index(workers)
             self._num_workers = len(self._index)
             self._worker_segment_times = {i: [] for i in range(self._num_workers)}
-            slots(client, self.resources)  # a cluster that cannot run a task is an error now, not a hang later
-            shared = [w["name"] for w in client.scheduler_info()["workers"].values()
-                      if worker_slots(w, self.resources) > 1]
+            slots(workers, self.resources)  # a cluster that cannot run a task is an error now, not a hang later
+            shared = [w["name"] for w in workers.values() if worker_slots(w, self.resources) > 1]
             if shared:
                 logger.warning("Dask worker(s) %s can run several segments at once on one wemap Worker (same "
                                "worker index, same device): start them with --nthreads 1, or ask resources= "
@@ -198,7 +198,7 @@ class DaskMapper(MapperBase):
         in_flight: dict[distributed.Future, TaskSpec] = {}
         any_done = threading.Event()  # set by the futures' done callbacks
         results: list[Any] = [None] * len(specs)
-        free, call, keys = slots(client, self.resources), self._cycle_counter, []
+        free, call, keys = slots(client.scheduler_info()["workers"], self.resources), self._cycle_counter, []
 
         def submit() -> None:
             while pending and len(in_flight) < free:
