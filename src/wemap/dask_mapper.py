@@ -265,7 +265,7 @@ class DaskMapper(MapperBase):
                 return done
             if any_done.wait(WORKERS_CHECK_INTERVAL):
                 continue
-            if self.client.scheduler_info()["workers"]:
+            if self.client.scheduler_info(n_workers=1)["workers"]:  # one is enough to know some are left
                 alone_since = None
                 continue
             alone_since = alone_since or time.monotonic()
